@@ -1,0 +1,57 @@
+"""The single place where Numba options are chosen.
+
+No other module calls ``numba.jit`` directly: kernels are decorated with :func:`jit` (serial) or
+:func:`jit_parallel` (``prange`` over independent rows), so caching and fast-math policy stay uniform.
+Kernels are compiled on first use and cached on disk next to the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numba
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``prange`` re-exported so kernel modules import Numba from here only.
+prange = numba.prange
+
+
+def jit(func: F) -> F:
+    """Compile ``func`` in nopython mode (serial, cached, no fast-math).
+
+    Examples
+    --------
+    >>> @jit
+    ... def add(a, b):
+    ...     return a + b
+    >>> add(1, 2)
+    3
+    """
+    return numba.njit(cache=True, nogil=True)(func)  # type: ignore[no-any-return]
+
+
+def jit_parallel(func: F) -> F:
+    """Compile ``func`` with ``parallel=True`` so that its ``prange`` loops run on all threads.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> @jit_parallel
+    ... def double(x):
+    ...     out = np.empty_like(x)
+    ...     for i in prange(x.shape[0]):
+    ...         out[i] = 2 * x[i]
+    ...     return out
+    >>> double(np.arange(3)).tolist()
+    [0, 2, 4]
+    """
+    return numba.njit(cache=True, nogil=True, parallel=True)(func)  # type: ignore[no-any-return]
+
+
+def set_threads(n: int | None) -> int:
+    """Set the number of Numba threads (``None`` keeps the default) and return the number in use."""
+    if n is not None:
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    return int(numba.get_num_threads())

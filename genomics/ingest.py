@@ -1,0 +1,239 @@
+"""``better ingest``: stream a VCF/BCF (and a phenotype table) into a station's store.
+
+Memory is bounded by the parser's chunk plus one Parquet row group, never by the file. Everything is
+written into a temporary folder and committed atomically by :meth:`genomics.store.Store.commit_dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from genomics.phenotypes import match_samples, read_phenotypes
+from genomics.schema import SAMPLES_SCHEMA, variants_schema
+from genomics.store import Store, check_dataset_name
+from genomics.vcf import detect_format, open_vcf
+
+#: A row group is flushed at this many bytes of packed genotypes, or at a chromosome change.
+ROW_GROUP_BYTES = 32 << 20
+ROW_GROUP_MAX_ROWS = 1 << 16
+
+
+@dataclass
+class IngestReport:
+    """What an ingest wrote, as printed by the CLI and recorded in the catalog."""
+
+    dataset: str
+    n_samples: int
+    n_records: int
+    n_variants: int
+    n_multiallelic_records: int
+    chromosomes: list[str]
+    n_phenotyped: int = 0
+    n_phenotype_rows_unmatched: int = 0
+    phenotype_columns: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    sha256: str = ""
+
+
+def sha256_file(path: str, block: int = 1 << 22, stop: threading.Event | None = None) -> str:
+    """Hex SHA-256 of a file, read in blocks; returns early (empty string) once ``stop`` is set."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            if stop is not None and stop.is_set():
+                return ""
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of BETTER and the libraries that shape what is stored."""
+    out = {"python": platform.python_version()}
+    for dist in ("better-genomics", "numpy", "numba", "pyarrow", "duckdb", "cyvcf2", "isal"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+class RowGroupWriter:
+    """Writes batches to ``variants.parquet`` in row groups that never span two chromosomes."""
+
+    def __init__(self, path: Path, n_samples: int) -> None:
+        schema = variants_schema(n_samples)
+        self._writer = pq.ParquetWriter(
+            path, schema, compression="zstd", compression_level=1,
+            use_dictionary=["chrom", "ref", "alt", "filter"],
+            write_statistics=["chrom", "pos", "record"],
+        )
+        self._pending: list[pa.RecordBatch] = []
+        self._bytes = 0
+        self._rows = 0
+        self._chrom: str | None = None
+        self._row_bytes = max(1, schema.field("genotypes").type.byte_width)
+        self.chromosomes: list[str] = []
+        self.n_rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        chrom = batch.column("chrom")
+        runs = pa.compute.run_end_encode(chrom) if batch.num_rows else None
+        start = 0
+        if runs is not None:
+            for end, value in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
+                if value != self._chrom:
+                    self.flush()
+                    self._chrom = value
+                    self.chromosomes.append(value)
+                self._append(batch.slice(start, end - start))
+                start = end
+
+    def _append(self, batch: pa.RecordBatch) -> None:
+        self._pending.append(batch)
+        self._rows += batch.num_rows
+        self._bytes += batch.num_rows * self._row_bytes
+        if self._bytes >= ROW_GROUP_BYTES or self._rows >= ROW_GROUP_MAX_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.Table.from_batches(self._pending), row_group_size=self._rows)
+            self.n_rows += self._rows
+            self._pending, self._bytes, self._rows = [], 0, 0
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+
+def ingest_vcf(
+    store: Store,
+    dataset: str,
+    vcf: str,
+    phenotypes: str | None = None,
+    *,
+    chunk_bytes: int = 32 << 20,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IngestReport:
+    """Ingest a VCF/BCF (and optionally a phenotype TSV) as dataset ``dataset`` of ``store``.
+
+    Parameters
+    ----------
+    store
+        An opened :class:`~genomics.store.Store`.
+    dataset
+        Name of the dataset to create or replace (replaced only if this ingest succeeds).
+    vcf
+        ``.vcf``, ``.vcf.gz`` (BGZF or gzip) or ``.bcf``; records sorted by chromosome and position.
+    phenotypes
+        Optional tab-separated table, sample ID first (see :mod:`genomics.phenotypes`).
+    chunk_bytes
+        Bytes of VCF text parsed at a time (bounds memory).
+    on_progress
+        Called with ``(bytes read, file size)`` while the VCF is read.
+
+    Returns
+    -------
+    IngestReport
+        Counts, chromosomes, the source hash and the time taken.
+    """
+    started = time.perf_counter()
+    started_at = datetime.now(UTC)
+    check_dataset_name(dataset)
+    detect_format(vcf)
+    store.check_writable()
+    stop_hashing = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        vcf_hash: Future[str] = pool.submit(sha256_file, vcf, stop=stop_hashing)
+        header, batches = open_vcf(vcf, chunk_bytes=chunk_bytes, on_progress=on_progress)
+        samples = header.samples
+        pheno_table = None
+        unmatched = 0
+        try:
+            pheno = read_phenotypes(phenotypes) if phenotypes is not None else None
+            if pheno is not None:
+                pheno_table, unmatched = match_samples(pheno, samples, vcf)
+        except BaseException:
+            stop_hashing.set()
+            raise
+        try:
+            tmp = store.new_temporary(dataset)
+        except BaseException:
+            stop_hashing.set()
+            raise
+        try:
+            writer = RowGroupWriter(tmp / "variants.parquet", len(samples))
+            n_records = 0
+            n_multi = 0
+            try:
+                for batch, _lines in batches:
+                    writer.write(batch)
+                    alt_index = batch.column("alt_index")
+                    n_records += int(pa.compute.sum(pa.compute.equal(alt_index, 1)).as_py() or 0)
+                    n_multi += int(pa.compute.sum(pa.compute.equal(alt_index, 2)).as_py() or 0)
+            finally:
+                writer.close()
+            phenotyped = set()
+            if pheno_table is not None:
+                pq.write_table(pheno_table, tmp / "phenotypes.parquet")
+                phenotyped = set(pheno_table.column("sample_index").to_pylist())
+            pq.write_table(
+                pa.table(
+                    [pa.array(range(len(samples)), pa.int32()), pa.array(samples, pa.string()),
+                     pa.array([i in phenotyped for i in range(len(samples))], pa.bool_())],
+                    schema=SAMPLES_SCHEMA,
+                ),
+                tmp / "samples.parquet",
+            )
+            report = IngestReport(
+                dataset=dataset, n_samples=len(samples), n_records=n_records, n_variants=writer.n_rows,
+                n_multiallelic_records=n_multi, chromosomes=writer.chromosomes, n_phenotyped=len(phenotyped),
+                n_phenotype_rows_unmatched=unmatched,
+                phenotype_columns={f.name: str(f.type) for f in (pheno.table.schema if pheno else [])
+                                   if f.name != "sample_id"},
+                sha256=vcf_hash.result(),
+            )
+            report.seconds = time.perf_counter() - started
+            software = software_versions()
+            ingests: list[dict[str, Any]] = [{
+                "kind": "variants", "path": os.path.abspath(vcf), "sha256": report.sha256,
+                "bytes": os.path.getsize(vcf), "software": software, "started_at": started_at,
+                "seconds": report.seconds,
+                "details": {"records": n_records, "variants": writer.n_rows, "multiallelic_records": n_multi,
+                            "samples": len(samples), "format": detect_format(vcf)},
+            }]
+            if pheno is not None and phenotypes is not None:
+                ingests.append({
+                    "kind": "phenotypes", "path": os.path.abspath(phenotypes), "sha256": sha256_file(phenotypes),
+                    "bytes": os.path.getsize(phenotypes), "software": software, "started_at": started_at,
+                    "seconds": 0.0,
+                    "details": {"rows": pheno.table.num_rows, "matched": len(phenotyped), "unmatched": unmatched,
+                                "columns": report.phenotype_columns},
+                })
+            store.commit_dataset(
+                dataset, tmp,
+                {"n_samples": len(samples), "n_variants": writer.n_rows, "n_records": n_records,
+                 "n_phenotyped": len(phenotyped), "chromosomes": writer.chromosomes,
+                 "phenotype_columns": report.phenotype_columns},
+                ingests,
+            )
+        except BaseException:
+            stop_hashing.set()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return report

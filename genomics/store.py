@@ -1,0 +1,341 @@
+"""The station store: one directory with a DuckDB catalog and a Parquet folder per dataset.
+
+Layout::
+
+    STATION/
+      station.toml                 name, policies, hashed tokens (station_api.config)
+      catalog.duckdb               datasets, ingest provenance, views over the Parquet files
+      datasets/<name>/variants.parquet, samples.parquet, phenotypes.parquet
+
+A dataset is written into a hidden temporary folder and renamed into place together with its catalog
+rows, so a failed ingest leaves nothing behind and a re-ingest replaces a dataset only on success.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from engine.errors import NotFoundError, StoreError
+from genomics.regions import Region
+from genomics.schema import STORE_FORMAT_VERSION, VARIANT_META_COLUMNS
+from genomics.selection import Condition, sample_mask
+
+CATALOG = "catalog.duckdb"
+DATASETS = "datasets"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS datasets (
+    name VARCHAR PRIMARY KEY,
+    n_samples INTEGER NOT NULL,
+    n_variants BIGINT NOT NULL,
+    n_records BIGINT NOT NULL,
+    n_phenotyped INTEGER NOT NULL,
+    chromosomes VARCHAR NOT NULL,
+    phenotype_columns VARCHAR NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL
+);
+CREATE SEQUENCE IF NOT EXISTS ingest_id;
+CREATE TABLE IF NOT EXISTS ingests (
+    id BIGINT PRIMARY KEY DEFAULT nextval('ingest_id'),
+    dataset VARCHAR NOT NULL,
+    source_kind VARCHAR NOT NULL,
+    source_path VARCHAR NOT NULL,
+    source_sha256 VARCHAR NOT NULL,
+    source_bytes BIGINT NOT NULL,
+    details VARCHAR NOT NULL,
+    software VARCHAR NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    seconds DOUBLE NOT NULL
+);
+"""
+
+
+def check_dataset_name(name: str) -> str:
+    """Refuse dataset names that are not safe as folder and SQL view names."""
+    if not _NAME.match(name):
+        raise StoreError(
+            f"dataset name {name!r} is not allowed: use 1-64 letters, digits, '_' or '-', starting with a letter"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class GenotypeBlock:
+    """A block of consecutive variants: metadata and packed genotypes.
+
+    Attributes
+    ----------
+    variants
+        The metadata columns of :data:`genomics.schema.VARIANT_META_COLUMNS` for these rows.
+    packed
+        ``(rows, ceil(n_samples / 4))`` uint8, the 2-bit layout of :mod:`genomics.schema`; a view of
+        Arrow memory, read-only.
+    """
+
+    variants: pa.Table
+    packed: np.ndarray
+
+    @property
+    def n_variants(self) -> int:
+        return int(self.packed.shape[0])
+
+
+class Dataset:
+    """Read access to one ingested dataset, streaming: nothing is loaded whole."""
+
+    def __init__(self, path: Path, name: str, n_samples: int) -> None:
+        self.path = path
+        self.name = name
+        self.n_samples = n_samples
+
+    @property
+    def variants_path(self) -> Path:
+        return self.path / "variants.parquet"
+
+    def samples(self) -> pa.Table:
+        """``sample_index``, ``sample_id``, ``has_phenotypes`` in VCF column order."""
+        return pq.read_table(self.path / "samples.parquet")
+
+    def phenotypes(self) -> pa.Table:
+        """The typed phenotype table with ``sample_id`` and ``sample_index`` (empty if none was given)."""
+        p = self.path / "phenotypes.parquet"
+        if not p.exists():
+            return pa.table({"sample_id": pa.array([], pa.string()), "sample_index": pa.array([], pa.int32())})
+        return pq.read_table(p)
+
+    def sample_mask(self, conditions: list[Condition] | tuple[Condition, ...] = ()) -> np.ndarray:
+        """Boolean mask over samples meeting every condition (see :mod:`genomics.selection`)."""
+        return sample_mask(self.phenotypes(), self.n_samples, conditions)
+
+    def _filter(self, region: Region | None) -> Any:
+        if region is None:
+            return None
+        f = pads.field("chrom") == region.chrom
+        if region.start > 0:
+            f = f & (pads.field("pos") >= region.first_pos)
+        f = f & (pads.field("pos") <= region.last_pos)
+        return f
+
+    def variants(self, region: Region | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Variant metadata (no genotypes) of the whole dataset or a region."""
+        cols = columns or list(VARIANT_META_COLUMNS)
+        return pads.dataset(self.variants_path).to_table(columns=cols, filter=self._filter(region))
+
+    def blocks(self, region: Region | None = None, max_variants: int = 8192) -> Iterator[GenotypeBlock]:
+        """Iterate :class:`GenotypeBlock` objects over all variants or a region, in (chrom, pos) order.
+
+        Row groups outside the region are skipped from their statistics; memory stays bounded by
+        ``max_variants`` rows of packed genotypes.
+        """
+        scanner = pads.dataset(self.variants_path).scanner(
+            columns=[*VARIANT_META_COLUMNS, "genotypes"],
+            filter=self._filter(region),
+            batch_size=max_variants,
+            use_threads=False,
+        )
+        for batch in scanner.to_batches():
+            if batch.num_rows == 0:
+                continue
+            yield GenotypeBlock(pa.Table.from_batches([batch.drop_columns(["genotypes"])]),
+                                packed_view(batch.column("genotypes"), self.n_samples))
+
+
+def packed_view(column: pa.Array, n_samples: int) -> np.ndarray:
+    """A zero-copy ``(rows, bytes)`` uint8 view of a fixed-size binary genotype column."""
+    from genomics.schema import packed_width
+
+    width = packed_width(n_samples)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    if width == 0:
+        return np.zeros((n, 0), dtype=np.uint8)
+    data = column.buffers()[1]
+    flat = np.frombuffer(data, dtype=np.uint8, count=(column.offset + n) * width)
+    return flat[column.offset * width :].reshape(n, width)
+
+
+class Store:
+    """A station's store directory. Create with :meth:`create`, then :meth:`open`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike[str]) -> Store:
+        """Create the store folder and its catalog (idempotent for an existing store)."""
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise StoreError(f"{p}: exists and is not a directory; choose another station directory")
+        try:
+            (p / DATASETS).mkdir(parents=True, exist_ok=True)
+            store = cls(p)
+            with store.catalog() as con:
+                con.execute(_SCHEMA_SQL)
+                con.execute("INSERT OR REPLACE INTO store_meta VALUES ('format_version', ?)",
+                            [str(STORE_FORMAT_VERSION)])
+        except PermissionError as exc:
+            raise StoreError(f"{p}: cannot write the station directory ({exc.strerror}); "
+                             "choose a directory you can write to") from None
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Store:
+        """Open an existing store, refusing a folder that is not one."""
+        p = Path(path)
+        if not (p / CATALOG).is_file():
+            raise StoreError(f"{p}: not a station store (no {CATALOG}); create it with "
+                             f"`better station init --station {p} --name NAME`")
+        return cls(p)
+
+    @contextmanager
+    def catalog(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection to the catalog, closed on exit."""
+        try:
+            con = duckdb.connect(str(self.path / CATALOG), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise StoreError(f"{self.path / CATALOG}: cannot open the catalog ({exc})") from None
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def check_writable(self) -> None:
+        """Fail early, with a clear message, when the store cannot be written."""
+        probe = self.path / DATASETS / f".write-test-{uuid.uuid4().hex}"
+        try:
+            probe.mkdir(parents=True)
+            probe.rmdir()
+        except OSError as exc:
+            raise StoreError(f"{self.path}: the station directory cannot be written ({exc.strerror}); "
+                             "fix its permissions or choose another --station") from None
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporary folders left by an ingest that was killed; return what was removed."""
+        removed = []
+        for p in (self.path / DATASETS).glob(".ingest-*"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        return removed
+
+    # -- reading --------------------------------------------------------------------------------
+    def dataset_names(self) -> list[str]:
+        with self.catalog(read_only=True) as con:
+            return [r[0] for r in con.execute("SELECT name FROM datasets ORDER BY name").fetchall()]
+
+    def dataset(self, name: str) -> Dataset:
+        """Open a dataset by name."""
+        with self.catalog(read_only=True) as con:
+            row = con.execute("SELECT n_samples FROM datasets WHERE name = ?", [name]).fetchone()
+            if row is None:
+                names = [r[0] for r in con.execute("SELECT name FROM datasets").fetchall()]
+                from genomics.selection import suggest
+
+                raise NotFoundError(f"no dataset {name!r} in {self.path}{suggest(name, names)}; "
+                                    f"datasets: {', '.join(sorted(names)) or 'none'}")
+        return Dataset(self.path / DATASETS / name, name, int(row[0]))
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One dict per dataset with its counts and latest provenance, for ``better store info``."""
+        with self.catalog(read_only=True) as con:
+            rows = con.execute(
+                """SELECT d.name, d.n_samples, d.n_variants, d.n_records, d.n_phenotyped, d.chromosomes,
+                          d.phenotype_columns, d.created_at, i.source_path, i.source_sha256, i.seconds
+                   FROM datasets d LEFT JOIN ingests i
+                     ON i.dataset = d.name AND i.source_kind = 'variants'
+                     AND i.id = (SELECT max(id) FROM ingests j WHERE j.dataset = d.name
+                                 AND j.source_kind = 'variants')
+                   ORDER BY d.name"""
+            ).fetchall()
+            cols = [c[0] for c in con.description]
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r, strict=True))
+            d["chromosomes"] = json.loads(d["chromosomes"])
+            d["phenotype_columns"] = json.loads(d["phenotype_columns"])
+            out.append(d)
+        return out
+
+    # -- writing --------------------------------------------------------------------------------
+    def new_temporary(self, name: str) -> Path:
+        """A fresh hidden folder to write a dataset into before :meth:`commit_dataset`."""
+        check_dataset_name(name)
+        self.check_writable()
+        tmp = self.path / DATASETS / f".ingest-{name}-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
+        return tmp
+
+    def commit_dataset(self, name: str, tmp: Path, row: dict[str, Any], ingests: list[dict[str, Any]]) -> None:
+        """Atomically make ``tmp`` the dataset ``name`` and record it in the catalog.
+
+        The catalog transaction and the folder renames succeed or fail together: on any error the
+        previous version of the dataset (if any) is back in place and ``tmp`` is removed.
+        """
+        final = self.path / DATASETS / name
+        old = self.path / DATASETS / f".ingest-{name}-old-{uuid.uuid4().hex[:12]}"
+        moved_old = moved_new = False
+        try:
+            with self.catalog() as con:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    con.execute("DELETE FROM datasets WHERE name = ?", [name])
+                    con.execute(
+                        "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, now())",
+                        [name, row["n_samples"], row["n_variants"], row["n_records"], row["n_phenotyped"],
+                         json.dumps(row["chromosomes"]), json.dumps(row["phenotype_columns"])],
+                    )
+                    for ing in ingests:
+                        con.execute(
+                            """INSERT INTO ingests (dataset, source_kind, source_path, source_sha256,
+                               source_bytes, details, software, started_at, seconds)
+                               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                            [name, ing["kind"], ing["path"], ing["sha256"], ing["bytes"],
+                             json.dumps(ing["details"]), json.dumps(ing["software"]), ing["started_at"],
+                             ing["seconds"]],
+                        )
+                    if final.exists():
+                        final.rename(old)
+                        moved_old = True
+                    tmp.rename(final)
+                    moved_new = True
+                    self._create_views(con, name, final, has_pheno=(final / "phenotypes.parquet").exists())
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    if moved_new:
+                        final.rename(tmp)
+                    if moved_old:
+                        old.rename(final)
+                        moved_old = False
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if moved_old:
+                shutil.rmtree(old, ignore_errors=True)
+
+    @staticmethod
+    def _create_views(con: duckdb.DuckDBPyConnection, name: str, final: Path, has_pheno: bool) -> None:
+        safe = name.replace("-", "_")
+        for table in ("variants", "samples", *(("phenotypes",) if has_pheno else ())):
+            path = str((final / f"{table}.parquet").resolve()).replace("'", "''")
+            con.execute(f"CREATE OR REPLACE VIEW \"{table}_{safe}\" AS SELECT * FROM read_parquet('{path}')")
+        if not has_pheno:
+            con.execute(f'DROP VIEW IF EXISTS "phenotypes_{safe}"')

@@ -1,0 +1,68 @@
+"""Arrow record batches of ``variants.parquet`` rows, shared by the text and the cyvcf2 readers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from genomics.schema import packed_width, variants_schema
+
+
+def dot_to_null(values: pa.Array) -> pa.Array:
+    """Replace the VCF missing-value string ``.`` by null."""
+    return pc.if_else(pc.equal(values, "."), pa.scalar(None, pa.string()), values)
+
+
+def packed_array(packed: np.ndarray, n_samples: int) -> pa.Array:
+    """Wrap a ``(rows, bytes)`` uint8 array as a fixed-size binary column without copying."""
+    width = packed_width(n_samples)
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), packed.shape[0], [None, pa.py_buffer(packed)]
+    )
+
+
+def build_batch(
+    n_samples: int,
+    *,
+    chrom: pa.Array | Sequence[str],
+    pos: np.ndarray,
+    ident: pa.Array | Sequence[str | None],
+    ref: pa.Array | Sequence[str],
+    alt: pa.Array | Sequence[str],
+    qual: pa.Array | Sequence[float | None],
+    filt: pa.Array | Sequence[str | None],
+    info: pa.Array | Sequence[str | None],
+    record: np.ndarray,
+    alt_index: np.ndarray,
+    counts: np.ndarray,
+    packed: np.ndarray,
+) -> pa.RecordBatch:
+    """Assemble one batch following :func:`genomics.schema.variants_schema`."""
+    schema = variants_schema(n_samples)
+
+    def col(name: str, values: Any) -> pa.Array:
+        return values.cast(schema.field(name).type) if isinstance(values, pa.Array) else pa.array(
+            values, type=schema.field(name).type
+        )
+
+    counts = np.asarray(counts, dtype=np.int32)
+    arrays = [
+        col("chrom", chrom),
+        pa.array(np.asarray(pos, dtype=np.int64)),
+        col("id", ident),
+        col("ref", ref),
+        col("alt", alt),
+        col("qual", qual),
+        col("filter", filt),
+        col("info", info),
+        pa.array(np.asarray(record, dtype=np.int64)),
+        pa.array(np.asarray(alt_index, dtype=np.int16)),
+        *(pa.array(np.ascontiguousarray(counts[:, c])) for c in range(4)),
+        packed_array(packed, n_samples),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -1,0 +1,111 @@
+"""VCF header: samples, contigs and INFO ``Number`` declarations, read from text or from cyvcf2."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from engine.errors import InputError
+
+FIXED_COLUMNS = ("#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
+_META_ID = re.compile(r"^##(INFO|FORMAT|contig)=<ID=([^,>]+)(?:.*?Number=([^,>]+))?")
+
+
+@dataclass
+class VcfHeader:
+    """What BETTER needs from a VCF header.
+
+    Attributes
+    ----------
+    samples
+        Sample IDs in column order (unique).
+    info_number
+        ``Number`` of each declared INFO field (``"A"``, ``"R"``, ``"1"``, ...), used to split
+        multi-allelic records as ``bcftools norm -m-`` does.
+    contigs
+        Declared contigs, in header order.
+    n_lines
+        Number of header lines, so that record ``i`` (0-based) sits on line ``n_lines + i + 1``.
+    """
+
+    samples: list[str]
+    info_number: dict[str, str] = field(default_factory=dict)
+    contigs: list[str] = field(default_factory=list)
+    format_ids: list[str] = field(default_factory=list)
+    n_lines: int = 0
+    fileformat: str = "VCFv4.2"
+
+
+def parse_header_text(lines: list[str], path: str) -> VcfHeader:
+    """Parse header lines (``##`` meta lines then the ``#CHROM`` line) of the VCF at ``path``."""
+    if not lines or not lines[0].startswith("##fileformat=VCF"):
+        first = lines[0][:60] if lines else ""
+        raise InputError(
+            f"{path}: line 1 is {first!r}, not '##fileformat=VCFv4.x': this is not a VCF file "
+            "(expected .vcf, .vcf.gz or .bcf)"
+        )
+    header = VcfHeader(samples=[], fileformat=lines[0].split("=", 1)[1].strip())
+    for line in lines[1:-1]:
+        m = _META_ID.match(line)
+        if m is None:
+            continue
+        kind, ident, number = m.group(1), m.group(2), m.group(3)
+        if kind == "INFO":
+            header.info_number[ident] = number or "."
+        elif kind == "FORMAT":
+            header.format_ids.append(ident)
+        else:
+            header.contigs.append(ident)
+    columns = lines[-1].rstrip("\r\n").split("\t")
+    if tuple(columns[:8]) != FIXED_COLUMNS:
+        raise InputError(
+            f"{path}: line {len(lines)}: the column header must start with "
+            f"{' '.join(FIXED_COLUMNS)} separated by tabs, found {' '.join(columns[:8])!r}"
+        )
+    if len(columns) > 8 and columns[8] != "FORMAT":
+        raise InputError(f"{path}: line {len(lines)}: column 9 must be FORMAT, found {columns[8]!r}")
+    header.samples = columns[9:]
+    header.n_lines = len(lines)
+    check_sample_ids(header.samples, path)
+    return header
+
+
+def check_sample_ids(samples: list[str], path: str) -> None:
+    """Refuse empty or duplicate sample IDs, naming the first offender."""
+    seen: set[str] = set()
+    for s in samples:
+        if not s:
+            raise InputError(f"{path}: an empty sample ID in the #CHROM line")
+        if s in seen:
+            raise InputError(
+                f"{path}: sample ID {s!r} appears twice in the #CHROM line; sample IDs must be unique "
+                "(rename with `bcftools reheader --samples`)"
+            )
+        seen.add(s)
+
+
+def split_info(info: str | None, k: int, n_alt: int, info_number: dict[str, str]) -> str | None:
+    """The INFO of the row of ALT ``k`` (1-based) of a record with ``n_alt`` ALTs.
+
+    ``Number=A`` fields keep their ``k``-th value and ``Number=R`` fields the REF value and the
+    ``k``-th, as ``bcftools norm -m-`` writes them; other fields are kept whole.
+
+    Examples
+    --------
+    >>> split_info("AC=1,2;AD=5,6,7;DP=10", 2, 2, {"AC": "A", "AD": "R", "DP": "1"})
+    'AC=2;AD=5,7;DP=10'
+    """
+    if info is None or n_alt <= 1:
+        return info
+    out = []
+    for item in info.split(";"):
+        key, eq, value = item.partition("=")
+        number = info_number.get(key)
+        if eq and number in ("A", "R"):
+            values = value.split(",")
+            if number == "A" and len(values) == n_alt:
+                value = values[k - 1]
+            elif number == "R" and len(values) == n_alt + 1:
+                value = values[0] + "," + values[k]
+        out.append(key + eq + value)
+    return ";".join(out)

@@ -1,0 +1,1 @@
+"""The station server: configuration, auth, policies, jobs and audit (FastAPI)."""
