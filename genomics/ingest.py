@@ -104,11 +104,15 @@ class RowGroupWriter:
                 start = end
 
     def _append(self, batch: pa.RecordBatch) -> None:
-        self._pending.append(batch)
-        self._rows += batch.num_rows
-        self._bytes += batch.num_rows * self._row_bytes
-        if self._bytes >= ROW_GROUP_BYTES or self._rows >= ROW_GROUP_MAX_ROWS:
-            self.flush()
+        while batch.num_rows:
+            room = min(ROW_GROUP_MAX_ROWS - self._rows, -(-(ROW_GROUP_BYTES - self._bytes) // self._row_bytes))
+            piece = batch.slice(0, max(room, 1))
+            batch = batch.slice(piece.num_rows)
+            self._pending.append(piece)
+            self._rows += piece.num_rows
+            self._bytes += piece.num_rows * self._row_bytes
+            if self._bytes >= ROW_GROUP_BYTES or self._rows >= ROW_GROUP_MAX_ROWS:
+                self.flush()
 
     def flush(self) -> None:
         if self._pending:

@@ -28,6 +28,15 @@ def packed_width(n_samples: int) -> int:
     return (n_samples + 3) // 4
 
 
+def storage_width(n_samples: int) -> int:
+    """Bytes of the stored genotype column: :func:`packed_width`, but at least 1.
+
+    Parquet has no zero-width fixed-size binary, so a sites-only dataset (no samples) stores one
+    zero byte per variant; readers ignore it.
+    """
+    return max(1, packed_width(n_samples))
+
+
 def variants_schema(n_samples: int) -> pa.Schema:
     """Schema of ``variants.parquet`` for a dataset of ``n_samples`` samples.
 
@@ -51,7 +60,7 @@ def variants_schema(n_samples: int) -> pa.Schema:
             pa.field("n_het", pa.int32(), nullable=False),
             pa.field("n_hom_alt", pa.int32(), nullable=False),
             pa.field("n_missing", pa.int32(), nullable=False),
-            pa.field("genotypes", pa.binary(packed_width(n_samples)), nullable=False),
+            pa.field("genotypes", pa.binary(storage_width(n_samples)), nullable=False),
         ]
     )
 

@@ -161,12 +161,12 @@ def packed_view(column: pa.Array, n_samples: int) -> np.ndarray:
     """A zero-copy ``(rows, bytes)`` uint8 view of a fixed-size binary genotype column."""
     from genomics.schema import packed_width
 
-    width = packed_width(n_samples)
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     n = len(column)
-    if width == 0:
+    if packed_width(n_samples) == 0:
         return np.zeros((n, 0), dtype=np.uint8)
+    width = column.type.byte_width
     data = column.buffers()[1]
     flat = np.frombuffer(data, dtype=np.uint8, count=(column.offset + n) * width)
     return flat[column.offset * width :].reshape(n, width)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from genomics.schema import packed_width, variants_schema
+from genomics.schema import storage_width, variants_schema
 
 
 def dot_to_null(values: pa.Array) -> pa.Array:
@@ -19,8 +19,10 @@ def dot_to_null(values: pa.Array) -> pa.Array:
 
 def packed_array(packed: np.ndarray, n_samples: int) -> pa.Array:
     """Wrap a ``(rows, bytes)`` uint8 array as a fixed-size binary column without copying."""
-    width = packed_width(n_samples)
+    width = storage_width(n_samples)
     packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    if packed.shape[1] != width:  # sites-only: one zero byte per variant
+        packed = np.zeros((packed.shape[0], width), dtype=np.uint8)
     return pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(width), packed.shape[0], [None, pa.py_buffer(packed)]
     )

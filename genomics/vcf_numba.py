@@ -167,6 +167,108 @@ def scan_records(
             gt_index[ln] = gi
 
 
+@jit
+def _parse_line(
+    buf: np.ndarray,
+    ln: int,
+    ends: np.ndarray,
+    sample_start: np.ndarray,
+    n_alt: np.ndarray,
+    gt_index: np.ndarray,
+    row_offset: np.ndarray,
+    n_samples: int,
+    packed: np.ndarray,
+    counts: np.ndarray,
+    err: np.ndarray,
+    err_sample: np.ndarray,
+) -> None:
+    """The general GT parser for one line (any ploidy up to 2, any allele count, GT anywhere)."""
+    e = ends[ln]
+    p = sample_start[ln]
+    na = n_alt[ln]
+    nrows = max(na, 1)
+    r0 = row_offset[ln]
+    gi = gt_index[ln]
+    for s in range(n_samples):
+        if p > e:
+            err[ln] = ERR_TOO_FEW_COLUMNS
+            err_sample[ln] = s
+            return
+        q = p
+        k = 0
+        while k < gi and q < e and buf[q] != TAB:
+            if buf[q] == COLON:
+                k += 1
+            q += 1
+        a = -1
+        b = -1
+        ploidy = 0
+        missing = False
+        if k == gi and q < e and buf[q] != TAB and buf[q] != COLON:
+            while True:
+                c = buf[q]
+                allele = -1
+                if c == DOT:
+                    missing = True
+                    q += 1
+                elif 48 <= c <= 57:
+                    allele = 0
+                    while q < e and 48 <= buf[q] <= 57:
+                        allele = allele * 10 + (buf[q] - 48)
+                        q += 1
+                        if allele > 32767:
+                            break
+                    if allele > na:
+                        err[ln] = ERR_ALLELE_RANGE
+                        break
+                else:
+                    err[ln] = ERR_BAD_GT
+                    break
+                ploidy += 1
+                if ploidy == 1:
+                    a = allele
+                elif ploidy == 2:
+                    b = allele
+                else:
+                    err[ln] = ERR_PLOIDY
+                    break
+                if q < e and (buf[q] == SLASH or buf[q] == PIPE):
+                    q += 1
+                    if q >= e:
+                        err[ln] = ERR_BAD_GT
+                        break
+                    continue
+                break
+            if err[ln] == ERR_OK and q < e and buf[q] != TAB and buf[q] != COLON:
+                err[ln] = ERR_BAD_GT
+            if err[ln] != ERR_OK:
+                err_sample[ln] = s
+                return
+        elif k == gi and (q >= e or buf[q] == TAB) and gi == 0:
+            err[ln] = ERR_BAD_GT  # empty sample column
+            err_sample[ln] = s
+            return
+        else:
+            missing = True  # GT not present in this sample's (shortened) field
+        while q < e and buf[q] != TAB:
+            q += 1
+        p = q + 1
+        byte = s >> 2
+        shift = 2 * (s & 3)
+        for j in range(nrows):
+            if missing:
+                code = 3
+            elif ploidy == 1:
+                code = 2 if a == j + 1 else 0
+            else:
+                code = (1 if a == j + 1 else 0) + (1 if b == j + 1 else 0)
+            packed[r0 + j, byte] |= np.uint8(code << shift)
+            counts[r0 + j, code] += 1
+    if n_samples > 0 and p <= e:
+        err[ln] = ERR_TOO_MANY_COLUMNS
+        err_sample[ln] = n_samples
+
+
 @jit_parallel
 def parse_genotypes(
     buf: np.ndarray,
@@ -181,99 +283,16 @@ def parse_genotypes(
     err: np.ndarray,
     err_sample: np.ndarray,
 ) -> None:
-    """Second pass: parse every sample's GT into the packed rows of its record.
+    """Second pass: parse every sample's GT into the packed rows of its record (general path only).
 
     Record ``l`` owns rows ``row_offset[l] .. row_offset[l] + max(n_alt[l], 1) - 1``; ``packed`` must be
     zeroed. ``counts[r, c]`` receives how many samples have code ``c`` in row ``r``. On an error,
     ``err_sample[l]`` is the 0-based sample at fault.
     """
     for ln in prange(ends.shape[0]):
-        if err[ln] != ERR_OK:
-            continue
-        e = ends[ln]
-        p = sample_start[ln]
-        na = n_alt[ln]
-        nrows = max(na, 1)
-        r0 = row_offset[ln]
-        gi = gt_index[ln]
-        for s in range(n_samples):
-            if p > e:
-                err[ln] = ERR_TOO_FEW_COLUMNS
-                err_sample[ln] = s
-                break
-            q = p
-            k = 0
-            while k < gi and q < e and buf[q] != TAB:
-                if buf[q] == COLON:
-                    k += 1
-                q += 1
-            a = -1
-            b = -1
-            ploidy = 0
-            missing = False
-            if k == gi and q < e and buf[q] != TAB and buf[q] != COLON:
-                while True:
-                    c = buf[q]
-                    allele = -1
-                    if c == DOT:
-                        missing = True
-                        q += 1
-                    elif 48 <= c <= 57:
-                        allele = 0
-                        while q < e and 48 <= buf[q] <= 57:
-                            allele = allele * 10 + (buf[q] - 48)
-                            q += 1
-                            if allele > 32767:
-                                break
-                        if allele > na:
-                            err[ln] = ERR_ALLELE_RANGE
-                            break
-                    else:
-                        err[ln] = ERR_BAD_GT
-                        break
-                    ploidy += 1
-                    if ploidy == 1:
-                        a = allele
-                    elif ploidy == 2:
-                        b = allele
-                    else:
-                        err[ln] = ERR_PLOIDY
-                        break
-                    if q < e and (buf[q] == SLASH or buf[q] == PIPE):
-                        q += 1
-                        if q >= e:
-                            err[ln] = ERR_BAD_GT
-                            break
-                        continue
-                    break
-                if err[ln] == ERR_OK and q < e and buf[q] != TAB and buf[q] != COLON:
-                    err[ln] = ERR_BAD_GT
-                if err[ln] != ERR_OK:
-                    err_sample[ln] = s
-                    break
-            elif k == gi and (q >= e or buf[q] == TAB) and gi == 0:
-                err[ln] = ERR_BAD_GT  # empty sample column
-                err_sample[ln] = s
-                break
-            else:
-                missing = True  # GT not present in this sample's (shortened) field
-            while q < e and buf[q] != TAB:
-                q += 1
-            p = q + 1
-            byte = s >> 2
-            shift = 2 * (s & 3)
-            for j in range(nrows):
-                if missing:
-                    code = 3
-                elif ploidy == 1:
-                    code = 2 if a == j + 1 else 0
-                else:
-                    code = (1 if a == j + 1 else 0) + (1 if b == j + 1 else 0)
-                packed[r0 + j, byte] |= np.uint8(code << shift)
-                counts[r0 + j, code] += 1
-        if err[ln] == ERR_OK and n_samples > 0 and p <= e:
-            err[ln] = ERR_TOO_MANY_COLUMNS
-            err_sample[ln] = n_samples
+        if err[ln] == ERR_OK:
+            _parse_line(buf, ln, ends, sample_start, n_alt, gt_index, row_offset, n_samples, packed, counts,
+                        err, err_sample)
 
 
 @jit
@@ -311,3 +330,128 @@ def gather_field(
     for r in range(n):
         data[offsets[r] : offsets[r + 1]] = buf[lo[r] : hi[r]]
     return offsets, data
+
+
+ERR_RESCAN = 9  # a line whose end was predicted failed the fixed-stride check: split the chunk exactly
+
+
+@jit
+def split_lines_predicted(
+    buf: np.ndarray, begin: int, end: int, n_samples: int, starts: np.ndarray, ends: np.ndarray,
+    predicted: np.ndarray,
+) -> int:
+    """Split ``buf[begin:end]`` into lines without reading every byte; return the number of lines.
+
+    In the dominant record shape every sample field is 4 bytes (``0|1`` and a tab), so a line ends
+    at ``start of samples + 4 * n_samples - 1``. Where that byte is a newline the line is taken as
+    ``predicted`` (its genotypes must then pass :func:`parse_genotypes`' fixed-stride check, which
+    rejects any newline inside); elsewhere the newline is searched for. Lines end before ``\\n``.
+    Returns -1 when ``starts`` is too small.
+    """
+    n = 0
+    p = begin
+    while p < end:
+        if n >= starts.shape[0]:
+            return -1
+        tabs = 0
+        q = p
+        while q < end and buf[q] != NEWLINE and tabs < N_FIXED:
+            if buf[q] == TAB:
+                tabs += 1
+            q += 1
+        e = -1
+        if tabs == N_FIXED and n_samples > 0:
+            guess = q + 4 * n_samples - 1
+            if guess < end and buf[guess] == NEWLINE:
+                e = guess
+                predicted[n] = True
+        if e < 0:
+            predicted[n] = False
+            while q < end and buf[q] != NEWLINE:
+                q += 1
+            e = q
+        starts[n] = p
+        ends[n] = e
+        n += 1
+        p = e + 1
+    return n
+
+
+@jit
+def _fixed_stride_line(
+    buf: np.ndarray, p: int, n_samples: int, packed_row: np.ndarray, counts_row: np.ndarray, value: np.ndarray,
+    code_of: np.ndarray,
+) -> bool:
+    """Parse a biallelic ``GT``-only line whose sample fields are all ``a?b<TAB>`` (4 bytes).
+
+    ``value`` maps a byte to 0 ('0'), 1 ('1'), 4 ('.') or 16 (anything else); ``code_of[va + vb]``
+    gives the 2-bit code (3 for missing, 255 for invalid). Returns False, writing nothing, if any
+    byte does not fit, so the general parser can take over.
+    """
+    nbytes = (n_samples + 3) >> 2
+    local = np.zeros(4, dtype=np.int64)
+    for j in range(nbytes):
+        byte = 0
+        for t in range(4):
+            s = 4 * j + t
+            if s >= n_samples:
+                break
+            q = p + 4 * s
+            sep = buf[q + 1]
+            delim = buf[q + 3]
+            code = code_of[value[buf[q]] + value[buf[q + 2]]]
+            if code == 255 or (sep != SLASH and sep != PIPE) or (delim != TAB and s != n_samples - 1):
+                return False
+            byte |= code << (2 * t)
+            local[code] += 1
+        packed_row[j] = byte
+    for c in range(4):
+        counts_row[c] = local[c]
+    return True
+
+
+@jit_parallel
+def parse_genotypes_fast(
+    buf: np.ndarray,
+    ends: np.ndarray,
+    sample_start: np.ndarray,
+    n_alt: np.ndarray,
+    gt_index: np.ndarray,
+    format_len: np.ndarray,
+    predicted: np.ndarray,
+    row_offset: np.ndarray,
+    n_samples: int,
+    packed: np.ndarray,
+    counts: np.ndarray,
+    err: np.ndarray,
+    err_sample: np.ndarray,
+) -> None:
+    """:func:`parse_genotypes` with the fixed-stride fast path tried first on each line.
+
+    Lines taken by the fast path must be biallelic, have ``FORMAT`` exactly ``GT`` and a length of
+    ``4 * n_samples - 1`` bytes of samples. A predicted line (see :func:`split_lines_predicted`) that
+    fails the check gets :data:`ERR_RESCAN`.
+    """
+    value = np.full(256, 16, dtype=np.uint8)
+    value[48] = 0
+    value[49] = 1
+    value[DOT] = 4
+    code_of = np.full(33, 255, dtype=np.uint8)
+    code_of[0] = 0
+    code_of[1] = 1
+    code_of[2] = 2
+    for k in (4, 5, 8):
+        code_of[k] = 3
+    for ln in prange(ends.shape[0]):
+        if err[ln] != ERR_OK:
+            continue
+        fast_shape = (n_alt[ln] == 1 and gt_index[ln] == 0 and format_len[ln] == 2
+                      and ends[ln] - sample_start[ln] == 4 * n_samples - 1)
+        if fast_shape and _fixed_stride_line(buf, sample_start[ln], n_samples, packed[row_offset[ln]],
+                                             counts[row_offset[ln]], value, code_of):
+            continue
+        if predicted[ln]:
+            err[ln] = ERR_RESCAN
+            continue
+        _parse_line(buf, ln, ends, sample_start, n_alt, gt_index, row_offset, n_samples, packed, counts, err,
+                    err_sample)

@@ -173,6 +173,7 @@ def iter_text_batches(
             raise
         line_no = header.n_lines + 1
         record = 0
+        n_samples = len(header.samples)
         try:
             eof = False
             while True:
@@ -180,14 +181,13 @@ def iter_text_batches(
                     n = stream.readinto(memoryview(buf)[filled:])
                     filled += n
                     eof = n == 0 or filled < len(buf)
-                arr = np.frombuffer(buf, dtype=np.uint8, count=filled)
-                newlines = K.find_newlines(arr[start:]) + start
-                if eof and filled > start and (newlines.size == 0 or newlines[-1] != filled - 1):
-                    newlines = np.append(newlines, filled)  # the last line lacks its newline
-                if newlines.size == 0:
+                last_nl = buf.rfind(b"\n", start, filled)
+                complete = last_nl + 1 if last_nl >= 0 else start
+                if eof and filled > complete:
+                    complete = filled  # the last line lacks its newline
+                if complete <= start:
                     if eof:
                         break
-                    del arr
                     if start == 0:  # one line longer than the buffer: grow it
                         buf.extend(bytes(len(buf)))
                     else:
@@ -195,21 +195,21 @@ def iter_text_batches(
                         filled -= start
                         start = 0
                     continue
-                starts = np.concatenate(([start], newlines[:-1] + 1))
-                ends = newlines.copy()
-                keep = ends > starts  # blank lines are skipped
-                line_numbers = line_no + np.flatnonzero(keep)
-                starts, ends = starts[keep], ends[keep]
-                cr = ends > starts
-                cr[cr] = arr[ends[cr] - 1] == K.CR
-                ends[cr] -= 1
-                if starts.size:
-                    batch, rows_line = _parse_lines(arr, starts, ends, header, path, line_numbers, record)
-                    record += starts.size
-                    yield batch, rows_line
-                line_no += keep.size
-                start = int(newlines[-1]) + 1
+                arr = np.frombuffer(buf, dtype=np.uint8, count=filled)
+                result = None
+                for exact in (False, True):
+                    starts, ends, predicted, index, n_lines = _line_bounds(arr, start, complete, n_samples, exact)
+                    if starts.size == 0:
+                        break
+                    result = _parse_lines(arr, starts, ends, predicted, header, path, line_no + index, record)
+                    if result is not None:
+                        break
                 del arr
+                if result is not None:
+                    record += starts.size
+                    yield result
+                line_no += n_lines
+                start = complete
                 if on_progress is not None:
                     on_progress(stream.progress(), stream.size)
                 if eof and start >= filled:
@@ -223,15 +223,51 @@ def iter_text_batches(
     return header, batches()
 
 
+def _line_bounds(
+    arr: np.ndarray, begin: int, end: int, n_samples: int, exact: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Start, end (before CR/LF), predicted flag and 0-based line index of each non-blank line of
+    ``arr[begin:end]``, and the number of lines including blank ones."""
+    if exact:
+        newlines = K.find_newlines(arr[begin:end]) + begin
+        if newlines.size == 0 or newlines[-1] != end - 1:
+            newlines = np.append(newlines, end)
+        starts = np.concatenate(([begin], newlines[:-1] + 1))
+        ends = newlines
+        predicted = np.zeros(starts.size, dtype=np.bool_)
+    else:
+        capacity = max(1024, (end - begin) // 64)
+        while True:
+            starts = np.empty(capacity, dtype=np.int64)
+            ends = np.empty(capacity, dtype=np.int64)
+            predicted = np.zeros(capacity, dtype=np.bool_)
+            n = K.split_lines_predicted(arr, begin, end, n_samples, starts, ends, predicted)
+            if n >= 0:
+                break
+            capacity *= 4
+        starts, ends, predicted = starts[:n], ends[:n], predicted[:n]
+    n_lines = starts.size
+    index = np.arange(n_lines)
+    keep = ends > starts  # blank lines are skipped (but counted)
+    if not keep.all():
+        starts, ends, predicted, index = starts[keep], ends[keep], predicted[keep], index[keep]
+    cr = ends > starts
+    cr[cr] = arr[ends[cr] - 1] == K.CR
+    ends = ends - cr
+    return starts, ends, predicted, index, n_lines
+
+
 def _parse_lines(
     arr: np.ndarray,
     starts: np.ndarray,
     ends: np.ndarray,
+    predicted: np.ndarray,
     header: VcfHeader,
     path: str,
     line_numbers: np.ndarray,
     first_record: int,
-) -> tuple[pa.RecordBatch, np.ndarray]:
+) -> tuple[pa.RecordBatch, np.ndarray] | None:
+    """Parse whole record lines into a batch; None if a predicted line end proved wrong."""
     n_lines = starts.size
     n_samples = len(header.samples)
     field_start = np.zeros((n_lines, K.N_FIXED + 1), dtype=np.int64)
@@ -248,10 +284,13 @@ def _parse_lines(
     packed = np.zeros((total, packed_width(n_samples)), dtype=np.uint8)
     counts = np.zeros((total, 4), dtype=np.int32)
     err_sample = np.full(n_lines, -1, dtype=np.int64)
-    K.parse_genotypes(
-        arr, ends, field_start[:, 9], n_alt, gt_index, row_offset, n_samples, packed, counts, err,
-        err_sample,
+    format_len = field_end[:, 8] - field_start[:, 8]
+    K.parse_genotypes_fast(
+        arr, ends, field_start[:, 9], n_alt, gt_index, format_len, predicted, row_offset, n_samples, packed,
+        counts, err, err_sample,
     )
+    if np.any(err == K.ERR_RESCAN):
+        return None
     bad = np.flatnonzero(err)
     if bad.size:
         ln = int(bad[0])

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from genomics.store import Store
+from genomics.synth import SynthConfig, synthesize
+from station_api.config import StationConfig, write_config
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic cohort: 300 samples, 600 sites, 3 stations."""
+    out = tmp_path_factory.mktemp("cohort")
+    synthesize(SynthConfig(out=str(out), samples=300, variants=600, stations=3, seed=7))
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    st = tmp_path / "station"
+    s = Store.create(st)
+    write_config(st, StationConfig(name="test"))
+    return s
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def bgzip(src: Path, dst: Path) -> Path:
+    import pysam
+
+    pysam.tabix_compress(str(src), str(dst), force=True)
+    return dst
