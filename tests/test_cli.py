@@ -1,0 +1,45 @@
+"""The ``better`` verbs as a user runs them: a real process, stdout for results, stderr for messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def better(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "query.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli__synth_init_ingest_info(tmp_path: Path) -> None:
+    r = better("synth", "--out", str(tmp_path / "c"), "--samples", "60", "--variants", "80", "--stations", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "c")
+    st = tmp_path / "st"
+    r = better("station", "init", "--station", str(st), "--name", "milano")
+    assert r.returncode == 0 and (st / "station.toml").exists() and r.stdout.strip().splitlines()[-1] == str(st)
+    r = better("ingest", "--station", str(st), "--dataset", "cohort", "--vcf", str(tmp_path / "c/milano.vcf.gz"),
+               "--phenotypes", str(tmp_path / "c/milano.pheno.tsv"))
+    assert r.returncode == 0, r.stderr
+    assert "records" in r.stderr and "phenotypes:" in r.stderr
+    r = better("store", "info", "--station", str(st))
+    assert r.returncode == 0 and "cohort" in r.stdout and "min_cell_count=5" in r.stdout
+
+
+def test_cli__errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
+    r = better("ingest", "--station", str(tmp_path / "nowhere"), "--dataset", "d", "--vcf", "x.vcf")
+    assert r.returncode == 1
+    assert "error:" in r.stderr and "station init" in r.stderr and "Traceback" not in r.stderr
+    st = tmp_path / "st"
+    better("station", "init", "--station", str(st), "--name", "a")
+    bad = tmp_path / "bad.vcf"
+    bad.write_text("not a vcf\n")
+    r = better("ingest", "--station", str(st), "--dataset", "d", "--vcf", str(bad))
+    assert r.returncode == 1 and "not a VCF" in r.stderr and "Traceback" not in r.stderr
+    assert not (st / "datasets" / "d").exists()
+
+
+def test_cli__help_on_every_verb() -> None:
+    for verb in (["synth"], ["ingest"], ["demo"], ["station", "init"], ["store", "info"]):
+        r = better(*verb, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout, verb
