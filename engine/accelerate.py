@@ -8,7 +8,7 @@ Kernels are compiled on first use and cached on disk next to the package.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numba
 
@@ -29,7 +29,7 @@ def jit(func: F) -> F:
     >>> add(1, 2)
     3
     """
-    return numba.njit(cache=True, nogil=True)(func)  # type: ignore[no-any-return]
+    return cast(F, numba.njit(cache=True, nogil=True)(func))
 
 
 def jit_parallel(func: F) -> F:
@@ -47,11 +47,11 @@ def jit_parallel(func: F) -> F:
     >>> double(np.arange(3)).tolist()
     [0, 2, 4]
     """
-    return numba.njit(cache=True, nogil=True, parallel=True)(func)  # type: ignore[no-any-return]
+    return cast(F, numba.njit(cache=True, nogil=True, parallel=True)(func))
 
 
 def set_threads(n: int | None) -> int:
     """Set the number of Numba threads (``None`` keeps the default) and return the number in use."""
     if n is not None:
-        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     return int(numba.get_num_threads())

@@ -78,7 +78,10 @@ class RowGroupWriter:
     def __init__(self, path: Path, n_samples: int) -> None:
         schema = variants_schema(n_samples)
         self._writer = pq.ParquetWriter(
-            path, schema, compression="zstd", compression_level=1,
+            path,
+            schema,
+            compression="zstd",
+            compression_level=1,
             use_dictionary=["chrom", "ref", "alt", "filter"],
             write_statistics=["chrom", "pos", "record"],
         )
@@ -198,42 +201,78 @@ def ingest_vcf(
                 phenotyped = set(pheno_table.column("sample_index").to_pylist())
             pq.write_table(
                 pa.table(
-                    [pa.array(range(len(samples)), pa.int32()), pa.array(samples, pa.string()),
-                     pa.array([i in phenotyped for i in range(len(samples))], pa.bool_())],
+                    [
+                        pa.array(range(len(samples)), pa.int32()),
+                        pa.array(samples, pa.string()),
+                        pa.array([i in phenotyped for i in range(len(samples))], pa.bool_()),
+                    ],
                     schema=SAMPLES_SCHEMA,
                 ),
                 tmp / "samples.parquet",
             )
             report = IngestReport(
-                dataset=dataset, n_samples=len(samples), n_records=n_records, n_variants=writer.n_rows,
-                n_multiallelic_records=n_multi, chromosomes=writer.chromosomes, n_phenotyped=len(phenotyped),
+                dataset=dataset,
+                n_samples=len(samples),
+                n_records=n_records,
+                n_variants=writer.n_rows,
+                n_multiallelic_records=n_multi,
+                chromosomes=writer.chromosomes,
+                n_phenotyped=len(phenotyped),
                 n_phenotype_rows_unmatched=unmatched,
-                phenotype_columns={f.name: str(f.type) for f in (pheno.table.schema if pheno else [])
-                                   if f.name != "sample_id"},
+                phenotype_columns={
+                    f.name: str(f.type) for f in (pheno.table.schema if pheno else []) if f.name != "sample_id"
+                },
                 sha256=vcf_hash.result(),
             )
             report.seconds = time.perf_counter() - started
             software = software_versions()
-            ingests: list[dict[str, Any]] = [{
-                "kind": "variants", "path": os.path.abspath(vcf), "sha256": report.sha256,
-                "bytes": os.path.getsize(vcf), "software": software, "started_at": started_at,
-                "seconds": report.seconds,
-                "details": {"records": n_records, "variants": writer.n_rows, "multiallelic_records": n_multi,
-                            "samples": len(samples), "format": detect_format(vcf)},
-            }]
+            ingests: list[dict[str, Any]] = [
+                {
+                    "kind": "variants",
+                    "path": os.path.abspath(vcf),
+                    "sha256": report.sha256,
+                    "bytes": os.path.getsize(vcf),
+                    "software": software,
+                    "started_at": started_at,
+                    "seconds": report.seconds,
+                    "details": {
+                        "records": n_records,
+                        "variants": writer.n_rows,
+                        "multiallelic_records": n_multi,
+                        "samples": len(samples),
+                        "format": detect_format(vcf),
+                    },
+                }
+            ]
             if pheno is not None and phenotypes is not None:
-                ingests.append({
-                    "kind": "phenotypes", "path": os.path.abspath(phenotypes), "sha256": sha256_file(phenotypes),
-                    "bytes": os.path.getsize(phenotypes), "software": software, "started_at": started_at,
-                    "seconds": 0.0,
-                    "details": {"rows": pheno.table.num_rows, "matched": len(phenotyped), "unmatched": unmatched,
-                                "columns": report.phenotype_columns},
-                })
+                ingests.append(
+                    {
+                        "kind": "phenotypes",
+                        "path": os.path.abspath(phenotypes),
+                        "sha256": sha256_file(phenotypes),
+                        "bytes": os.path.getsize(phenotypes),
+                        "software": software,
+                        "started_at": started_at,
+                        "seconds": 0.0,
+                        "details": {
+                            "rows": pheno.table.num_rows,
+                            "matched": len(phenotyped),
+                            "unmatched": unmatched,
+                            "columns": report.phenotype_columns,
+                        },
+                    }
+                )
             store.commit_dataset(
-                dataset, tmp,
-                {"n_samples": len(samples), "n_variants": writer.n_rows, "n_records": n_records,
-                 "n_phenotyped": len(phenotyped), "chromosomes": writer.chromosomes,
-                 "phenotype_columns": report.phenotype_columns},
+                dataset,
+                tmp,
+                {
+                    "n_samples": len(samples),
+                    "n_variants": writer.n_rows,
+                    "n_records": n_records,
+                    "n_phenotyped": len(phenotyped),
+                    "chromosomes": writer.chromosomes,
+                    "phenotype_columns": report.phenotype_columns,
+                },
                 ingests,
             )
         except BaseException:

@@ -66,7 +66,12 @@ def _expression(cond: Condition, schema: pa.Schema) -> pl.Expr:
         return col.is_in(list(values))
     v = values[0]
     return {
-        "=": col == v, "!=": col != v, "<": col < v, "<=": col <= v, ">": col > v, ">=": col >= v,
+        "=": col == v,
+        "!=": col != v,
+        "<": col < v,
+        "<=": col <= v,
+        ">": col > v,
+        ">=": col >= v,
     }[cond.op]
 
 

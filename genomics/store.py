@@ -153,8 +153,10 @@ class Dataset:
         for batch in scanner.to_batches():
             if batch.num_rows == 0:
                 continue
-            yield GenotypeBlock(pa.Table.from_batches([batch.drop_columns(["genotypes"])]),
-                                packed_view(batch.column("genotypes"), self.n_samples))
+            yield GenotypeBlock(
+                pa.Table.from_batches([batch.drop_columns(["genotypes"])]),
+                packed_view(batch.column("genotypes"), self.n_samples),
+            )
 
 
 def packed_view(column: pa.Array, n_samples: int) -> np.ndarray:
@@ -190,11 +192,14 @@ class Store:
             store = cls(p)
             with store.catalog() as con:
                 con.execute(_SCHEMA_SQL)
-                con.execute("INSERT OR REPLACE INTO store_meta VALUES ('format_version', ?)",
-                            [str(STORE_FORMAT_VERSION)])
+                con.execute(
+                    "INSERT OR REPLACE INTO store_meta VALUES ('format_version', ?)",
+                    [str(STORE_FORMAT_VERSION)],
+                )
         except PermissionError as exc:
-            raise StoreError(f"{p}: cannot write the station directory ({exc.strerror}); "
-                             "choose a directory you can write to") from None
+            raise StoreError(
+                f"{p}: cannot write the station directory ({exc.strerror}); choose a directory you can write to"
+            ) from None
         return store
 
     @classmethod
@@ -202,8 +207,10 @@ class Store:
         """Open an existing store, refusing a folder that is not one."""
         p = Path(path)
         if not (p / CATALOG).is_file():
-            raise StoreError(f"{p}: not a station store (no {CATALOG}); create it with "
-                             f"`better station init --station {p} --name NAME`")
+            raise StoreError(
+                f"{p}: not a station store (no {CATALOG}); create it with "
+                f"`better station init --station {p} --name NAME`"
+            )
         return cls(p)
 
     @contextmanager
@@ -225,8 +232,10 @@ class Store:
             probe.mkdir(parents=True)
             probe.rmdir()
         except OSError as exc:
-            raise StoreError(f"{self.path}: the station directory cannot be written ({exc.strerror}); "
-                             "fix its permissions or choose another --station") from None
+            raise StoreError(
+                f"{self.path}: the station directory cannot be written ({exc.strerror}); "
+                "fix its permissions or choose another --station"
+            ) from None
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete temporary folders left by an ingest that was killed; return what was removed."""
@@ -249,8 +258,10 @@ class Store:
                 names = [r[0] for r in con.execute("SELECT name FROM datasets").fetchall()]
                 from genomics.selection import suggest
 
-                raise NotFoundError(f"no dataset {name!r} in {self.path}{suggest(name, names)}; "
-                                    f"datasets: {', '.join(sorted(names)) or 'none'}")
+                raise NotFoundError(
+                    f"no dataset {name!r} in {self.path}{suggest(name, names)}; "
+                    f"datasets: {', '.join(sorted(names)) or 'none'}"
+                )
         return Dataset(self.path / DATASETS / name, name, int(row[0]))
 
     def summary(self) -> list[dict[str, Any]]:
@@ -299,17 +310,32 @@ class Store:
                     con.execute("DELETE FROM datasets WHERE name = ?", [name])
                     con.execute(
                         "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, now())",
-                        [name, row["n_samples"], row["n_variants"], row["n_records"], row["n_phenotyped"],
-                         json.dumps(row["chromosomes"]), json.dumps(row["phenotype_columns"])],
+                        [
+                            name,
+                            row["n_samples"],
+                            row["n_variants"],
+                            row["n_records"],
+                            row["n_phenotyped"],
+                            json.dumps(row["chromosomes"]),
+                            json.dumps(row["phenotype_columns"]),
+                        ],
                     )
                     for ing in ingests:
                         con.execute(
                             """INSERT INTO ingests (dataset, source_kind, source_path, source_sha256,
                                source_bytes, details, software, started_at, seconds)
                                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                            [name, ing["kind"], ing["path"], ing["sha256"], ing["bytes"],
-                             json.dumps(ing["details"]), json.dumps(ing["software"]), ing["started_at"],
-                             ing["seconds"]],
+                            [
+                                name,
+                                ing["kind"],
+                                ing["path"],
+                                ing["sha256"],
+                                ing["bytes"],
+                                json.dumps(ing["details"]),
+                                json.dumps(ing["software"]),
+                                ing["started_at"],
+                                ing["seconds"],
+                            ],
                         )
                     if final.exists():
                         final.rename(old)

@@ -82,7 +82,9 @@ def _simulate(cfg: SynthConfig, deme_counts: list[int], rng: np.random.Generator
     for _ in range(6):
         ts = msprime.sim_ancestry(
             samples={f"pop_{d}": c for d, c in enumerate(deme_counts) if c},
-            demography=demography, sequence_length=int(length), recombination_rate=RECOMBINATION_RATE,
+            demography=demography,
+            sequence_length=int(length),
+            recombination_rate=RECOMBINATION_RATE,
             random_seed=int(rng.integers(1, 2**31)),
         )
         ts = msprime.sim_mutations(ts, rate=MUTATION_RATE, random_seed=int(rng.integers(1, 2**31)))
@@ -163,16 +165,26 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
     batch = {nm: float(round(b, 3)) for nm, b in zip(names, rng.normal(0, 0.3, cfg.stations), strict=True)}
     batch_arr = np.array([batch[nm] for nm in names])[station_of]
     g_ldl = alt1[causal_ldl].T.astype(float) @ beta_ldl
-    ldl = (3.2 + g_ldl + 0.015 * (age - 55) + 0.2 * sex + 0.03 * (bmi - 26.5) + deme_shift[deme_of]
-           + batch_arr + rng.normal(0, 0.8, n))
-    g_case = alt1[causal_case].T.astype(float) @ beta_case
-    eta = -1.0 + g_case + 0.02 * (age - 55) + 0.3 * sex + 0.5 * (smoking == "current") + deme_shift[deme_of] \
+    ldl = (
+        3.2
+        + g_ldl
+        + 0.015 * (age - 55)
+        + 0.2 * sex
+        + 0.03 * (bmi - 26.5)
+        + deme_shift[deme_of]
         + batch_arr
+        + rng.normal(0, 0.8, n)
+    )
+    g_case = alt1[causal_case].T.astype(float) @ beta_case
+    eta = -1.0 + g_case + 0.02 * (age - 55) + 0.3 * sex + 0.5 * (smoking == "current") + deme_shift[deme_of] + batch_arr
     case = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int)
 
     # Missing data: genotypes at a per-variant rate, a few variants failing at one station, phenotypes.
-    rate = rng.beta(0.3, 0.3 / max(cfg.missing_genotype_rate, 1e-9) - 0.3, hap.shape[0]) if \
-        cfg.missing_genotype_rate > 0 else np.zeros(hap.shape[0])
+    rate = (
+        rng.beta(0.3, 0.3 / max(cfg.missing_genotype_rate, 1e-9) - 0.3, hap.shape[0])
+        if cfg.missing_genotype_rate > 0
+        else np.zeros(hap.shape[0])
+    )
     missing = rng.random((hap.shape[0], n)) < rate[:, None]
     failed = np.flatnonzero(rng.random(hap.shape[0]) < 0.005)
     for v in failed:
@@ -189,10 +201,11 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
     step("writing station VCFs and phenotype tables")
     for k, nm in enumerate(names):
         cols = np.flatnonzero(station_of == k)
-        files[f"{nm}.vcf.gz"] = _write_vcf(out / f"{nm}.vcf.gz", records, hap[:, cols], missing[:, cols],
-                                           ids[cols])
+        files[f"{nm}.vcf.gz"] = _write_vcf(out / f"{nm}.vcf.gz", records, hap[:, cols], missing[:, cols], ids[cols])
         files[f"{nm}.pheno.tsv"] = _write_table(
-            out / f"{nm}.pheno.tsv", "sample_id", ids[cols],
+            out / f"{nm}.pheno.tsv",
+            "sample_id",
+            ids[cols],
             _phenotype_columns(cols, age, sex, bmi, smoking, pcs, ldl, case, na_age, na_ldl, na_case, False),
         )
     step("writing the pooled VCF, the PLINK 2 phenotype file and the truth")
@@ -206,23 +219,50 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
     truth_rows = []
     for trait, idx, eff in (("ldl", causal_ldl, beta_ldl), ("case", causal_case, beta_case)):
         for v, b in zip(idx, eff, strict=True):
-            truth_rows.append([trait, cfg.chrom, str(positions[v]), records.ids[v], alleles[v][0], alleles[v][1],
-                               f"{freq[v]:.4f}", f"{b:.4f}"])
+            truth_rows.append(
+                [
+                    trait,
+                    cfg.chrom,
+                    str(positions[v]),
+                    records.ids[v],
+                    alleles[v][0],
+                    alleles[v][1],
+                    f"{freq[v]:.4f}",
+                    f"{b:.4f}",
+                ]
+            )
     with open(out / "truth.tsv", "w") as f:
         f.write("trait\tchrom\tpos\tid\tref\talt\talt_freq\teffect\n")
         f.writelines("\t".join(r) + "\n" for r in truth_rows)
     files["truth.tsv"] = str(out / "truth.tsv")
     result = SynthResult(
-        out=out, stations=names, station_sizes=[int(s) for s in sizes], n_variants=int((n_alleles - 1).sum()),
-        n_records=int(hap.shape[0]), n_multiallelic=int((n_alleles > 2).sum()), files=files,
+        out=out,
+        stations=names,
+        station_sizes=[int(s) for s in sizes],
+        n_variants=int((n_alleles - 1).sum()),
+        n_records=int(hap.shape[0]),
+        n_multiallelic=int((n_alleles > 2).sum()),
+        files=files,
         batch_effects=batch,
     )
-    meta = {"config": asdict(cfg), "stations": names, "station_sizes": result.station_sizes,
-            "records": result.n_records, "variants_after_split": result.n_variants,
-            "multiallelic_records": result.n_multiallelic, "batch_effects": batch,
-            "effects": {"ldl": "per ALT allele, in ldl units", "case": "per ALT allele, log odds"},
-            "demography": {"model": "island", "demes": N_DEMES, "Ne": NE, "migration_rate": MIGRATION_RATE,
-                           "mutation_rate": MUTATION_RATE, "recombination_rate": RECOMBINATION_RATE}}
+    meta = {
+        "config": asdict(cfg),
+        "stations": names,
+        "station_sizes": result.station_sizes,
+        "records": result.n_records,
+        "variants_after_split": result.n_variants,
+        "multiallelic_records": result.n_multiallelic,
+        "batch_effects": batch,
+        "effects": {"ldl": "per ALT allele, in ldl units", "case": "per ALT allele, log odds"},
+        "demography": {
+            "model": "island",
+            "demes": N_DEMES,
+            "Ne": NE,
+            "migration_rate": MIGRATION_RATE,
+            "mutation_rate": MUTATION_RATE,
+            "recombination_rate": RECOMBINATION_RATE,
+        },
+    }
     (out / "cohort.json").write_text(json.dumps(meta, indent=2) + "\n")
     files["cohort.json"] = str(out / "cohort.json")
     return result
@@ -266,8 +306,9 @@ def _write_table(path: Path, id_name: str, ids: np.ndarray, cols: dict[str, np.n
 class _Records:
     """The fixed VCF columns of each site, shared by every file of the cohort."""
 
-    def __init__(self, cfg: SynthConfig, positions: np.ndarray, alleles: list[list[str]],
-                 rng: np.random.Generator) -> None:
+    def __init__(
+        self, cfg: SynthConfig, positions: np.ndarray, alleles: list[list[str]], rng: np.random.Generator
+    ) -> None:
         m = positions.size
         self.cfg = cfg
         self.positions = positions
@@ -303,15 +344,19 @@ def _write_vcf(path: Path, rec: _Records, hap: np.ndarray, missing: np.ndarray, 
     if n:
         text[:, -1, 3] = ord("\n")
     called = ~missing
-    with pysam.BGZFile(str(path), "wb") as f:
+    with pysam.BGZFile(str(path), "wb", index=None) as f:
         f.write(("\n".join(header) + "\n").encode())
         for j in range(m):
             al = rec.alleles[j]
-            ac = [int(((hap[j, :, 0] == a) & called[j]).sum() + ((hap[j, :, 1] == a) & called[j]).sum())
-                  for a in range(1, len(al))]
-            fixed = (f"{rec.cfg.chrom}\t{rec.positions[j]}\t{rec.ids[j]}\t{al[0]}\t{','.join(al[1:])}\t"
-                     f"{rec.qual[j]}\t{rec.filter[j]}\tAC={','.join(map(str, ac))};AN={2 * int(called[j].sum())}\t"
-                     + ("GT\t" if n else ""))
+            ac = [
+                int(((hap[j, :, 0] == a) & called[j]).sum() + ((hap[j, :, 1] == a) & called[j]).sum())
+                for a in range(1, len(al))
+            ]
+            fixed = (
+                f"{rec.cfg.chrom}\t{rec.positions[j]}\t{rec.ids[j]}\t{al[0]}\t{','.join(al[1:])}\t"
+                f"{rec.qual[j]}\t{rec.filter[j]}\tAC={','.join(map(str, ac))};AN={2 * int(called[j].sum())}\t"
+                + ("GT\t" if n else "")
+            )
             f.write(fixed.encode() + (text[j].tobytes() if n else b"\n"))
     pysam.tabix_index(str(path), preset="vcf", force=True)
     return str(path)

@@ -23,9 +23,7 @@ def packed_array(packed: np.ndarray, n_samples: int) -> pa.Array:
     packed = np.ascontiguousarray(packed, dtype=np.uint8)
     if packed.shape[1] != width:  # sites-only: one zero byte per variant
         packed = np.zeros((packed.shape[0], width), dtype=np.uint8)
-    return pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(width), packed.shape[0], [None, pa.py_buffer(packed)]
-    )
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), packed.shape[0], [None, pa.py_buffer(packed)])
 
 
 def build_batch(
@@ -48,8 +46,10 @@ def build_batch(
     schema = variants_schema(n_samples)
 
     def col(name: str, values: Any) -> pa.Array:
-        return values.cast(schema.field(name).type) if isinstance(values, pa.Array) else pa.array(
-            values, type=schema.field(name).type
+        return (
+            values.cast(schema.field(name).type)
+            if isinstance(values, pa.Array)
+            else pa.array(values, type=schema.field(name).type)
         )
 
     counts = np.asarray(counts, dtype=np.int32)

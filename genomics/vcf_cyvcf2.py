@@ -85,8 +85,22 @@ def iter_cyvcf2_batches(
     n = len(header.samples)
 
     def batches() -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
-        cols: dict[str, list] = {k: [] for k in ("chrom", "pos", "id", "ref", "alt", "qual", "filt", "info",
-                                                  "record", "alt_index", "line")}
+        cols: dict[str, list] = {
+            k: []
+            for k in (
+                "chrom",
+                "pos",
+                "id",
+                "ref",
+                "alt",
+                "qual",
+                "filt",
+                "info",
+                "record",
+                "alt_index",
+                "line",
+            )
+        }
         codes: list[np.ndarray] = []
         record = 0
         vcf = cyvcf2.VCF(path, gts012=False, strict_gt=False)
@@ -133,13 +147,26 @@ def _flush(cols: dict[str, list], codes: list[np.ndarray], n: int) -> tuple[pa.R
     from genomics.packing import pack_genotypes
 
     allc = np.concatenate(codes, axis=0) if codes else np.zeros((0, n), dtype=np.int8)
-    counts = np.stack([(allc == c).sum(axis=1) for c in range(4)], axis=1) if n else np.zeros(
-        (allc.shape[0], 4), dtype=np.int32)
+    counts = (
+        np.stack([(allc == c).sum(axis=1) for c in range(4)], axis=1)
+        if n
+        else np.zeros((allc.shape[0], 4), dtype=np.int32)
+    )
     packed = pack_genotypes(allc) if n else np.zeros((allc.shape[0], packed_width(0)), dtype=np.uint8)
     batch = build_batch(
-        n, chrom=cols["chrom"], pos=np.array(cols["pos"]), ident=cols["id"], ref=cols["ref"],
-        alt=cols["alt"], qual=cols["qual"], filt=cols["filt"], info=cols["info"],
-        record=np.array(cols["record"]), alt_index=np.array(cols["alt_index"]), counts=counts, packed=packed,
+        n,
+        chrom=cols["chrom"],
+        pos=np.array(cols["pos"]),
+        ident=cols["id"],
+        ref=cols["ref"],
+        alt=cols["alt"],
+        qual=cols["qual"],
+        filt=cols["filt"],
+        info=cols["info"],
+        record=np.array(cols["record"]),
+        alt_index=np.array(cols["alt_index"]),
+        counts=counts,
+        packed=packed,
     )
     lines = np.array(cols["line"], dtype=np.int64)
     for v in cols.values():

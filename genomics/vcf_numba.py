@@ -291,8 +291,20 @@ def parse_genotypes(
     """
     for ln in prange(ends.shape[0]):
         if err[ln] == ERR_OK:
-            _parse_line(buf, ln, ends, sample_start, n_alt, gt_index, row_offset, n_samples, packed, counts,
-                        err, err_sample)
+            _parse_line(
+                buf,
+                ln,
+                ends,
+                sample_start,
+                n_alt,
+                gt_index,
+                row_offset,
+                n_samples,
+                packed,
+                counts,
+                err,
+                err_sample,
+            )
 
 
 @jit
@@ -337,7 +349,12 @@ ERR_RESCAN = 9  # a line whose end was predicted failed the fixed-stride check: 
 
 @jit
 def split_lines_predicted(
-    buf: np.ndarray, begin: int, end: int, n_samples: int, starts: np.ndarray, ends: np.ndarray,
+    buf: np.ndarray,
+    begin: int,
+    end: int,
+    n_samples: int,
+    starts: np.ndarray,
+    ends: np.ndarray,
     predicted: np.ndarray,
 ) -> int:
     """Split ``buf[begin:end]`` into lines without reading every byte; return the number of lines.
@@ -379,7 +396,12 @@ def split_lines_predicted(
 
 @jit
 def _fixed_stride_line(
-    buf: np.ndarray, p: int, n_samples: int, packed_row: np.ndarray, counts_row: np.ndarray, value: np.ndarray,
+    buf: np.ndarray,
+    p: int,
+    n_samples: int,
+    packed_row: np.ndarray,
+    counts_row: np.ndarray,
+    value: np.ndarray,
     code_of: np.ndarray,
 ) -> bool:
     """Parse a biallelic ``GT``-only line whose sample fields are all ``a?b<TAB>`` (4 bytes).
@@ -445,13 +467,30 @@ def parse_genotypes_fast(
     for ln in prange(ends.shape[0]):
         if err[ln] != ERR_OK:
             continue
-        fast_shape = (n_alt[ln] == 1 and gt_index[ln] == 0 and format_len[ln] == 2
-                      and ends[ln] - sample_start[ln] == 4 * n_samples - 1)
-        if fast_shape and _fixed_stride_line(buf, sample_start[ln], n_samples, packed[row_offset[ln]],
-                                             counts[row_offset[ln]], value, code_of):
+        fast_shape = (
+            n_alt[ln] == 1
+            and gt_index[ln] == 0
+            and format_len[ln] == 2
+            and ends[ln] - sample_start[ln] == 4 * n_samples - 1
+        )
+        if fast_shape and _fixed_stride_line(
+            buf, sample_start[ln], n_samples, packed[row_offset[ln]], counts[row_offset[ln]], value, code_of
+        ):
             continue
         if predicted[ln]:
             err[ln] = ERR_RESCAN
             continue
-        _parse_line(buf, ln, ends, sample_start, n_alt, gt_index, row_offset, n_samples, packed, counts, err,
-                    err_sample)
+        _parse_line(
+            buf,
+            ln,
+            ends,
+            sample_start,
+            n_alt,
+            gt_index,
+            row_offset,
+            n_samples,
+            packed,
+            counts,
+            err,
+            err_sample,
+        )

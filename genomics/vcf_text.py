@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from isal import igzip_threaded
 
 from engine.errors import InputError
-from genomics import vcf_numba as K
+from genomics import vcf_numba as kernels
 from genomics.schema import packed_width
 from genomics.vcf_batches import build_batch, dot_to_null
 from genomics.vcf_header import VcfHeader, parse_header_text, split_info
@@ -27,14 +27,14 @@ from genomics.vcf_header import VcfHeader, parse_header_text, split_info
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 _ERRORS = {
-    K.ERR_TOO_FEW_COLUMNS: "fewer columns than the header's {n} samples need",
-    K.ERR_TOO_MANY_COLUMNS: "more columns than the header's {n} samples",
-    K.ERR_BAD_POS: "POS is not a positive integer",
-    K.ERR_NO_GT: "FORMAT has no GT field; BETTER needs genotypes (GT) for every record",
-    K.ERR_BAD_GT: "malformed GT value",
-    K.ERR_PLOIDY: "ploidy above 2 is not supported",
-    K.ERR_ALLELE_RANGE: "GT names an allele index beyond the record's ALT alleles",
-    K.ERR_EMPTY_FIELD: "an empty CHROM, POS, ID, REF or ALT column",
+    kernels.ERR_TOO_FEW_COLUMNS: "fewer columns than the header's {n} samples need",
+    kernels.ERR_TOO_MANY_COLUMNS: "more columns than the header's {n} samples",
+    kernels.ERR_BAD_POS: "POS is not a positive integer",
+    kernels.ERR_NO_GT: "FORMAT has no GT field; BETTER needs genotypes (GT) for every record",
+    kernels.ERR_BAD_GT: "malformed GT value",
+    kernels.ERR_PLOIDY: "ploidy above 2 is not supported",
+    kernels.ERR_ALLELE_RANGE: "GT names an allele index beyond the record's ALT alleles",
+    kernels.ERR_EMPTY_FIELD: "an empty CHROM, POS, ID, REF or ALT column",
 }
 
 
@@ -48,7 +48,7 @@ class TextStream:
         magic = self._raw.read(4)
         self._raw.seek(0)
         self.compressed = magic[:2] == b"\x1f\x8b"
-        self._stream: BinaryIO = self._raw
+        self._stream: Any = self._raw
         if self.compressed:
             is_bgzf = len(magic) == 4 and magic[3] & 4 != 0  # FEXTRA set: BGZF blocks carry 'BC'
             if is_bgzf:
@@ -61,7 +61,7 @@ class TextStream:
                         f"{path}: the BGZF end-of-file marker is missing, so the file is truncated "
                         "(an interrupted copy or download?); copy it again or re-run bgzip"
                     )
-            self._stream = igzip_threaded.open(self._raw, "rb", threads=1)  # type: ignore[assignment]
+            self._stream = igzip_threaded.open(self._raw, "rb", threads=1)
 
     def readinto(self, view: memoryview) -> int:
         """Fill ``view`` as far as the data goes; return the number of bytes read (0 at the end)."""
@@ -129,9 +129,7 @@ def _read_header(stream: TextStream, buf: bytearray) -> tuple[VcfHeader, int, in
         if line.startswith("#CHROM"):
             return parse_header_text(lines, stream.path), filled, start
         if not line.startswith("##"):
-            raise InputError(
-                f"{stream.path}: line {len(lines)} is a record before the #CHROM header line"
-            )
+            raise InputError(f"{stream.path}: line {len(lines)} is a record before the #CHROM header line")
 
 
 def iter_text_batches(
@@ -229,7 +227,7 @@ def _line_bounds(
     """Start, end (before CR/LF), predicted flag and 0-based line index of each non-blank line of
     ``arr[begin:end]``, and the number of lines including blank ones."""
     if exact:
-        newlines = K.find_newlines(arr[begin:end]) + begin
+        newlines = kernels.find_newlines(arr[begin:end]) + begin
         if newlines.size == 0 or newlines[-1] != end - 1:
             newlines = np.append(newlines, end)
         starts = np.concatenate(([begin], newlines[:-1] + 1))
@@ -241,7 +239,7 @@ def _line_bounds(
             starts = np.empty(capacity, dtype=np.int64)
             ends = np.empty(capacity, dtype=np.int64)
             predicted = np.zeros(capacity, dtype=np.bool_)
-            n = K.split_lines_predicted(arr, begin, end, n_samples, starts, ends, predicted)
+            n = kernels.split_lines_predicted(arr, begin, end, n_samples, starts, ends, predicted)
             if n >= 0:
                 break
             capacity *= 4
@@ -252,7 +250,7 @@ def _line_bounds(
     if not keep.all():
         starts, ends, predicted, index = starts[keep], ends[keep], predicted[keep], index[keep]
     cr = ends > starts
-    cr[cr] = arr[ends[cr] - 1] == K.CR
+    cr[cr] = arr[ends[cr] - 1] == kernels.CR
     ends = ends - cr
     return starts, ends, predicted, index, n_lines
 
@@ -270,13 +268,13 @@ def _parse_lines(
     """Parse whole record lines into a batch; None if a predicted line end proved wrong."""
     n_lines = starts.size
     n_samples = len(header.samples)
-    field_start = np.zeros((n_lines, K.N_FIXED + 1), dtype=np.int64)
-    field_end = np.zeros((n_lines, K.N_FIXED), dtype=np.int64)
+    field_start = np.zeros((n_lines, kernels.N_FIXED + 1), dtype=np.int64)
+    field_end = np.zeros((n_lines, kernels.N_FIXED), dtype=np.int64)
     pos = np.zeros(n_lines, dtype=np.int64)
     n_alt = np.zeros(n_lines, dtype=np.int64)
     gt_index = np.zeros(n_lines, dtype=np.int64)
     err = np.zeros(n_lines, dtype=np.int8)
-    K.scan_records(arr, starts, ends, n_samples, field_start, field_end, pos, n_alt, gt_index, err)
+    kernels.scan_records(arr, starts, ends, n_samples, field_start, field_end, pos, n_alt, gt_index, err)
     n_rows = np.maximum(n_alt, 1)
     row_offset = np.zeros(n_lines, dtype=np.int64)
     np.cumsum(n_rows[:-1], out=row_offset[1:])
@@ -285,17 +283,29 @@ def _parse_lines(
     counts = np.zeros((total, 4), dtype=np.int32)
     err_sample = np.full(n_lines, -1, dtype=np.int64)
     format_len = field_end[:, 8] - field_start[:, 8]
-    K.parse_genotypes_fast(
-        arr, ends, field_start[:, 9], n_alt, gt_index, format_len, predicted, row_offset, n_samples, packed,
-        counts, err, err_sample,
+    kernels.parse_genotypes_fast(
+        arr,
+        ends,
+        field_start[:, 9],
+        n_alt,
+        gt_index,
+        format_len,
+        predicted,
+        row_offset,
+        n_samples,
+        packed,
+        counts,
+        err,
+        err_sample,
     )
-    if np.any(err == K.ERR_RESCAN):
+    if np.any(err == kernels.ERR_RESCAN):
         return None
     bad = np.flatnonzero(err)
     if bad.size:
         ln = int(bad[0])
-        _raise_line_error(arr, starts[ln], ends[ln], int(err[ln]), int(err_sample[ln]), header, path,
-                          int(line_numbers[ln]))
+        _raise_line_error(
+            arr, starts[ln], ends[ln], int(err[ln]), int(err_sample[ln]), header, path, int(line_numbers[ln])
+        )
 
     row_line = np.repeat(np.arange(n_lines), n_rows)
     alt_index = (np.arange(total) - row_offset[row_line] + 1).astype(np.int16)
@@ -304,13 +314,15 @@ def _parse_lines(
     whole = np.full(total, -1, dtype=np.int64)
 
     def text(col: int, subs: np.ndarray = whole) -> pa.Array:
-        offsets, data = K.gather_field(arr, field_start[:, col], field_end[:, col], row_line, subs)
+        offsets, data = kernels.gather_field(arr, field_start[:, col], field_end[:, col], row_line, subs)
         values = pa.Array.from_buffers(pa.string(), total, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
         try:
             values.validate(full=True)
         except pa.ArrowInvalid:
-            raise InputError(f"{path}: lines {line_numbers[0]}-{line_numbers[-1]}: column {col + 1} "
-                             "holds bytes that are not UTF-8 text") from None
+            raise InputError(
+                f"{path}: lines {line_numbers[0]}-{line_numbers[-1]}: column {col + 1} "
+                "holds bytes that are not UTF-8 text"
+            ) from None
         return values
 
     qual_text = dot_to_null(text(5))

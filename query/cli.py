@@ -10,14 +10,23 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from engine.errors import BetterError
 
 app = typer.Typer(
     help="BETTER: federated genomics. The analysis travels to the data; only aggregates come back.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
 )
 station_app = typer.Typer(help="Create and manage a station (a hospital's store).", no_args_is_help=True)
 store_app = typer.Typer(help="Inspect a station's store.", no_args_is_help=True)
@@ -30,8 +39,14 @@ out = Console()
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeElapsedColumn(), console=err, transient=False, disable=not err.is_terminal,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal,
     )
 
 
@@ -47,8 +62,10 @@ def synth(
     from genomics.synth import SynthConfig, synthesize
 
     t0 = time.perf_counter()
-    r = synthesize(SynthConfig(out=str(out_dir), stations=stations, samples=samples, variants=variants, seed=seed),
-                   on_step=lambda m: err.print(f"[dim]{m}[/dim]"))
+    r = synthesize(
+        SynthConfig(out=str(out_dir), stations=stations, samples=samples, variants=variants, seed=seed),
+        on_step=lambda m: err.print(f"[dim]{m}[/dim]"),
+    )
     table = Table(title=f"synthetic cohort in {r.out}")
     for c in ("station", "samples", "VCF", "phenotypes"):
         table.add_column(c)
@@ -56,8 +73,10 @@ def synth(
         table.add_row(name, str(size), f"{name}.vcf.gz", f"{name}.pheno.tsv")
     table.add_row("pooled", str(sum(r.station_sizes)), "pooled.vcf.gz", "pooled.pheno.tsv (PLINK 2)")
     err.print(table)
-    err.print(f"{r.n_records} records ({r.n_multiallelic} multi-allelic) -> {r.n_variants} biallelic variants; "
-              f"truth in truth.tsv; {time.perf_counter() - t0:.1f} s")
+    err.print(
+        f"{r.n_records} records ({r.n_multiallelic} multi-allelic) -> {r.n_variants} biallelic variants; "
+        f"truth in truth.tsv; {time.perf_counter() - t0:.1f} s"
+    )
     print(r.out)
 
 
@@ -102,11 +121,18 @@ def ingest(
     set_threads(threads)
     with _progress() as progress:
         task = progress.add_task(f"ingest {vcf.name}", total=None)
-        report = ingest_vcf(store, dataset, str(vcf), str(phenotypes) if phenotypes else None,
-                            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
-    err.print(f"dataset [bold]{dataset}[/bold]: {report.n_samples} samples, {report.n_records} records -> "
-              f"{report.n_variants} variants ({report.n_multiallelic_records} multi-allelic records split) "
-              f"on {', '.join(report.chromosomes) or 'no chromosome'} in {report.seconds:.1f} s")
+        report = ingest_vcf(
+            store,
+            dataset,
+            str(vcf),
+            str(phenotypes) if phenotypes else None,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    err.print(
+        f"dataset [bold]{dataset}[/bold]: {report.n_samples} samples, {report.n_records} records -> "
+        f"{report.n_variants} variants ({report.n_multiallelic_records} multi-allelic records split) "
+        f"on {', '.join(report.chromosomes) or 'no chromosome'} in {report.seconds:.1f} s"
+    )
     if phenotypes is not None:
         msg = f"phenotypes: {report.n_phenotyped} of {report.n_samples} samples matched"
         if report.n_phenotype_rows_unmatched:
@@ -123,21 +149,40 @@ def store_info(station: Annotated[Path, typer.Option(help="station directory")])
     config = read_config(station)
     rows = Store.open(station).summary()
     table = Table(title=f"station {config.name} ({station})")
-    for c in ("dataset", "samples", "records", "variants", "phenotyped", "chromosomes", "columns", "source sha256"):
+    for c in (
+        "dataset",
+        "samples",
+        "records",
+        "variants",
+        "phenotyped",
+        "chromosomes",
+        "columns",
+        "source sha256",
+    ):
         table.add_column(c)
     for r in rows:
-        table.add_row(r["name"], str(r["n_samples"]), str(r["n_records"]), str(r["n_variants"]),
-                      str(r["n_phenotyped"]), ",".join(r["chromosomes"]),
-                      ", ".join(f"{k}:{v}" for k, v in r["phenotype_columns"].items()),
-                      (r["source_sha256"] or "")[:16])
+        table.add_row(
+            r["name"],
+            str(r["n_samples"]),
+            str(r["n_records"]),
+            str(r["n_variants"]),
+            str(r["n_phenotyped"]),
+            ",".join(r["chromosomes"]),
+            ", ".join(f"{k}:{v}" for k, v in r["phenotype_columns"].items()),
+            (r["source_sha256"] or "")[:16],
+        )
     out.print(table)
     p = config.policy
-    out.print(f"policy: min_cell_count={p.min_cell_count} min_minor_allele_count={p.min_minor_allele_count} "
-              f"approval={p.approval} analyses={','.join(p.allowed_analyses)}")
+    out.print(
+        f"policy: min_cell_count={p.min_cell_count} min_minor_allele_count={p.min_minor_allele_count} "
+        f"approval={p.approval} analyses={','.join(p.allowed_analyses)}"
+    )
 
 
 @app.command()
-def demo(out_dir: Annotated[Path, typer.Option("--out", help="working folder")] = Path("better-demo")) -> None:
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="working folder")] = Path("better-demo"),
+) -> None:
     """The main job on the synthetic default: generate a cohort, set up one station per centre, ingest, summarise."""
     from genomics.ingest import ingest_vcf
     from genomics.store import Store
@@ -156,8 +201,10 @@ def demo(out_dir: Annotated[Path, typer.Option("--out", help="working folder")] 
         rep = ingest_vcf(store, "cohort", str(cohort.out / f"{name}.vcf.gz"), str(cohort.out / f"{name}.pheno.tsv"))
         table.add_row(name, str(rep.n_samples), str(rep.n_variants), str(rep.n_phenotyped), f"{rep.seconds:.2f}")
     out.print(table)
-    err.print(f"demo finished in {time.perf_counter() - t0:.1f} s; inspect a station with "
-              f"`better store info --station {out_dir / 'stations' / cohort.stations[0]}`")
+    err.print(
+        f"demo finished in {time.perf_counter() - t0:.1f} s; inspect a station with "
+        f"`better store info --station {out_dir / 'stations' / cohort.stations[0]}`"
+    )
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ class StationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-    policy: Policy = Field(default_factory=Policy)
+    policy: Policy = Field(default_factory=lambda: Policy())
     tokens: list[dict[str, str]] = Field(default_factory=list)
 
 
@@ -55,8 +55,10 @@ def read_config(station: Path) -> StationConfig:
     """Read and validate ``station.toml``, naming the bad key on error."""
     path = station / CONFIG_FILE
     if not path.is_file():
-        raise StoreError(f"{station}: no {CONFIG_FILE}; create the station with "
-                         f"`better station init --station {station} --name NAME`")
+        raise StoreError(
+            f"{station}: no {CONFIG_FILE}; create the station with "
+            f"`better station init --station {station} --name NAME`"
+        )
     try:
         return StationConfig.model_validate(tomllib.loads(path.read_text()))
     except tomllib.TOMLDecodeError as exc:

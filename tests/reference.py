@@ -27,8 +27,17 @@ def cyvcf2_rows(path: str) -> list[dict]:
                     codes.append(2 if alleles[0] == k else 0)
                 else:
                     codes.append(sum(1 for a in alleles if a == k))
-            rows.append({"chrom": v.CHROM, "pos": v.POS, "id": v.ID, "ref": v.REF, "alt": alt,
-                         "alt_index": k, "codes": codes})
+            rows.append(
+                {
+                    "chrom": v.CHROM,
+                    "pos": v.POS,
+                    "id": v.ID,
+                    "ref": v.REF,
+                    "alt": alt,
+                    "alt_index": k,
+                    "codes": codes,
+                }
+            )
     return rows
 
 

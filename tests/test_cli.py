@@ -18,8 +18,17 @@ def test_cli__synth_init_ingest_info(tmp_path: Path) -> None:
     st = tmp_path / "st"
     r = better("station", "init", "--station", str(st), "--name", "milano")
     assert r.returncode == 0 and (st / "station.toml").exists() and r.stdout.strip().splitlines()[-1] == str(st)
-    r = better("ingest", "--station", str(st), "--dataset", "cohort", "--vcf", str(tmp_path / "c/milano.vcf.gz"),
-               "--phenotypes", str(tmp_path / "c/milano.pheno.tsv"))
+    r = better(
+        "ingest",
+        "--station",
+        str(st),
+        "--dataset",
+        "cohort",
+        "--vcf",
+        str(tmp_path / "c/milano.vcf.gz"),
+        "--phenotypes",
+        str(tmp_path / "c/milano.pheno.tsv"),
+    )
     assert r.returncode == 0, r.stderr
     assert "records" in r.stderr and "phenotypes:" in r.stderr
     r = better("store", "info", "--station", str(st))

@@ -20,11 +20,12 @@ GOOD = ZOO["two_chromosomes"]
 def assert_no_trace(store: Store, name: str = "ds") -> None:
     assert name not in store.dataset_names()
     leftovers = [p.name for p in (store.path / DATASETS).iterdir()]
-    assert leftovers == [] or leftovers == [name] and name in store.dataset_names()
+    assert leftovers == [] or (leftovers == [name] and name in store.dataset_names())
 
 
-def ingest_fails(store: Store, path: Path, *fragments: str, pheno: Path | None = None,
-                 kind: type[BetterError] = InputError) -> str:
+def ingest_fails(
+    store: Store, path: Path, *fragments: str, pheno: Path | None = None, kind: type[BetterError] = InputError
+) -> str:
     with pytest.raises(kind) as info:
         ingest_vcf(store, "ds", str(path), str(pheno) if pheno else None)
     message = str(info.value)
@@ -82,8 +83,14 @@ def test_malformed_record__names_line_and_problem(store: Store, tmp_path: Path, 
 def test_unsorted__names_line(store: Store, tmp_path: Path) -> None:
     text = vcf(["a"], ["22\t500\t.\tA\tG\t.\t.\t.\tGT\t0/1", "22\t400\t.\tA\tG\t.\t.\t.\tGT\t0/1"])
     ingest_fails(store, write_text(tmp_path / "u.vcf", text), "line 12", "sorted")
-    text = vcf(["a"], ["22\t5\t.\tA\tG\t.\t.\t.\tGT\t0/1", "X\t4\t.\tA\tG\t.\t.\t.\tGT\t0/1",
-                       "22\t9\t.\tA\tG\t.\t.\t.\tGT\t0/1"])
+    text = vcf(
+        ["a"],
+        [
+            "22\t5\t.\tA\tG\t.\t.\t.\tGT\t0/1",
+            "X\t4\t.\tA\tG\t.\t.\t.\tGT\t0/1",
+            "22\t9\t.\tA\tG\t.\t.\t.\tGT\t0/1",
+        ],
+    )
     ingest_fails(store, write_text(tmp_path / "u2.vcf", text), "line 13", "appears again")
 
 
@@ -94,8 +101,7 @@ def test_duplicate_vcf_sample_ids(store: Store, tmp_path: Path) -> None:
 
 def test_phenotypes_matching_no_sample(store: Store, tmp_path: Path) -> None:
     pheno = write_text(tmp_path / "p.tsv", "sample_id\tage\nx1\t50\nx2\t60\n")
-    ingest_fails(store, write_text(tmp_path / "g.vcf", GOOD), "p.tsv", "none of its 2 sample IDs", "'x1'",
-                 pheno=pheno)
+    ingest_fails(store, write_text(tmp_path / "g.vcf", GOOD), "p.tsv", "none of its 2 sample IDs", "'x1'", pheno=pheno)
 
 
 def test_phenotypes_matching_some__counted(store: Store, tmp_path: Path) -> None:
@@ -111,8 +117,7 @@ def test_phenotypes_duplicate_sample(store: Store, tmp_path: Path) -> None:
 
 def test_phenotypes_mixed_types(store: Store, tmp_path: Path) -> None:
     pheno = write_text(tmp_path / "p.tsv", "sample_id\tsex\tage\na\t1\t50\nb\tF\t60\nc\t2\tNA\n")
-    ingest_fails(store, write_text(tmp_path / "g.vcf", GOOD), "p.tsv", "'sex'", "line 3", "'F'", "line 2",
-                 pheno=pheno)
+    ingest_fails(store, write_text(tmp_path / "g.vcf", GOOD), "p.tsv", "'sex'", "line 3", "'F'", "line 2", pheno=pheno)
 
 
 def test_station_directory_is_a_file(tmp_path: Path) -> None:

@@ -50,7 +50,8 @@ def test_sample_mask__phenotype_filter(ingested: Store, small_cohort: Path) -> N
     want = [r["age"] != "NA" and float(r["age"]) > 60 and r["sex"] == "1" for r in rows]
     assert mask.tolist() == want
     assert ds.sample_mask([Condition("smoking", "in", ("never", "former"))]).sum() == sum(
-        r["smoking"] in ("never", "former") for r in rows)
+        r["smoking"] in ("never", "former") for r in rows
+    )
 
 
 def test_sample_mask__errors_suggest(ingested: Store) -> None:

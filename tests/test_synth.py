@@ -40,7 +40,19 @@ def test_synth__cohort_shape(small_cohort: Path) -> None:
     assert (maf < 0.01).mean() > 0.3, "a coalescent AFS has many rare variants"
     assert (small_cohort / "pooled.vcf.gz.tbi").exists() and (small_cohort / "milano.vcf.gz.tbi").exists()
     ph = read_phenotypes(str(small_cohort / "milano.pheno.tsv")).table
-    assert ph.column_names == ["sample_id", "age", "sex", "bmi", "smoking", "pc1", "pc2", "pc3", "pc4", "ldl", "case"]
+    assert ph.column_names == [
+        "sample_id",
+        "age",
+        "sex",
+        "bmi",
+        "smoking",
+        "pc1",
+        "pc2",
+        "pc3",
+        "pc4",
+        "ldl",
+        "case",
+    ]
     assert ph.column("ldl").null_count > 0 and set(ph.column("case").drop_null().to_pylist()) == {0, 1}
     plink = (small_cohort / "pooled.pheno.tsv").read_text().splitlines()
     assert plink[0].startswith("#IID\t") and "station_nijmegen" in plink[0]

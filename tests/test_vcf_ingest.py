@@ -34,7 +34,8 @@ def assert_matches_reference(rows: list[dict], reference: list[dict]) -> None:
         assert got["codes"] == want["codes"], (got["chrom"], got["pos"], got["alt"])
         c = np.array(want["codes"], dtype=int)
         assert [got["n_hom_ref"], got["n_het"], got["n_hom_alt"], got["n_missing"]] == [
-            int((c == k).sum()) for k in range(4)]
+            int((c == k).sum()) for k in range(4)
+        ]
 
 
 @pytest.mark.parametrize("case", sorted(ZOO))

@@ -36,10 +36,23 @@ def test_allele_counts__equal_plink2_freq(tmp_path: Path, store: Store) -> None:
     synthesize(SynthConfig(out=str(cohort), samples=800, variants=3000, stations=3, seed=11))
     pooled = cohort / "pooled.vcf.gz"
     split = tmp_path / "split.vcf.gz"
-    subprocess.run(["bcftools", "norm", "-m-", str(pooled), "-Oz", "-o", str(split)], check=True,
-                   capture_output=True)
-    subprocess.run(["plink2", "--vcf", str(split), "--vcf-half-call", "missing", "--freq", "--out",
-                    str(tmp_path / "ref"), "--threads", "2"], check=True, capture_output=True)
+    subprocess.run(["bcftools", "norm", "-m-", str(pooled), "-Oz", "-o", str(split)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "plink2",
+            "--vcf",
+            str(split),
+            "--vcf-half-call",
+            "missing",
+            "--freq",
+            "--out",
+            str(tmp_path / "ref"),
+            "--threads",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with open(tmp_path / "ref.afreq") as f:
         ref = list(csv.DictReader(f, delimiter="\t"))
 
