@@ -75,7 +75,7 @@ def _field_is(buf: np.ndarray, start: int, end: int, c0: int, c1: int) -> bool:
     return end - start == 2 and buf[start] == c0 and buf[start + 1] == c1
 
 
-@jit_parallel
+@jit
 def scan_records(
     buf: np.ndarray,
     starts: np.ndarray,
@@ -90,9 +90,11 @@ def scan_records(
 ) -> None:
     """First pass over each record line: fixed-column bounds, POS, number of ALTs and GT's FORMAT index.
 
+    Serial on purpose: it reads only the first nine columns, so it costs little next to the samples.
+
     ``field_start[l, 9]`` is where the sample columns begin. ``n_alt`` is 0 for ``ALT = .``.
     """
-    for ln in prange(starts.shape[0]):
+    for ln in range(starts.shape[0]):
         s = starts[ln]
         e = ends[ln]
         col = 0
@@ -269,44 +271,6 @@ def _parse_line(
         err_sample[ln] = n_samples
 
 
-@jit_parallel
-def parse_genotypes(
-    buf: np.ndarray,
-    ends: np.ndarray,
-    sample_start: np.ndarray,
-    n_alt: np.ndarray,
-    gt_index: np.ndarray,
-    row_offset: np.ndarray,
-    n_samples: int,
-    packed: np.ndarray,
-    counts: np.ndarray,
-    err: np.ndarray,
-    err_sample: np.ndarray,
-) -> None:
-    """Second pass: parse every sample's GT into the packed rows of its record (general path only).
-
-    Record ``l`` owns rows ``row_offset[l] .. row_offset[l] + max(n_alt[l], 1) - 1``; ``packed`` must be
-    zeroed. ``counts[r, c]`` receives how many samples have code ``c`` in row ``r``. On an error,
-    ``err_sample[l]`` is the 0-based sample at fault.
-    """
-    for ln in prange(ends.shape[0]):
-        if err[ln] == ERR_OK:
-            _parse_line(
-                buf,
-                ln,
-                ends,
-                sample_start,
-                n_alt,
-                gt_index,
-                row_offset,
-                n_samples,
-                packed,
-                counts,
-                err,
-                err_sample,
-            )
-
-
 @jit
 def gather_field(
     buf: np.ndarray, start: np.ndarray, end: np.ndarray, row_line: np.ndarray, sub_index: np.ndarray
@@ -340,7 +304,10 @@ def gather_field(
         offsets[r + 1] = offsets[r] + (e - s)
     data = np.empty(offsets[n], dtype=np.uint8)
     for r in range(n):
-        data[offsets[r] : offsets[r + 1]] = buf[lo[r] : hi[r]]
+        o = offsets[r]
+        for i in range(lo[r], hi[r]):
+            data[o] = buf[i]
+            o += 1
     return offsets, data
 
 
@@ -361,8 +328,8 @@ def split_lines_predicted(
 
     In the dominant record shape every sample field is 4 bytes (``0|1`` and a tab), so a line ends
     at ``start of samples + 4 * n_samples - 1``. Where that byte is a newline the line is taken as
-    ``predicted`` (its genotypes must then pass :func:`parse_genotypes`' fixed-stride check, which
-    rejects any newline inside); elsewhere the newline is searched for. Lines end before ``\\n``.
+    ``predicted`` (its genotypes must then pass the fixed-stride check of :func:`parse_genotypes_fast`,
+    which rejects any newline inside); elsewhere the newline is searched for. Lines end before ``\\n``.
     Returns -1 when ``starts`` is too small.
     """
     n = 0
@@ -448,7 +415,11 @@ def parse_genotypes_fast(
     err: np.ndarray,
     err_sample: np.ndarray,
 ) -> None:
-    """:func:`parse_genotypes` with the fixed-stride fast path tried first on each line.
+    """Parse every sample's GT into the packed rows of its record, trying the fixed-stride path first.
+
+    Record ``l`` owns rows ``row_offset[l] .. row_offset[l] + max(n_alt[l], 1) - 1``; ``packed`` must be
+    zeroed. ``counts[r, c]`` receives how many samples have code ``c`` in row ``r``. On an error,
+    ``err_sample[l]`` is the 0-based sample at fault. Other lines go through :func:`_parse_line`.
 
     Lines taken by the fast path must be biallelic, have ``FORMAT`` exactly ``GT`` and a length of
     ``4 * n_samples - 1`` bytes of samples. A predicted line (see :func:`split_lines_predicted`) that
