@@ -149,16 +149,7 @@ def store_info(station: Annotated[Path, typer.Option(help="station directory")])
     config = read_config(station)
     rows = Store.open(station).summary()
     table = Table(title=f"station {config.name} ({station})")
-    for c in (
-        "dataset",
-        "samples",
-        "records",
-        "variants",
-        "phenotyped",
-        "chromosomes",
-        "columns",
-        "source sha256",
-    ):
+    for c in ("dataset", "samples", "records", "variants", "phenotyped", "chromosomes", "source sha256"):
         table.add_column(c)
     for r in rows:
         table.add_row(
@@ -168,10 +159,12 @@ def store_info(station: Annotated[Path, typer.Option(help="station directory")])
             str(r["n_variants"]),
             str(r["n_phenotyped"]),
             ",".join(r["chromosomes"]),
-            ", ".join(f"{k}:{v}" for k, v in r["phenotype_columns"].items()),
             (r["source_sha256"] or "")[:16],
         )
     out.print(table)
+    for r in rows:
+        columns = ", ".join(f"{k} ({v})" for k, v in r["phenotype_columns"].items()) or "none"
+        out.print(f"{r['name']} phenotype columns: {columns}")
     p = config.policy
     out.print(
         f"policy: min_cell_count={p.min_cell_count} min_minor_allele_count={p.min_minor_allele_count} "
