@@ -1,0 +1,55 @@
+"""Align per-variant statistics of several stations on the variant key (chrom, pos, ref, alt)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from engine.design import KEY_COLUMNS
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The union of variants over stations and where each station's rows go.
+
+    ``keys`` holds the union in (chromosome of first appearance, position) order; ``index[s][r]`` is the
+    union row of station ``s``'s row ``r``.
+    """
+
+    keys: dict[str, np.ndarray]
+    index: list[np.ndarray]
+
+    @property
+    def n(self) -> int:
+        return int(self.keys["pos"].shape[0])
+
+
+def align(station_keys: list[dict[str, np.ndarray]]) -> Alignment:
+    """Union of the stations' variant keys, and each station's row positions in it.
+
+    Examples
+    --------
+    >>> a = {"chrom": np.array(["1", "1"]), "pos": np.array([5, 9]), "ref": np.array(["A", "C"]),
+    ...      "alt": np.array(["G", "T"])}
+    >>> b = {"chrom": np.array(["1"]), "pos": np.array([7]), "ref": np.array(["A"]), "alt": np.array(["C"])}
+    >>> al = align([a, b])
+    >>> al.keys["pos"].tolist(), [i.tolist() for i in al.index]
+    ([5, 7, 9], [[0, 2], [1]])
+    """
+    frames = []
+    for s, keys in enumerate(station_keys):
+        frames.append(pl.DataFrame({c: keys[c] for c in KEY_COLUMNS}).with_columns(
+            pl.lit(s).alias("_station"), pl.int_range(pl.len()).alias("_row"), pl.col("pos").cast(pl.Int64)))
+    allk = pl.concat(frames).with_row_index("_order")
+    chrom_rank = allk.group_by("chrom").agg(pl.col("_order").min().alias("_crank"))
+    union = (allk.unique(subset=list(KEY_COLUMNS), keep="first", maintain_order=True)
+             .join(chrom_rank, on="chrom").sort(["_crank", "pos", "_order"]).with_row_index("_union"))
+    mapped = allk.join(union.select([*KEY_COLUMNS, "_union"]), on=list(KEY_COLUMNS))
+    index = []
+    for s in range(len(station_keys)):
+        part = mapped.filter(pl.col("_station") == s).sort("_row")
+        index.append(part.get_column("_union").to_numpy().astype(np.int64))
+    keys = {c: union.get_column(c).to_numpy() for c in KEY_COLUMNS}
+    return Alignment(keys, index)

@@ -1,0 +1,49 @@
+"""What a station feeds the kernels: the covariate matrix, the phenotype, who is included."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Key columns that identify a variant across stations.
+KEY_COLUMNS = ("chrom", "pos", "ref", "alt")
+
+
+@dataclass(frozen=True)
+class Design:
+    """One station's model inputs, in the dataset's sample order.
+
+    Attributes
+    ----------
+    C
+        ``(n, k)`` float64; column 0 is the intercept, then covariates, then station indicators.
+        Rows of excluded samples are zero.
+    y
+        ``(n,)`` float64 phenotype (0/1 for a binary trait); 0 for excluded samples.
+    include
+        ``(n,)`` bool: phenotype and all covariates present and the sample filter met.
+    names
+        Column names of ``C``.
+    """
+
+    C: np.ndarray
+    y: np.ndarray
+    include: np.ndarray
+    names: tuple[str, ...]
+
+    @property
+    def k(self) -> int:
+        return int(self.C.shape[1])
+
+
+@dataclass(frozen=True)
+class Block:
+    """Variant keys (``chrom``, ``pos``, ``ref``, ``alt`` arrays) and their packed genotypes."""
+
+    keys: dict[str, np.ndarray]
+    packed: np.ndarray
+
+
+BlockSource = Callable[[], Iterator[Block] | Iterable[Block]]

@@ -1,0 +1,195 @@
+"""Linear regression of a phenotype on each variant's additive genotype with covariates (PLINK 2
+``--glm`` semantics), federated exactly in one round.
+
+Station (``linear_station``): totals ``C'C``, ``C'y``, ``y'y``, ``n`` over included samples, and per
+variant ``C'g``, ``g'g``, ``g'y`` over called samples plus, for samples whose genotype is missing,
+their count, ``sum c c'``, ``sum c y``, ``sum y^2`` (PLINK drops them from that variant's model).
+
+Centre (``combine_linear`` then ``finalize_linear``): sums over stations; per variant
+``A = C'C - M_cc`` and the Schur complement ``s = g'g - b' A^-1 b`` (``b = C'g``) give
+``beta = (g'y - b' A^-1 C'y) / s``, ``RSS = y'y - C'y' A^-1 C'y - beta^2 s``,
+``SE = sqrt(RSS / (N - k - 1) / s)``; identical to the pooled fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.accelerate import jit
+from engine.align import align
+from engine.design import Block, Design
+from engine.kernels.regression import linear_sums
+from engine.stats import log10_p_t
+
+#: Error codes, as PLINK 2 writes them in ERRCODE.
+ERR_NONE, ERR_CONST_OMITTED, ERR_CONST, ERR_CORR, ERR_VIF, ERR_FEW_OBS = range(6)
+ERRCODE_NAMES = ("", "CONST_OMITTED_ALLELE", "CONST_ALLELE", "CORR_TOO_HIGH", "VIF_TOO_HIGH", "SAMPLE_CT<=COVAR_CT")
+MAX_CORR = 0.999
+MAX_VIF = 50.0
+
+
+@dataclass
+class LinearStats:
+    """Sufficient statistics of one station, or of several added together."""
+
+    k: int
+    n: int
+    cc: np.ndarray
+    cy: np.ndarray
+    yy: float
+    keys: dict[str, np.ndarray]
+    cg: np.ndarray
+    gg: np.ndarray
+    gy: np.ndarray
+    n_miss: np.ndarray
+    m_cc: np.ndarray
+    m_cy: np.ndarray
+    m_yy: np.ndarray
+    names: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def n_variants(self) -> int:
+        return int(self.gg.shape[0])
+
+
+def linear_station(design: Design, blocks: Iterable[Block]) -> LinearStats:
+    """Compute one station's linear-regression statistics over its variant blocks."""
+    C = np.ascontiguousarray(design.C, dtype=np.float64)
+    y = np.ascontiguousarray(design.y, dtype=np.float64)
+    inc = np.ascontiguousarray(design.include, dtype=np.bool_)
+    Ci, yi = C[inc], y[inc]
+    k = design.k
+    parts: list[tuple] = []
+    for block in blocks:
+        m = block.packed.shape[0]
+        cg, gg, gy = np.zeros((m, k)), np.zeros(m), np.zeros(m)
+        n_miss, m_cc, m_cy, m_yy = np.zeros(m, np.int64), np.zeros((m, k, k)), np.zeros((m, k)), np.zeros(m)
+        if m:
+            linear_sums(np.ascontiguousarray(block.packed), C, y, inc, cg, gg, gy, n_miss, m_cc, m_cy, m_yy)
+        parts.append((block.keys, cg, gg, gy, n_miss, m_cc, m_cy, m_yy))
+    keys = {c: np.concatenate([p[0][c] for p in parts]) if parts else np.array([]) for c in ("chrom", "pos", "ref", "alt")}
+
+    def cat(i: int, shape: tuple[int, ...]) -> np.ndarray:
+        return np.concatenate([p[i] for p in parts]) if parts else np.zeros((0, *shape))
+
+    return LinearStats(
+        k=k, n=int(inc.sum()), cc=Ci.T @ Ci, cy=Ci.T @ yi, yy=float(yi @ yi), keys=keys,
+        cg=cat(1, (k,)), gg=cat(2, ()), gy=cat(3, ()), n_miss=cat(4, ()).astype(np.int64), m_cc=cat(5, (k, k)),
+        m_cy=cat(6, (k,)), m_yy=cat(7, ()), names=design.names,
+    )
+
+
+def combine_linear(stats: list[LinearStats]) -> LinearStats:
+    """Add station statistics. A variant a station lacks counts all that station's samples as missing."""
+    if not stats:
+        raise ValueError("no station statistics to combine")
+    k = stats[0].k
+    if any(s.k != k for s in stats):
+        raise ValueError("stations used different numbers of covariates")
+    al = align([s.keys for s in stats])
+    m = al.n
+    out = LinearStats(
+        k=k, n=sum(s.n for s in stats), cc=sum(s.cc for s in stats), cy=sum(s.cy for s in stats),
+        yy=float(sum(s.yy for s in stats)), keys=al.keys, cg=np.zeros((m, k)), gg=np.zeros(m), gy=np.zeros(m),
+        n_miss=np.zeros(m, np.int64), m_cc=np.zeros((m, k, k)), m_cy=np.zeros((m, k)), m_yy=np.zeros(m),
+        names=stats[0].names,
+    )
+    for s, idx in zip(stats, al.index, strict=True):
+        absent = np.ones(m, dtype=bool)
+        absent[idx] = False
+        out.cg[idx] += s.cg
+        out.gg[idx] += s.gg
+        out.gy[idx] += s.gy
+        out.n_miss[idx] += s.n_miss
+        out.m_cc[idx] += s.m_cc
+        out.m_cy[idx] += s.m_cy
+        out.m_yy[idx] += s.m_yy
+        out.n_miss[absent] += s.n
+        out.m_cc[absent] += s.cc
+        out.m_cy[absent] += s.cy
+        out.m_yy[absent] += s.yy
+    return out
+
+
+@jit
+def _solve_variants(cc, cy, yy, n, cg, gg, gy, n_miss, m_cc, m_cy, m_yy, out):  # type: ignore[no-untyped-def]
+    k = cc.shape[0]
+    for v in range(gg.shape[0]):
+        nv = n - n_miss[v]
+        out[v, 0] = nv
+        A = cc - m_cc[v]
+        cyv = cy - m_cy[v]
+        yyv = yy - m_yy[v]
+        b = cg[v]
+        sum_g = b[0]  # column 0 is the intercept
+        out[v, 5] = sum_g
+        if nv <= k + 1:
+            out[v, 4] = ERR_FEW_OBS
+            continue
+        if sum_g <= 0.0 or sum_g >= 2.0 * nv:  # all REF or all ALT: PLINK names both this way
+            out[v, 4] = ERR_CONST_OMITTED
+            continue
+        g_var = gg[v] - sum_g * sum_g / nv
+        if g_var <= 1e-12 * gg[v]:
+            out[v, 4] = ERR_CONST
+            continue
+        corr_bad = False
+        for a in range(1, k):
+            c_var = A[a, a] - A[0, a] * A[0, a] / nv
+            if c_var > 0:
+                r = (b[a] - sum_g * A[0, a] / nv) / np.sqrt(c_var * g_var)
+                if abs(r) > MAX_CORR:
+                    corr_bad = True
+        if corr_bad:
+            out[v, 4] = ERR_CORR
+            continue
+        L = np.linalg.cholesky(A)
+        zb = np.linalg.solve(L, b)
+        zy = np.linalg.solve(L, cyv)
+        s = gg[v] - zb @ zb
+        if s <= 0.0 or g_var / s > MAX_VIF:
+            out[v, 4] = ERR_VIF
+            continue
+        beta = (gy[v] - zb @ zy) / s
+        rss = yyv - zy @ zy - beta * beta * s
+        df = nv - k - 1
+        se = np.sqrt(max(rss, 0.0) / df / s)
+        out[v, 1] = beta
+        out[v, 2] = se
+        out[v, 3] = beta / se if se > 0 else np.nan
+
+
+def finalize_linear(pooled: LinearStats) -> dict[str, np.ndarray]:
+    """Per-variant results: OBS_CT, BETA, SE, T_STAT, P, LOG10_P, A1_FREQ, ERRCODE (PLINK 2 names).
+
+    Degenerate variants get NaN statistics and an ERRCODE, never an exception.
+    """
+    m = pooled.n_variants
+    out = np.full((m, 6), np.nan)
+    out[:, 4] = ERR_NONE
+    if m:
+        _solve_variants(pooled.cc, pooled.cy, pooled.yy, pooled.n, pooled.cg, pooled.gg, pooled.gy, pooled.n_miss,
+                        pooled.m_cc, pooled.m_cy, pooled.m_yy, out)
+    obs = out[:, 0].astype(np.int64)
+    err = out[:, 4].astype(np.int64)
+    beta, se, t = out[:, 1], out[:, 2], out[:, 3]
+    bad = err != ERR_NONE
+    beta[bad] = se[bad] = t[bad] = np.nan
+    df = (obs - pooled.k - 1).astype(float)
+    log10p = np.where(bad, np.nan, log10_p_t(np.where(bad, 0.0, t), np.where(df > 0, df, 1.0)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a1_freq = out[:, 5] / (2.0 * obs)
+    return {
+        **pooled.keys,
+        "OBS_CT": obs,
+        "BETA": beta,
+        "SE": se,
+        "T_STAT": t,
+        "P": 10.0**log10p,
+        "LOG10_P": -log10p,
+        "A1_FREQ": a1_freq,
+        "ERRCODE": np.array([ERRCODE_NAMES[e] for e in err], dtype=object),
+    }

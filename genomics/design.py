@@ -1,0 +1,75 @@
+"""Build a station's :class:`engine.design.Design` and genotype blocks from its store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from engine.design import Block, Design
+from engine.errors import InputError, NotFoundError
+from genomics.regions import Region
+from genomics.selection import Condition, suggest
+from genomics.store import Dataset
+
+
+def _numeric_column(ph: pa.Table, name: str, n: int, what: str) -> np.ndarray:
+    names = [c for c in ph.column_names if c not in ("sample_id", "sample_index")]
+    if name not in names:
+        raise NotFoundError(f"no phenotype column {name!r} for the {what}{suggest(name, names)}; "
+                            f"columns: {', '.join(names)}")
+    col = ph.column(name)
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        raise InputError(f"column {name!r} holds text; the {what} must be numeric")
+    out = np.full(n, np.nan)
+    idx = ph.column("sample_index").to_numpy()
+    out[idx] = col.to_numpy(zero_copy_only=False).astype(float)
+    return out
+
+
+def build_design(
+    dataset: Dataset,
+    phenotype: str,
+    covariates: Sequence[str] = (),
+    conditions: Sequence[Condition] = (),
+    *,
+    binary: bool = False,
+    station_index: int | None = None,
+    n_stations: int = 1,
+) -> Design:
+    """Model inputs for ``phenotype ~ covariates`` over the samples meeting ``conditions``.
+
+    Samples missing the phenotype or any covariate are left out. For a binary trait the phenotype must
+    be coded 0/1 (controls/cases). With ``station_index`` (0-based) and ``n_stations``, indicator
+    columns for stations 1..S-1 are appended (``ADJUST station``): 1 in this station's own column.
+    """
+    n = dataset.n_samples
+    ph = dataset.phenotypes()
+    y = _numeric_column(ph, phenotype, n, "phenotype")
+    cols = [np.ones(n)]
+    names = ["intercept"]
+    for c in covariates:
+        cols.append(_numeric_column(ph, c, n, "covariate"))
+        names.append(c)
+    if station_index is not None:
+        for s in range(1, n_stations):
+            cols.append(np.full(n, 1.0 if s == station_index else 0.0))
+            names.append(f"station{s}")
+    C = np.column_stack(cols)
+    include = dataset.sample_mask(list(conditions)) & ~np.isnan(y) & ~np.isnan(C).any(axis=1)
+    if binary:
+        values = set(np.unique(y[include]).tolist())
+        if not values <= {0.0, 1.0}:
+            raise InputError(f"binary phenotype {phenotype!r} must be coded 0 (control) / 1 (case); "
+                             f"found values {sorted(values)[:5]}")
+    C[~include] = 0.0
+    y = np.where(include, y, 0.0)
+    return Design(C=np.ascontiguousarray(C), y=y, include=include, names=tuple(names))
+
+
+def genotype_blocks(dataset: Dataset, region: Region | None = None, max_variants: int = 4096) -> Iterator[Block]:
+    """The dataset's variants as engine blocks (keys and packed genotypes), streamed."""
+    for b in dataset.blocks(region, max_variants=max_variants):
+        keys = {c: b.variants.column(c).to_numpy(zero_copy_only=False) for c in ("chrom", "pos", "ref", "alt")}
+        yield Block(keys, b.packed)
