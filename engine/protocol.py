@@ -1,0 +1,443 @@
+"""Analyses as small protocols: rounds of station tasks with explicit, serialisable central state.
+
+A protocol hands out one task per round (the same for every station), receives each station's result
+(a dict of numpy arrays), and updates its state; :func:`run_local` drives it in-process, the coordinator
+drives it over HTTP. Station work is :func:`execute`, a pure function of the task, the station's
+:class:`~engine.design.Design` and its genotype blocks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine import linear, logistic
+from engine.align import align
+from engine.design import Block, Design
+from engine.kernels.counts import genotype_counts
+from engine.stats import allelic_chi2, genotypic_chi2, hwe_exact, log10_p_chi2, log10_p_normal, trend_chi2
+
+Result = dict[str, np.ndarray]
+Task = dict[str, Any]
+KEYS = ("chrom", "pos", "ref", "alt")
+
+
+class Protocol(ABC):
+    """Central state of one federated analysis."""
+
+    rounds: int = 0
+
+    @abstractmethod
+    def next_task(self) -> Task | None:
+        """The task for every station this round, or None when finished."""
+
+    @abstractmethod
+    def receive(self, results: list[Result]) -> None:
+        """Take the stations' results for the current task."""
+
+    @abstractmethod
+    def result(self) -> dict[str, np.ndarray]:
+        """The final per-variant (or one-row) table as columns."""
+
+
+# -- station side ----------------------------------------------------------------------------------------
+def execute(task: Task, design: Design, blocks: Callable[[], Iterable[Block]]) -> Result:
+    """Run one task at a station and return what it releases (aggregates only)."""
+    kind = task["kind"]
+    if kind == "counts":
+        return _counts_station(design, blocks(), int(task["groups"]))
+    if kind == "linear":
+        return linear_to_result(linear.linear_station(design, blocks()))
+    if kind == "logistic_null":
+        return logistic.null_station(design, np.asarray(task["beta"], dtype=float))
+    if kind == "logistic_score":
+        return logistic.score_station(design, np.asarray(task["beta"], dtype=float), blocks())
+    if kind == "logistic_newton":
+        return logistic.newton_station(design, blocks(), task)
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+def _counts_station(design: Design, blocks: Iterable[Block], groups: int) -> Result:
+    if groups == 1:
+        group = np.where(design.include, 0, -1).astype(np.int32)
+    else:
+        group = np.where(design.include, (design.y > 0.5).astype(np.int32), -1).astype(np.int32)
+    keys: dict[str, list[np.ndarray]] = {c: [] for c in KEYS}
+    counts = []
+    for b in blocks:
+        for c in KEYS:
+            keys[c].append(b.keys[c])
+        counts.append(genotype_counts(np.ascontiguousarray(b.packed), group, groups))
+    out = {f"key_{c}": np.concatenate(v) if v else np.array([]) for c, v in keys.items()}
+    out["counts"] = np.concatenate(counts) if counts else np.zeros((0, groups, 4), dtype=np.int64)
+    out["group_size"] = np.bincount(group[group >= 0], minlength=groups).astype(np.int64)
+    return out
+
+
+def station_keys(result: Result) -> dict[str, np.ndarray]:
+    return {c: result[f"key_{c}"] for c in KEYS}
+
+
+def linear_to_result(s: linear.LinearStats) -> Result:
+    out: Result = {f"key_{c}": s.keys[c] for c in KEYS}
+    for name in ("cc", "cy", "cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy"):
+        out[name] = getattr(s, name)
+    out["n"] = np.array(s.n)
+    out["yy"] = np.array(s.yy)
+    return out
+
+
+def linear_from_result(r: Result) -> linear.LinearStats:
+    return linear.LinearStats(
+        k=int(r["cc"].shape[0]), n=int(r["n"]), cc=r["cc"], cy=r["cy"], yy=float(r["yy"]), keys=station_keys(r),
+        cg=r["cg"], gg=r["gg"], gy=r["gy"], n_miss=r["n_miss"], m_cc=r["m_cc"], m_cy=r["m_cy"], m_yy=r["m_yy"],
+    )
+
+
+def combine_counts(results: list[Result]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Pooled keys and ``(variants, groups, 4)`` counts; a variant a station lacks is missing there."""
+    al = align([station_keys(r) for r in results])
+    groups = results[0]["counts"].shape[1]
+    total = np.zeros((al.n, groups, 4), dtype=np.int64)
+    for r, idx in zip(results, al.index, strict=True):
+        total[idx] += r["counts"]
+        absent = np.ones(al.n, dtype=bool)
+        absent[idx] = False
+        total[absent, :, 3] += r["group_size"]
+    return al.keys, total
+
+
+# -- counts: FREQ, HWE, case/control tests ---------------------------------------------------------------
+@dataclass
+class CountsProtocol(Protocol):
+    """One round of genotype counts; ``groups`` 1 (everyone) or 2 (controls, cases)."""
+
+    groups: int = 1
+    keys: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: np.ndarray | None = None
+
+    def next_task(self) -> Task | None:
+        return None if self.counts is not None else {"kind": "counts", "groups": self.groups}
+
+    def receive(self, results: list[Result]) -> None:
+        self.keys, self.counts = combine_counts(results)
+        self.rounds += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        assert self.counts is not None
+        return {**self.keys, **counts_columns(self.counts)}
+
+
+def counts_columns(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """FREQ (``.afreq``), HWE (``.hardy``) and, for two groups, case/control test columns."""
+    c = counts.sum(axis=1)
+    hom_ref, het, hom_alt, miss = (c[:, i] for i in range(4))
+    called = hom_ref + het + hom_alt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        alt_freq = (het + 2 * hom_alt) / (2.0 * called)
+        e_het = 2 * alt_freq * (1 - alt_freq) * called
+    out = {
+        "ALT_FREQS": alt_freq,
+        "OBS_CT": 2 * called,
+        "MISSING_CT": miss,
+        "CALL_RATE": np.where(called + miss > 0, called / np.maximum(called + miss, 1), np.nan),
+        "HOM_REF_CT": hom_ref,
+        "HET_CT": het,
+        "HOM_ALT_CT": hom_alt,
+        "O(HET)": np.where(called > 0, het / np.maximum(called, 1), np.nan),
+        "E(HET)": np.where(called > 0, e_het / np.maximum(called, 1), np.nan),
+        "HWE_P": hwe_exact(hom_ref, het, hom_alt),
+    }
+    if counts.shape[1] == 2:
+        ctrl, case = counts[:, 0, :3], counts[:, 1, :3]
+        for name, stat, df in (("ALLELIC", allelic_chi2(case, ctrl), 1), ("GENO", genotypic_chi2(case, ctrl), 2),
+                               ("TREND", trend_chi2(case, ctrl), 1)):
+            lp = log10_p_chi2(stat, df)
+            out[f"{name}_CHISQ"] = stat
+            out[f"{name}_P"] = 10.0**lp
+            out[f"{name}_LOG10_P"] = -lp
+    return out
+
+
+# -- linear ----------------------------------------------------------------------------------------------
+@dataclass
+class LinearProtocol(Protocol):
+    """One round: stations' linear sums, combined and finalised centrally."""
+
+    pooled: linear.LinearStats | None = None
+
+    def next_task(self) -> Task | None:
+        return None if self.pooled is not None else {"kind": "linear"}
+
+    def receive(self, results: list[Result]) -> None:
+        self.pooled = linear.combine_linear([linear_from_result(r) for r in results])
+        self.rounds += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        assert self.pooled is not None
+        return linear.finalize_linear(self.pooled)
+
+
+# -- logistic --------------------------------------------------------------------------------------------
+NEWTON, FIRTH_INFO, FIRTH_SCORE, DONE = 1, 2, 3, 0
+
+
+@dataclass
+class LogisticProtocol(Protocol):
+    """Null model rounds, a score round, then per-variant Newton (Wald/Firth) rounds.
+
+    ``test``: ``"wald"`` (PLINK 2's logistic-Firth hybrid, the default), ``"score"`` or ``"firth"``.
+    """
+
+    k: int
+    test: str = "wald"
+    phase: str = "null"
+    beta_null: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    null_iterations: int = 0
+    keys: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 4), dtype=np.int64))
+    score_z: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    score_v: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    score_u: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    beta: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    mode: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
+    iterations: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    inv: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
+    se: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    firth_used: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    final: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    pen_loglik: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    last_step: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    halvings: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    damping: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    errcode: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+
+    def __post_init__(self) -> None:
+        if self.test not in ("wald", "score", "firth"):
+            raise ValueError(f"test must be wald, score or firth, not {self.test!r}")
+        if self.beta_null.size == 0:
+            self.beta_null = np.zeros(self.k)
+
+    def _active(self) -> np.ndarray:
+        return np.flatnonzero(self.mode != DONE)
+
+    def next_task(self) -> Task | None:
+        if self.phase == "null":
+            return {"kind": "logistic_null", "beta": self.beta_null}
+        if self.phase == "score":
+            return {"kind": "logistic_score", "beta": self.beta_null}
+        if self.phase == "newton":
+            act = self._active()
+            kk = self.k + 1
+            inv = self.inv[act] if act.size else np.zeros((0, kk, kk))
+            return {"kind": "logistic_newton", **{f"key_{c}": self.keys[c][act] for c in KEYS},
+                    "beta": self.beta[act], "firth": self.mode[act] == FIRTH_SCORE, "inv": inv}
+        return None
+
+    def receive(self, results: list[Result]) -> None:
+        self.rounds += 1
+        if self.phase == "null":
+            self.beta_null, step = logistic.null_step(self.beta_null, results)
+            self.null_iterations += 1
+            if step < 1e-10 or self.null_iterations >= 50:
+                self.phase = "score"
+        elif self.phase == "score":
+            self._receive_score(results)
+        elif self.phase == "newton":
+            self._receive_newton(results)
+
+    def _receive_score(self, results: list[Result]) -> None:
+        al = align([station_keys(r) for r in results])
+        m, k = al.n, self.k
+        u, gwg, cwg, m_cwc = np.zeros(m), np.zeros(m), np.zeros((m, k)), np.zeros((m, k, k))
+        cwc_total = sum(r["cwc"] for r in results)
+        self.keys, self.counts = combine_counts([{**{f"key_{c}": r[f"key_{c}"] for c in KEYS},
+                                                  "counts": r["counts"], "group_size": _group_size(r)}
+                                                 for r in results])
+        for r, idx in zip(results, al.index, strict=True):
+            absent = np.ones(m, dtype=bool)
+            absent[idx] = False
+            u[idx] += r["u"]
+            gwg[idx] += r["gwg"]
+            cwg[idx] += r["cwg"]
+            m_cwc[idx] += r["m_cwc"]
+            m_cwc[absent] += r["cwc"]
+        info = cwc_total[None] - m_cwc
+        with np.errstate(invalid="ignore", divide="ignore"):
+            proj = np.einsum("vi,vi->v", cwg, _batched_solve(info, cwg))
+            v = gwg - proj
+            self.score_z = np.where(v > 1e-12 * np.maximum(gwg, 1e-300), u / np.sqrt(np.maximum(v, 1e-300)), np.nan)
+        self.score_u, self.score_v = u, v
+        called = self.counts[:, :, :3].sum(axis=(1, 2))
+        a1 = (self.counts[:, :, 1] + 2 * self.counts[:, :, 2]).sum(axis=1)
+        const = (a1 == 0) | (a1 == 2 * called)
+        self.errcode = np.where(const, "CONST_OMITTED_ALLELE", "").astype(object)
+        few = called <= k + 1
+        self.errcode[few & ~const] = "SAMPLE_CT<=COVAR_CT"
+        if self.test == "score":
+            self.phase = "done"
+            return
+        kk = k + 1
+        self.beta = np.zeros((m, kk))
+        self.beta[:, :k] = self.beta_null
+        self.inv = np.zeros((m, kk, kk))
+        self.se = np.full(m, np.nan)
+        self.iterations = np.zeros(m, dtype=np.int64)
+        self.final = np.zeros(m, dtype=bool)
+        self.pen_loglik = np.full(m, -np.inf)
+        self.last_step = np.zeros((m, kk))
+        self.halvings = np.zeros(m, dtype=np.int64)
+        self.damping = np.ones(m)
+        use_firth = np.ones(m, dtype=bool) if self.test == "firth" else logistic.zero_cell(self.counts)
+        self.firth_used = use_firth & (self.errcode == "")
+        self.mode = np.where(self.errcode != "", DONE, np.where(use_firth, FIRTH_INFO, NEWTON)).astype(np.int8)
+        self.phase = "newton" if (self.mode != DONE).any() else "done"
+
+    def _receive_newton(self, results: list[Result]) -> None:
+        act = self._active()
+        xwx = sum(r["xwx"] for r in results)
+        score = sum(r["score"] for r in results)
+        loglik = sum(r["loglik"] for r in results)
+        k = self.k
+        for j, v in enumerate(act):
+            mode = self.mode[v]
+            info = xwx[j]
+            if mode == NEWTON:
+                step = _solve_or_none(info, score[j])
+                if step is None or not np.all(np.isfinite(step)):
+                    self._to_firth(v)
+                    continue
+                self.beta[v] += step
+                self.iterations[v] += 1
+                if np.max(np.abs(step)) < logistic.TOL:
+                    inv = _inv_or_none(info)
+                    self.se[v] = np.sqrt(inv[k, k]) if inv is not None and inv[k, k] > 0 else np.nan
+                    self.mode[v] = DONE
+                elif self.iterations[v] >= logistic.MAX_ITER:
+                    self._to_firth(v)
+            elif mode == FIRTH_INFO:
+                sign, logdet = np.linalg.slogdet(info)
+                pen = loglik[j] + 0.5 * logdet if sign > 0 else -np.inf
+                if pen < self.pen_loglik[v] - 1e-10 and self.halvings[v] < 30:
+                    # The penalised likelihood went down: halve the last step and look again.
+                    self.last_step[v] /= 2.0
+                    self.beta[v] -= self.last_step[v]
+                    self.halvings[v] += 1
+                    self.damping[v] = max(self.damping[v] / 2.0, 1e-3)
+                    self.final[v] = False
+                    continue
+                inv = _inv_or_none(info)
+                if inv is None:
+                    self._fail(v, "FIRTH_CONVERGE_FAIL")
+                    continue
+                self.inv[v] = inv
+                self.pen_loglik[v] = pen
+                self.halvings[v] = 0
+                if self.final[v]:
+                    self.se[v] = np.sqrt(inv[k, k]) if inv[k, k] > 0 else np.nan
+                    self.mode[v] = DONE
+                else:
+                    self.mode[v] = FIRTH_SCORE
+            elif mode == FIRTH_SCORE:
+                # Fisher scoring ignores the penalty's curvature and tends to overshoot (by about 2x for
+                # singletons); a per-variant damping learnt from the step-halvings keeps it converging.
+                full = self.inv[v] @ score[j]
+                biggest = np.max(np.abs(full))
+                if float(full @ self.last_step[v]) < 0.0:  # the step turned back: damp harder
+                    self.damping[v] = max(self.damping[v] / 2.0, 1e-3)
+                step = full * self.damping[v]
+                if biggest > logistic.FIRTH_MAX_STEP:
+                    step *= logistic.FIRTH_MAX_STEP / biggest
+                self.beta[v] += step
+                self.last_step[v] = step
+                self.iterations[v] += 1
+                if not np.all(np.isfinite(self.beta[v])) or self.iterations[v] >= logistic.FIRTH_MAX_ITER:
+                    self._fail(v, "FIRTH_CONVERGE_FAIL")
+                    continue
+                if biggest < logistic.FIRTH_TOL:
+                    self.final[v] = True
+                self.mode[v] = FIRTH_INFO
+        if not (self.mode != DONE).any():
+            self.phase = "done"
+
+    def _to_firth(self, v: int) -> None:
+        self.firth_used[v] = True
+        self.beta[v] = 0.0
+        self.beta[v, : self.k] = self.beta_null
+        self.iterations[v] = 0
+        self.pen_loglik[v] = -np.inf
+        self.last_step[v] = 0.0
+        self.damping[v] = 1.0
+        self.mode[v] = FIRTH_INFO
+
+    def _fail(self, v: int, code: str) -> None:
+        self.errcode[v] = code
+        self.mode[v] = DONE
+
+    def result(self) -> dict[str, np.ndarray]:
+        called = self.counts[:, :, :3].sum(axis=(1, 2))
+        a1 = (self.counts[:, :, 1] + 2 * self.counts[:, :, 2]).sum(axis=1)
+        bad = self.errcode != ""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            freq = a1 / (2.0 * called)
+        out: dict[str, np.ndarray] = {**self.keys, "OBS_CT": called, "A1_FREQ": freq}
+        if self.test == "score":
+            z = np.where(bad, np.nan, self.score_z)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                log_or = np.where(bad, np.nan, self.score_u / self.score_v)
+                se = np.where(bad, np.nan, 1.0 / np.sqrt(self.score_v))
+            out.update({"FIRTH?": np.full(len(z), "N", dtype=object), "TEST": np.full(len(z), "SCORE", dtype=object)})
+        else:
+            log_or = np.where(bad, np.nan, self.beta[:, self.k])
+            se = np.where(bad, np.nan, self.se)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                z = log_or / se
+            out.update({"FIRTH?": np.where(self.firth_used, "Y", "N").astype(object),
+                        "TEST": np.full(len(z), "ADD", dtype=object)})
+        lp = log10_p_normal(np.where(np.isfinite(z), z, 0.0))
+        lp = np.where(np.isfinite(z), lp, np.nan)
+        out.update({"OR": np.exp(log_or), "LOG(OR)_SE": se, "Z_STAT": z, "P": 10.0**lp, "LOG10_P": -lp,
+                    "ERRCODE": self.errcode})
+        return out
+
+
+def _group_size(r: Result) -> np.ndarray:
+    """Included controls and cases at a station, recovered from any variant's counts."""
+    if r["counts"].shape[0]:
+        return r["counts"][0].sum(axis=1)
+    return np.zeros(2, dtype=np.int64)
+
+
+def _solve_or_none(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return None
+
+
+def _inv_or_none(a: np.ndarray) -> np.ndarray | None:
+    try:
+        inv = np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        return None
+    return inv if np.all(np.isfinite(inv)) else None
+
+
+def _batched_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.full(b.shape, np.nan)
+    for i in range(a.shape[0]):
+        s = _solve_or_none(a[i], b[i])
+        if s is not None:
+            out[i] = s
+    return out
+
+
+def run_local(protocol: Protocol, stations: list[tuple[Design, Callable[[], Iterable[Block]]]]) -> dict[str, np.ndarray]:
+    """Drive a protocol in-process over ``(design, block source)`` pairs, one per station."""
+    while (task := protocol.next_task()) is not None:
+        protocol.receive([execute(task, d, b) for d, b in stations])
+    return protocol.result()
