@@ -40,12 +40,21 @@ def align(station_keys: list[dict[str, np.ndarray]]) -> Alignment:
     """
     frames = []
     for s, keys in enumerate(station_keys):
-        frames.append(pl.DataFrame({c: keys[c] for c in KEY_COLUMNS}).with_columns(
-            pl.lit(s).alias("_station"), pl.int_range(pl.len()).alias("_row"), pl.col("pos").cast(pl.Int64)))
+        columns = {c: pl.Series(c, np.asarray(keys[c]).astype(str), dtype=pl.String) for c in ("chrom", "ref", "alt")}
+        columns["pos"] = pl.Series("pos", np.asarray(keys["pos"], dtype=np.int64))
+        frames.append(
+            pl.DataFrame([columns[c] for c in KEY_COLUMNS]).with_columns(
+                pl.lit(s).alias("_station"), pl.int_range(pl.len()).alias("_row")
+            )
+        )
     allk = pl.concat(frames).with_row_index("_order")
     chrom_rank = allk.group_by("chrom").agg(pl.col("_order").min().alias("_crank"))
-    union = (allk.unique(subset=list(KEY_COLUMNS), keep="first", maintain_order=True)
-             .join(chrom_rank, on="chrom").sort(["_crank", "pos", "_order"]).with_row_index("_union"))
+    union = (
+        allk.unique(subset=list(KEY_COLUMNS), keep="first", maintain_order=True)
+        .join(chrom_rank, on="chrom")
+        .sort(["_crank", "pos", "_order"])
+        .with_row_index("_union")
+    )
     mapped = allk.join(union.select([*KEY_COLUMNS, "_union"]), on=list(KEY_COLUMNS))
     index = []
     for s in range(len(station_keys)):

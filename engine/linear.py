@@ -70,15 +70,28 @@ def linear_station(design: Design, blocks: Iterable[Block]) -> LinearStats:
         if m:
             linear_sums(np.ascontiguousarray(block.packed), C, y, inc, cg, gg, gy, n_miss, m_cc, m_cy, m_yy)
         parts.append((block.keys, cg, gg, gy, n_miss, m_cc, m_cy, m_yy))
-    keys = {c: np.concatenate([p[0][c] for p in parts]) if parts else np.array([]) for c in ("chrom", "pos", "ref", "alt")}
+    keys = {
+        c: np.concatenate([p[0][c] for p in parts]) if parts else np.array([]) for c in ("chrom", "pos", "ref", "alt")
+    }
 
     def cat(i: int, shape: tuple[int, ...]) -> np.ndarray:
         return np.concatenate([p[i] for p in parts]) if parts else np.zeros((0, *shape))
 
     return LinearStats(
-        k=k, n=int(inc.sum()), cc=Ci.T @ Ci, cy=Ci.T @ yi, yy=float(yi @ yi), keys=keys,
-        cg=cat(1, (k,)), gg=cat(2, ()), gy=cat(3, ()), n_miss=cat(4, ()).astype(np.int64), m_cc=cat(5, (k, k)),
-        m_cy=cat(6, (k,)), m_yy=cat(7, ()), names=design.names,
+        k=k,
+        n=int(inc.sum()),
+        cc=Ci.T @ Ci,
+        cy=Ci.T @ yi,
+        yy=float(yi @ yi),
+        keys=keys,
+        cg=cat(1, (k,)),
+        gg=cat(2, ()),
+        gy=cat(3, ()),
+        n_miss=cat(4, ()).astype(np.int64),
+        m_cc=cat(5, (k, k)),
+        m_cy=cat(6, (k,)),
+        m_yy=cat(7, ()),
+        names=design.names,
     )
 
 
@@ -92,9 +105,19 @@ def combine_linear(stats: list[LinearStats]) -> LinearStats:
     al = align([s.keys for s in stats])
     m = al.n
     out = LinearStats(
-        k=k, n=sum(s.n for s in stats), cc=sum(s.cc for s in stats), cy=sum(s.cy for s in stats),
-        yy=float(sum(s.yy for s in stats)), keys=al.keys, cg=np.zeros((m, k)), gg=np.zeros(m), gy=np.zeros(m),
-        n_miss=np.zeros(m, np.int64), m_cc=np.zeros((m, k, k)), m_cy=np.zeros((m, k)), m_yy=np.zeros(m),
+        k=k,
+        n=sum(s.n for s in stats),
+        cc=np.sum([s.cc for s in stats], axis=0),
+        cy=np.sum([s.cy for s in stats], axis=0),
+        yy=float(sum(s.yy for s in stats)),
+        keys=al.keys,
+        cg=np.zeros((m, k)),
+        gg=np.zeros(m),
+        gy=np.zeros(m),
+        n_miss=np.zeros(m, np.int64),
+        m_cc=np.zeros((m, k, k)),
+        m_cy=np.zeros((m, k)),
+        m_yy=np.zeros(m),
         names=stats[0].names,
     )
     for s, idx in zip(stats, al.index, strict=True):
@@ -171,8 +194,20 @@ def finalize_linear(pooled: LinearStats) -> dict[str, np.ndarray]:
     out = np.full((m, 6), np.nan)
     out[:, 4] = ERR_NONE
     if m:
-        _solve_variants(pooled.cc, pooled.cy, pooled.yy, pooled.n, pooled.cg, pooled.gg, pooled.gy, pooled.n_miss,
-                        pooled.m_cc, pooled.m_cy, pooled.m_yy, out)
+        _solve_variants(
+            pooled.cc,
+            pooled.cy,
+            pooled.yy,
+            pooled.n,
+            pooled.cg,
+            pooled.gg,
+            pooled.gy,
+            pooled.n_miss,
+            pooled.m_cc,
+            pooled.m_cy,
+            pooled.m_yy,
+            out,
+        )
     obs = out[:, 0].astype(np.int64)
     err = out[:, 4].astype(np.int64)
     beta, se, t = out[:, 1], out[:, 2], out[:, 3]

@@ -22,11 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.align import align
 from engine.design import Block, Design
 from engine.kernels.counts import genotype_counts
 from engine.kernels.regression import logistic_newton_sums, score_sums, weighted_gram
-from engine.stats import log10_p_normal
 
 MAX_ITER = 25
 FIRTH_MAX_ITER = 100
@@ -55,8 +53,13 @@ def null_station(design: Design, beta: np.ndarray) -> dict[str, np.ndarray]:
     yi, pi = design.y[inc], p[inc]
     with np.errstate(divide="ignore"):
         ll = float(np.sum(np.where(yi > 0.5, np.log(pi), np.log1p(-pi))))
-    return {"cwc": cwc, "cr": cr, "loglik": np.array(ll), "n": np.array(int(inc.sum())),
-            "n_case": np.array(int((yi > 0.5).sum()))}
+    return {
+        "cwc": cwc,
+        "cr": cr,
+        "loglik": np.array(ll),
+        "n": np.array(int(inc.sum())),
+        "n_case": np.array(int((yi > 0.5).sum())),
+    }
 
 
 def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> dict[str, np.ndarray]:
@@ -78,8 +81,13 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
             score_sums(packed, C, resid, w, inc, u, gwg, cwg, m_cwc)
         for c in keys:
             keys[c].append(b.keys[c])
-        for name, arr in (("u", u), ("gwg", gwg), ("cwg", cwg), ("m_cwc", m_cwc),
-                          ("counts", genotype_counts(packed, group, 2))):
+        for name, arr in (
+            ("u", u),
+            ("gwg", gwg),
+            ("cwg", cwg),
+            ("m_cwc", m_cwc),
+            ("counts", genotype_counts(packed, group, 2)),
+        ):
             parts[name].append(arr)
     cwc, _ = weighted_gram(C, w, resid, inc)
     out = {f"key_{c}": np.concatenate(v) if v else np.array([]) for c, v in keys.items()}
@@ -96,24 +104,49 @@ def newton_station(design: Design, blocks: Iterable[Block], request: dict[str, n
     """
     a = request["beta"].shape[0]
     kk = request["beta"].shape[1]
-    where = {key: i for i, key in enumerate(zip(request["key_chrom"].tolist(), request["key_pos"].tolist(),
-                                                request["key_ref"].tolist(), request["key_alt"].tolist(), strict=True))}
+    where = {
+        key: i
+        for i, key in enumerate(
+            zip(
+                request["key_chrom"].tolist(),
+                request["key_pos"].tolist(),
+                request["key_ref"].tolist(),
+                request["key_alt"].tolist(),
+                strict=True,
+            )
+        )
+    }
     xwx, score, loglik = np.zeros((a, kk, kk)), np.zeros((a, kk)), np.zeros(a)
     C = np.ascontiguousarray(design.C)
     y = np.ascontiguousarray(design.y)
     inc = np.ascontiguousarray(design.include)
     for b in blocks:
-        ks = zip(b.keys["chrom"].tolist(), b.keys["pos"].tolist(), b.keys["ref"].tolist(), b.keys["alt"].tolist(),
-                 strict=True)
+        ks = zip(
+            b.keys["chrom"].tolist(),
+            b.keys["pos"].tolist(),
+            b.keys["ref"].tolist(),
+            b.keys["alt"].tolist(),
+            strict=True,
+        )
         hits = [(r, where[k]) for r, k in enumerate(ks) if k in where]
         if not hits:
             continue
         rows = np.array([h[0] for h in hits], dtype=np.int64)
         req = np.array([h[1] for h in hits], dtype=np.int64)
         x_, s_, l_ = np.zeros((rows.size, kk, kk)), np.zeros((rows.size, kk)), np.zeros(rows.size)
-        logistic_newton_sums(np.ascontiguousarray(b.packed), rows, np.ascontiguousarray(request["beta"][req]), C, y,
-                             inc, np.ascontiguousarray(request["inv"][req]),
-                             np.ascontiguousarray(request["firth"][req]), x_, s_, l_)
+        logistic_newton_sums(
+            np.ascontiguousarray(b.packed),
+            rows,
+            np.ascontiguousarray(request["beta"][req]),
+            C,
+            y,
+            inc,
+            np.ascontiguousarray(request["inv"][req]),
+            np.ascontiguousarray(request["firth"][req]),
+            x_,
+            s_,
+            l_,
+        )
         xwx[req], score[req], loglik[req] = x_, s_, l_
     return {"xwx": xwx, "score": score, "loglik": loglik}
 
@@ -131,8 +164,8 @@ class NullFit:
 
 def null_step(beta: np.ndarray, results: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, float]:
     """One Newton step of the null model from the stations' sums; returns new beta and step size."""
-    cwc = sum(r["cwc"] for r in results)
-    cr = sum(r["cr"] for r in results)
+    cwc = np.sum([r["cwc"] for r in results], axis=0)
+    cr = np.sum([r["cr"] for r in results], axis=0)
     step = np.linalg.solve(cwc, cr)
     return beta + step, float(np.max(np.abs(step)))
 

@@ -18,6 +18,7 @@ import numpy as np
 from engine import linear, logistic
 from engine.align import align
 from engine.design import Block, Design
+from engine.errors import InputError
 from engine.kernels.counts import genotype_counts
 from engine.stats import allelic_chi2, genotypic_chi2, hwe_exact, log10_p_chi2, log10_p_normal, trend_chi2
 
@@ -93,8 +94,19 @@ def linear_to_result(s: linear.LinearStats) -> Result:
 
 def linear_from_result(r: Result) -> linear.LinearStats:
     return linear.LinearStats(
-        k=int(r["cc"].shape[0]), n=int(r["n"]), cc=r["cc"], cy=r["cy"], yy=float(r["yy"]), keys=station_keys(r),
-        cg=r["cg"], gg=r["gg"], gy=r["gy"], n_miss=r["n_miss"], m_cc=r["m_cc"], m_cy=r["m_cy"], m_yy=r["m_yy"],
+        k=int(r["cc"].shape[0]),
+        n=int(r["n"]),
+        cc=r["cc"],
+        cy=r["cy"],
+        yy=float(r["yy"]),
+        keys=station_keys(r),
+        cg=r["cg"],
+        gg=r["gg"],
+        gy=r["gy"],
+        n_miss=r["n_miss"],
+        m_cc=r["m_cc"],
+        m_cy=r["m_cy"],
+        m_yy=r["m_yy"],
     )
 
 
@@ -154,8 +166,11 @@ def counts_columns(counts: np.ndarray) -> dict[str, np.ndarray]:
     }
     if counts.shape[1] == 2:
         ctrl, case = counts[:, 0, :3], counts[:, 1, :3]
-        for name, stat, df in (("ALLELIC", allelic_chi2(case, ctrl), 1), ("GENO", genotypic_chi2(case, ctrl), 2),
-                               ("TREND", trend_chi2(case, ctrl), 1)):
+        for name, stat, df in (
+            ("ALLELIC", allelic_chi2(case, ctrl), 1),
+            ("GENO", genotypic_chi2(case, ctrl), 2),
+            ("TREND", trend_chi2(case, ctrl), 1),
+        ):
             lp = log10_p_chi2(stat, df)
             out[f"{name}_CHISQ"] = stat
             out[f"{name}_P"] = 10.0**lp
@@ -234,30 +249,57 @@ class LogisticProtocol(Protocol):
             act = self._active()
             kk = self.k + 1
             inv = self.inv[act] if act.size else np.zeros((0, kk, kk))
-            return {"kind": "logistic_newton", **{f"key_{c}": self.keys[c][act] for c in KEYS},
-                    "beta": self.beta[act], "firth": self.mode[act] == FIRTH_SCORE, "inv": inv}
+            return {
+                "kind": "logistic_newton",
+                **{f"key_{c}": self.keys[c][act] for c in KEYS},
+                "beta": self.beta[act],
+                "firth": self.mode[act] == FIRTH_SCORE,
+                "inv": inv,
+            }
         return None
 
     def receive(self, results: list[Result]) -> None:
         self.rounds += 1
         if self.phase == "null":
-            self.beta_null, step = logistic.null_step(self.beta_null, results)
+            n = int(sum(int(r["n"]) for r in results))
+            n_case = int(sum(int(r["n_case"]) for r in results))
+            if n_case == 0 or n_case == n:
+                raise InputError(
+                    f"the binary phenotype needs both cases and controls; the analysed samples "
+                    f"hold {n_case} cases and {n - n_case} controls"
+                )
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    beta, step = logistic.null_step(self.beta_null, results)
+            except np.linalg.LinAlgError:
+                beta = np.full_like(self.beta_null, np.nan)
+                step = np.inf
+            if not np.all(np.isfinite(beta)):
+                raise InputError(
+                    "the null model (phenotype ~ covariates) has no finite fit: the covariates are "
+                    "collinear, or one of them separates cases from controls; drop or recode it"
+                )
+            self.beta_null = beta
             self.null_iterations += 1
             if step < 1e-10 or self.null_iterations >= 50:
                 self.phase = "score"
         elif self.phase == "score":
             self._receive_score(results)
         elif self.phase == "newton":
-            self._receive_newton(results)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                self._receive_newton(results)
 
     def _receive_score(self, results: list[Result]) -> None:
         al = align([station_keys(r) for r in results])
         m, k = al.n, self.k
         u, gwg, cwg, m_cwc = np.zeros(m), np.zeros(m), np.zeros((m, k)), np.zeros((m, k, k))
-        cwc_total = sum(r["cwc"] for r in results)
-        self.keys, self.counts = combine_counts([{**{f"key_{c}": r[f"key_{c}"] for c in KEYS},
-                                                  "counts": r["counts"], "group_size": _group_size(r)}
-                                                 for r in results])
+        cwc_total = np.sum([r["cwc"] for r in results], axis=0)
+        self.keys, self.counts = combine_counts(
+            [
+                {**{f"key_{c}": r[f"key_{c}"] for c in KEYS}, "counts": r["counts"], "group_size": _group_size(r)}
+                for r in results
+            ]
+        )
         for r, idx in zip(results, al.index, strict=True):
             absent = np.ones(m, dtype=bool)
             absent[idx] = False
@@ -299,9 +341,9 @@ class LogisticProtocol(Protocol):
 
     def _receive_newton(self, results: list[Result]) -> None:
         act = self._active()
-        xwx = sum(r["xwx"] for r in results)
-        score = sum(r["score"] for r in results)
-        loglik = sum(r["loglik"] for r in results)
+        xwx = np.sum([r["xwx"] for r in results], axis=0)
+        score = np.sum([r["score"] for r in results], axis=0)
+        loglik = np.sum([r["loglik"] for r in results], axis=0)
         k = self.k
         for j, v in enumerate(act):
             mode = self.mode[v]
@@ -313,6 +355,9 @@ class LogisticProtocol(Protocol):
                     continue
                 self.beta[v] += step
                 self.iterations[v] += 1
+                if not np.all(np.isfinite(self.beta[v])):
+                    self._to_firth(v)
+                    continue
                 if np.max(np.abs(step)) < logistic.TOL:
                     inv = _inv_or_none(info)
                     self.se[v] = np.sqrt(inv[k, k]) if inv is not None and inv[k, k] > 0 else np.nan
@@ -379,6 +424,10 @@ class LogisticProtocol(Protocol):
         self.mode[v] = DONE
 
     def result(self) -> dict[str, np.ndarray]:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._result()
+
+    def _result(self) -> dict[str, np.ndarray]:
         called = self.counts[:, :, :3].sum(axis=(1, 2))
         a1 = (self.counts[:, :, 1] + 2 * self.counts[:, :, 2]).sum(axis=1)
         bad = self.errcode != ""
@@ -396,12 +445,29 @@ class LogisticProtocol(Protocol):
             se = np.where(bad, np.nan, self.se)
             with np.errstate(invalid="ignore", divide="ignore"):
                 z = log_or / se
-            out.update({"FIRTH?": np.where(self.firth_used, "Y", "N").astype(object),
-                        "TEST": np.full(len(z), "ADD", dtype=object)})
+            out.update(
+                {
+                    "FIRTH?": np.where(self.firth_used, "Y", "N").astype(object),
+                    "TEST": np.full(len(z), "ADD", dtype=object),
+                }
+            )
+        unusable = ~bad & ~(np.isfinite(z) & np.isfinite(log_or) & np.isfinite(se))
+        if unusable.any():  # e.g. a score variance of zero, or a fit that ran off to infinity
+            self.errcode = self.errcode.copy()
+            self.errcode[unusable] = "UNFINISHED"
+            z, log_or, se = (np.where(unusable, np.nan, a) for a in (z, log_or, se))
         lp = log10_p_normal(np.where(np.isfinite(z), z, 0.0))
         lp = np.where(np.isfinite(z), lp, np.nan)
-        out.update({"OR": np.exp(log_or), "LOG(OR)_SE": se, "Z_STAT": z, "P": 10.0**lp, "LOG10_P": -lp,
-                    "ERRCODE": self.errcode})
+        out.update(
+            {
+                "OR": np.exp(log_or),
+                "LOG(OR)_SE": se,
+                "Z_STAT": z,
+                "P": 10.0**lp,
+                "LOG10_P": -lp,
+                "ERRCODE": self.errcode,
+            }
+        )
         return out
 
 
@@ -436,7 +502,9 @@ def _batched_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def run_local(protocol: Protocol, stations: list[tuple[Design, Callable[[], Iterable[Block]]]]) -> dict[str, np.ndarray]:
+def run_local(
+    protocol: Protocol, stations: list[tuple[Design, Callable[[], Iterable[Block]]]]
+) -> dict[str, np.ndarray]:
     """Drive a protocol in-process over ``(design, block source)`` pairs, one per station."""
     while (task := protocol.next_task()) is not None:
         protocol.receive([execute(task, d, b) for d, b in stations])

@@ -31,8 +31,9 @@ def log10_p_normal(z: np.ndarray) -> np.ndarray:
 def log10_p_t(t: np.ndarray, df: np.ndarray) -> np.ndarray:
     """``log10`` of the two-sided Student-t p-value, exact in the far tail too.
 
-    Uses ``p = I_x(df/2, 1/2)`` with ``x = df / (df + t^2)``; where ``p`` underflows, the series
-    ``log I_x(a, b) = a log x + b log(1 - x) - log a - log B(a, b) + log 2F1(a + b, 1; a + 1; x)``.
+    Uses ``p = I_x(df/2, 1/2)`` with ``x = df / (df + t^2)``; where ``p`` underflows, ``log I_x`` is
+    evaluated directly: ``a log x + b log(1 - x) - log B(a, b)`` plus the log of the incomplete beta
+    continued fraction (Lentz), which converges in the whole tail.
 
     Examples
     --------
@@ -51,11 +52,46 @@ def log10_p_t(t: np.ndarray, df: np.ndarray) -> np.ndarray:
     tail = ok & ~direct
     if tail.any():
         a = df[tail] / 2.0
-        x = df[tail] / (df[tail] + t[tail] ** 2)
-        log_i = (a * np.log(x) + 0.5 * np.log1p(-x) - np.log(a) - special.betaln(a, 0.5)
-                 + np.log(special.hyp2f1(a + 0.5, 1.0, a + 1.0, x)))
+        t2 = t[tail] ** 2
+        log_x = np.log(df[tail]) - np.log(df[tail] + t2)
+        log_1mx = np.log(t2) - np.log(df[tail] + t2)
+        x = np.exp(log_x)
+        cf = np.array([_betacf(ai, 0.5, xi) for ai, xi in zip(a, x, strict=True)])
+        log_i = a * log_x + 0.5 * log_1mx - special.betaln(a, 0.5) + np.log(cf) - np.log(a)
         out[tail] = log_i / LN10
     return out
+
+
+@jit
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz), as in Numerical Recipes."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = 1.0
+    d = 1.0 - qab * x / qap
+    d = tiny if abs(d) < tiny else d
+    d = 1.0 / d
+    h = d
+    for m in range(1, 10000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = tiny if abs(d) < tiny else d
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = tiny if abs(d) < tiny else d
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
 
 
 def log10_p_chi2(stat: np.ndarray, df: int) -> np.ndarray:
@@ -91,8 +127,9 @@ def _hwe_exact_one(n_het: int, n_hom1: int, n_hom2: int) -> float:
     curr_homr = (rare - mid) // 2
     curr_homc = n - curr_hets - curr_homr
     while curr_hets >= 2:
-        probs[curr_hets - 2] = probs[curr_hets] * curr_hets * (curr_hets - 1.0) / (
-            4.0 * (curr_homr + 1.0) * (curr_homc + 1.0))
+        probs[curr_hets - 2] = (
+            probs[curr_hets] * curr_hets * (curr_hets - 1.0) / (4.0 * (curr_homr + 1.0) * (curr_homc + 1.0))
+        )
         total += probs[curr_hets - 2]
         curr_hets -= 2
         curr_homr += 1
@@ -101,8 +138,7 @@ def _hwe_exact_one(n_het: int, n_hom1: int, n_hom2: int) -> float:
     curr_homr = (rare - mid) // 2
     curr_homc = n - curr_hets - curr_homr
     while curr_hets <= rare - 2:
-        probs[curr_hets + 2] = probs[curr_hets] * 4.0 * curr_homr * curr_homc / (
-            (curr_hets + 2.0) * (curr_hets + 1.0))
+        probs[curr_hets + 2] = probs[curr_hets] * 4.0 * curr_homr * curr_homc / ((curr_hets + 2.0) * (curr_hets + 1.0))
         total += probs[curr_hets + 2]
         curr_hets += 2
         curr_homr -= 1

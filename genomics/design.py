@@ -17,8 +17,9 @@ from genomics.store import Dataset
 def _numeric_column(ph: pa.Table, name: str, n: int, what: str) -> np.ndarray:
     names = [c for c in ph.column_names if c not in ("sample_id", "sample_index")]
     if name not in names:
-        raise NotFoundError(f"no phenotype column {name!r} for the {what}{suggest(name, names)}; "
-                            f"columns: {', '.join(names)}")
+        raise NotFoundError(
+            f"no phenotype column {name!r} for the {what}{suggest(name, names)}; columns: {', '.join(names)}"
+        )
     col = ph.column(name)
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
         raise InputError(f"column {name!r} holds text; the {what} must be numeric")
@@ -61,8 +62,10 @@ def build_design(
     if binary:
         values = set(np.unique(y[include]).tolist())
         if not values <= {0.0, 1.0}:
-            raise InputError(f"binary phenotype {phenotype!r} must be coded 0 (control) / 1 (case); "
-                             f"found values {sorted(values)[:5]}")
+            raise InputError(
+                f"binary phenotype {phenotype!r} must be coded 0 (control) / 1 (case); "
+                f"found values {sorted(values)[:5]}"
+            )
     C[~include] = 0.0
     y = np.where(include, y, 0.0)
     return Design(C=np.ascontiguousarray(C), y=y, include=include, names=tuple(names))

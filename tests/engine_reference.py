@@ -1,0 +1,54 @@
+"""Slow, obviously correct twins of the engine kernels and a pooled-data reference for regressions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def counts_twin(codes: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    out = np.zeros((codes.shape[0], n_groups, 4), dtype=np.int64)
+    for v in range(codes.shape[0]):
+        for i, g in enumerate(group):
+            if g >= 0:
+                out[v, g, codes[v, i]] += 1
+    return out
+
+
+def linear_sums_twin(codes: np.ndarray, C: np.ndarray, y: np.ndarray, include: np.ndarray) -> dict[str, np.ndarray]:
+    m, k = codes.shape[0], C.shape[1]
+    out = {
+        "cg": np.zeros((m, k)),
+        "gg": np.zeros(m),
+        "gy": np.zeros(m),
+        "n_miss": np.zeros(m, np.int64),
+        "m_cc": np.zeros((m, k, k)),
+        "m_cy": np.zeros((m, k)),
+        "m_yy": np.zeros(m),
+    }
+    for v in range(m):
+        called = include & (codes[v] != 3)
+        miss = include & (codes[v] == 3)
+        g = codes[v].astype(float)
+        out["cg"][v] = C[called].T @ g[called]
+        out["gg"][v] = g[called] @ g[called]
+        out["gy"][v] = g[called] @ y[called]
+        out["n_miss"][v] = miss.sum()
+        out["m_cc"][v] = C[miss].T @ C[miss]
+        out["m_cy"][v] = C[miss].T @ y[miss]
+        out["m_yy"][v] = y[miss] @ y[miss]
+    return out
+
+
+def pooled_ols(codes: np.ndarray, C: np.ndarray, y: np.ndarray, include: np.ndarray) -> np.ndarray:
+    """(beta, se, t, n) per variant by statsmodels OLS on the pooled samples with a called genotype."""
+    import statsmodels.api as sm
+
+    out = np.full((codes.shape[0], 4), np.nan)
+    for v in range(codes.shape[0]):
+        keep = include & (codes[v] != 3)
+        X = np.column_stack([C[keep], codes[v, keep].astype(float)])
+        if keep.sum() <= X.shape[1] or np.linalg.matrix_rank(X) < X.shape[1]:
+            continue
+        fit = sm.OLS(y[keep], X).fit()
+        out[v] = fit.params[-1], fit.bse[-1], fit.tvalues[-1], keep.sum()
+    return out
