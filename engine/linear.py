@@ -25,8 +25,16 @@ from engine.kernels.regression import linear_sums
 from engine.stats import log10_p_t
 
 #: Error codes, as PLINK 2 writes them in ERRCODE.
-ERR_NONE, ERR_CONST_OMITTED, ERR_CONST, ERR_CORR, ERR_VIF, ERR_FEW_OBS = range(6)
-ERRCODE_NAMES = ("", "CONST_OMITTED_ALLELE", "CONST_ALLELE", "CORR_TOO_HIGH", "VIF_TOO_HIGH", "SAMPLE_CT<=COVAR_CT")
+ERR_NONE, ERR_CONST_OMITTED, ERR_CONST, ERR_CORR, ERR_VIF, ERR_FEW_OBS, ERR_INVALID = range(7)
+ERRCODE_NAMES = (
+    "",
+    "CONST_OMITTED_ALLELE",
+    "CONST_ALLELE",
+    "CORR_TOO_HIGH",
+    "VIF_TOO_HIGH",
+    "SAMPLE_CT<=COVAR_CT",
+    "INVALID_RESULT",
+)
 MAX_CORR = 0.999
 MAX_VIF = 50.0
 
@@ -138,6 +146,37 @@ def combine_linear(stats: list[LinearStats]) -> LinearStats:
 
 
 @jit
+def _cholesky(A: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Lower Cholesky factor of a symmetric matrix, and False instead of an exception if not positive definite."""
+    k = A.shape[0]
+    L = np.zeros((k, k))
+    for i in range(k):
+        for j in range(i + 1):
+            acc = A[i, j]
+            for t in range(j):
+                acc -= L[i, t] * L[j, t]
+            if i == j:
+                if acc <= 1e-10 * max(abs(A[i, i]), 1e-300):
+                    return L, False
+                L[i, i] = np.sqrt(acc)
+            else:
+                L[i, j] = acc / L[j, j]
+    return L, True
+
+
+@jit
+def _forward(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    k = b.shape[0]
+    z = np.empty(k)
+    for i in range(k):
+        acc = b[i]
+        for t in range(i):
+            acc -= L[i, t] * z[t]
+        z[i] = acc / L[i, i]
+    return z
+
+
+@jit
 def _solve_variants(cc, cy, yy, n, cg, gg, gy, n_miss, m_cc, m_cy, m_yy, out):  # type: ignore[no-untyped-def]
     k = cc.shape[0]
     for v in range(gg.shape[0]):
@@ -169,9 +208,12 @@ def _solve_variants(cc, cy, yy, n, cg, gg, gy, n_miss, m_cc, m_cy, m_yy, out):  
         if corr_bad:
             out[v, 4] = ERR_CORR
             continue
-        L = np.linalg.cholesky(A)
-        zb = np.linalg.solve(L, b)
-        zy = np.linalg.solve(L, cyv)
+        L, ok = _cholesky(A)
+        if not ok:  # a covariate became constant or collinear among this variant's called samples
+            out[v, 4] = ERR_INVALID
+            continue
+        zb = _forward(L, b)
+        zy = _forward(L, cyv)
         s = gg[v] - zb @ zb
         if s <= 0.0 or g_var / s > MAX_VIF:
             out[v, 4] = ERR_VIF

@@ -145,7 +145,8 @@ class CountsProtocol(Protocol):
 
 
 def counts_columns(counts: np.ndarray) -> dict[str, np.ndarray]:
-    """FREQ (``.afreq``), HWE (``.hardy``) and, for two groups, case/control test columns."""
+    """FREQ (``.afreq``: ALT_FREQS, OBS_CT), HWE (``.hardy``: HOM_A1_CT, HET_A1_CT, TWO_AX_CT, O(HET_A1),
+    E(HET_A1), HWE_P with A1 = REF) and, for two groups, allelic, genotypic and trend test columns."""
     c = counts.sum(axis=1)
     hom_ref, het, hom_alt, miss = (c[:, i] for i in range(4))
     called = hom_ref + het + hom_alt
@@ -157,11 +158,12 @@ def counts_columns(counts: np.ndarray) -> dict[str, np.ndarray]:
         "OBS_CT": 2 * called,
         "MISSING_CT": miss,
         "CALL_RATE": np.where(called + miss > 0, called / np.maximum(called + miss, 1), np.nan),
-        "HOM_REF_CT": hom_ref,
-        "HET_CT": het,
-        "HOM_ALT_CT": hom_alt,
-        "O(HET)": np.where(called > 0, het / np.maximum(called, 1), np.nan),
-        "E(HET)": np.where(called > 0, e_het / np.maximum(called, 1), np.nan),
+        # .hardy columns: A1 is REF, AX is ALT, as plink2 --hardy writes them for biallelic variants.
+        "HOM_A1_CT": hom_ref,
+        "HET_A1_CT": het,
+        "TWO_AX_CT": hom_alt,
+        "O(HET_A1)": np.where(called > 0, het / np.maximum(called, 1), np.nan),
+        "E(HET_A1)": np.where(called > 0, e_het / np.maximum(called, 1), np.nan),
         "HWE_P": hwe_exact(hom_ref, het, hom_alt),
     }
     if counts.shape[1] == 2:
