@@ -143,6 +143,7 @@ def newton_station(design: Design, blocks: Iterable[Block], request: dict[str, n
             inc,
             np.ascontiguousarray(request["inv"][req]),
             np.ascontiguousarray(request["firth"][req]),
+            np.ascontiguousarray(request["loglik"][req]),
             x_,
             s_,
             l_,

@@ -256,6 +256,7 @@ class LogisticProtocol(Protocol):
                 **{f"key_{c}": self.keys[c][act] for c in KEYS},
                 "beta": self.beta[act],
                 "firth": self.mode[act] == FIRTH_SCORE,
+                "loglik": self.mode[act] != NEWTON,
                 "inv": inv,
             }
         return None

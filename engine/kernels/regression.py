@@ -145,6 +145,7 @@ def logistic_newton_sums(
     include: np.ndarray,
     inv_info: np.ndarray,
     firth: np.ndarray,
+    want_loglik: np.ndarray,
     xwx: np.ndarray,
     score: np.ndarray,
     loglik: np.ndarray,
@@ -152,10 +153,11 @@ def logistic_newton_sums(
     """One Newton step's sums for the variants ``rows`` of ``packed`` at coefficients ``beta``.
 
     ``beta[i]`` is ``(k + 1,)``: covariates then the genotype. Over called, included samples, with
-    ``x = (c, g)``, ``p = expit(x'beta)`` and ``w = p (1 - p)``: ``xwx[i] = sum w x x'``,
-    ``loglik[i] = sum y log p + (1 - y) log(1 - p)`` and ``score[i] = sum x (y - p)``. Where
-    ``firth[i]``, the score is Firth's ``sum x (y - p + h (1/2 - p))`` with the leverage
-    ``h = w x' inv_info[i] x``. Outputs must be zeroed.
+    ``x = (c, g)``, ``p = expit(x'beta)`` and ``w = p (1 - p)``: ``xwx[i] = sum w x x'`` and
+    ``score[i] = sum x (y - p)``. Where ``firth[i]``, the score is Firth's
+    ``sum x (y - p + h (1/2 - p))`` with the leverage ``h = w x' inv_info[i] x``. Where
+    ``want_loglik[i]``, ``loglik[i] = sum y log p + (1 - y) log(1 - p)`` (left at zero otherwise).
+    Outputs must be zeroed.
     """
     n, k = C.shape
     kk = k + 1
@@ -179,10 +181,11 @@ def logistic_newton_sums(
                     eta += xi[a] * beta[i, a]
                 p = _expit(eta)
                 ys = y[s]
-                if ys > 0.5:
-                    loglik[i] += np.log(p) if p > 0 else -np.inf
-                else:
-                    loglik[i] += np.log1p(-p) if p < 1 else -np.inf
+                if want_loglik[i]:  # only Firth's step-halving needs the likelihood; logs are costly
+                    if ys > 0.5:
+                        loglik[i] += np.log(p) if p > 0 else -np.inf
+                    else:
+                        loglik[i] += np.log1p(-p) if p < 1 else -np.inf
                 w = p * (1.0 - p)
                 r = ys - p
                 if firth[i]:
