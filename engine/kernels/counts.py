@@ -5,24 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 from engine.accelerate import jit_parallel, prange
+from engine.kernels.packed import nonzero_codes
 
 
 @jit_parallel
 def _group_counts(packed: np.ndarray, group: np.ndarray, group_size: np.ndarray, out: np.ndarray) -> None:
     n = group.shape[0]
     for v in prange(packed.shape[0]):
-        for j in range(packed.shape[1]):
-            b = packed[v, j]
-            if b == 0:
-                continue
-            for t in range(4):
-                s = 4 * j + t
-                if s >= n:
-                    break
-                code = (b >> (2 * t)) & 3
-                g = group[s]
-                if code != 0 and g >= 0:
-                    out[v, g, code] += 1
+        idx = np.empty(n, dtype=np.int64)
+        codes = np.empty(n, dtype=np.int8)
+        for e in range(nonzero_codes(packed[v], n, idx, codes)):
+            g = group[idx[e]]
+            if g >= 0:
+                out[v, g, codes[e]] += 1
         for g in range(out.shape[1]):
             out[v, g, 0] = group_size[g] - out[v, g, 1] - out[v, g, 2] - out[v, g, 3]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.accelerate import jit, jit_parallel, prange
+from engine.kernels.packed import nonzero_codes
 
 
 @jit_parallel
@@ -32,32 +33,28 @@ def linear_sums(
     genotype: their count, ``sum c c'``, ``sum c y`` and ``sum y^2``. Outputs must be zeroed."""
     n, k = C.shape
     for v in prange(packed.shape[0]):
-        for j in range(packed.shape[1]):
-            b = packed[v, j]
-            if b == 0:
+        idx = np.empty(n, dtype=np.int64)
+        codes = np.empty(n, dtype=np.int8)
+        for e in range(nonzero_codes(packed[v], n, idx, codes)):
+            s = idx[e]
+            code = codes[e]
+            if not include[s]:
                 continue
-            for t in range(4):
-                s = 4 * j + t
-                if s >= n:
-                    break
-                code = (b >> (2 * t)) & 3
-                if code == 0 or not include[s]:
-                    continue
-                if code == 3:
-                    n_miss[v] += 1
-                    ys = y[s]
-                    m_yy[v] += ys * ys
-                    for a in range(k):
-                        ca = C[s, a]
-                        m_cy[v, a] += ca * ys
-                        for c in range(a + 1):
-                            m_cc[v, a, c] += ca * C[s, c]
-                else:
-                    g = float(code)
-                    gg[v] += g * g
-                    gy[v] += g * y[s]
-                    for a in range(k):
-                        cg[v, a] += g * C[s, a]
+            if code == 3:
+                n_miss[v] += 1
+                ys = y[s]
+                m_yy[v] += ys * ys
+                for a in range(k):
+                    ca = C[s, a]
+                    m_cy[v, a] += ca * ys
+                    for c in range(a + 1):
+                        m_cc[v, a, c] += ca * C[s, c]
+            else:
+                g = float(code)
+                gg[v] += g * g
+                gy[v] += g * y[s]
+                for a in range(k):
+                    cg[v, a] += g * C[s, a]
         for a in range(k):
             for c in range(a):
                 m_cc[v, c, a] = m_cc[v, a, c]
@@ -99,29 +96,25 @@ def score_sums(
     ``g'Wg``, ``C'Wg`` over called samples, and ``sum w c c'`` over samples with a missing genotype."""
     n, k = C.shape
     for v in prange(packed.shape[0]):
-        for j in range(packed.shape[1]):
-            b = packed[v, j]
-            if b == 0:
+        idx = np.empty(n, dtype=np.int64)
+        codes = np.empty(n, dtype=np.int8)
+        for e in range(nonzero_codes(packed[v], n, idx, codes)):
+            s = idx[e]
+            code = codes[e]
+            if not include[s]:
                 continue
-            for t in range(4):
-                s = 4 * j + t
-                if s >= n:
-                    break
-                code = (b >> (2 * t)) & 3
-                if code == 0 or not include[s]:
-                    continue
-                if code == 3:
-                    for a in range(k):
-                        wa = w[s] * C[s, a]
-                        for c in range(a + 1):
-                            m_cwc[v, a, c] += wa * C[s, c]
-                else:
-                    g = float(code)
-                    u[v] += g * resid[s]
-                    wg = w[s] * g
-                    gwg[v] += wg * g
-                    for a in range(k):
-                        cwg[v, a] += wg * C[s, a]
+            if code == 3:
+                for a in range(k):
+                    wa = w[s] * C[s, a]
+                    for c in range(a + 1):
+                        m_cwc[v, a, c] += wa * C[s, c]
+            else:
+                g = float(code)
+                u[v] += g * resid[s]
+                wg = w[s] * g
+                gwg[v] += wg * g
+                for a in range(k):
+                    cwg[v, a] += wg * C[s, a]
         for a in range(k):
             for c in range(a):
                 m_cwc[v, c, a] = m_cwc[v, a, c]
