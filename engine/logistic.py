@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.design import Block, Design
+from engine.design import KEY_COLUMNS, Block, Design
 from engine.kernels.counts import genotype_counts
 from engine.kernels.regression import logistic_newton_sums, score_sums, weighted_gram
 
@@ -71,7 +71,7 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
     resid = np.where(inc, design.y - p, 0.0)
     group = np.where(inc, (design.y > 0.5).astype(np.int32), -1).astype(np.int32)
     k = design.k
-    keys: dict[str, list[np.ndarray]] = {c: [] for c in ("chrom", "pos", "ref", "alt")}
+    keys: dict[str, list[np.ndarray]] = {c: [] for c in KEY_COLUMNS}
     parts: dict[str, list[np.ndarray]] = {c: [] for c in ("u", "gwg", "cwg", "m_cwc", "counts")}
     for b in blocks:
         m = b.packed.shape[0]

@@ -17,14 +17,14 @@ import numpy as np
 
 from engine import linear, logistic
 from engine.align import align
-from engine.design import Block, Design
+from engine.design import KEY_COLUMNS, Block, Design
 from engine.errors import InputError
 from engine.kernels.counts import genotype_counts
 from engine.stats import allelic_chi2, genotypic_chi2, hwe_exact, log10_p_chi2, log10_p_normal, trend_chi2
 
 Result = dict[str, np.ndarray]
 Task = dict[str, Any]
-KEYS = ("chrom", "pos", "ref", "alt")
+KEYS = KEY_COLUMNS
 
 
 class Protocol(ABC):

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from engine.design import Block, Design
+from engine.design import KEY_COLUMNS, Block, Design
 from engine.errors import InputError, NotFoundError
 from genomics.regions import Region
 from genomics.selection import Condition, suggest
@@ -74,5 +74,5 @@ def build_design(
 def genotype_blocks(dataset: Dataset, region: Region | None = None, max_variants: int = 4096) -> Iterator[Block]:
     """The dataset's variants as engine blocks (keys and packed genotypes), streamed."""
     for b in dataset.blocks(region, max_variants=max_variants):
-        keys = {c: b.variants.column(c).to_numpy(zero_copy_only=False) for c in ("chrom", "pos", "ref", "alt")}
+        keys = {c: b.variants.column(c).to_numpy(zero_copy_only=False) for c in KEY_COLUMNS}
         yield Block(keys, b.packed)

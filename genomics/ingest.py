@@ -162,7 +162,7 @@ def ingest_vcf(
     started = time.perf_counter()
     started_at = datetime.now(UTC)
     check_dataset_name(dataset)
-    detect_format(vcf)
+    fmt = detect_format(vcf)
     store.check_writable()
     stop_hashing = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -240,7 +240,7 @@ def ingest_vcf(
                         "variants": writer.n_rows,
                         "multiallelic_records": n_multi,
                         "samples": len(samples),
-                        "format": detect_format(vcf),
+                        "format": fmt,
                     },
                 }
             ]
