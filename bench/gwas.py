@@ -63,7 +63,7 @@ def main() -> None:
 
     from engine.accelerate import set_threads
     from engine.protocol import LinearProtocol, LogisticProtocol, run_local
-    from genomics.design import build_design, genotype_blocks
+    from genomics.design import StationBlocks, build_design
     from genomics.ingest import ingest_vcf
     from genomics.store import Store
 
@@ -79,7 +79,7 @@ def main() -> None:
         stores.append(Store.open(path).dataset("d"))
 
     def stations(pheno: str, binary: bool) -> list:
-        return [(build_design(ds, pheno, COVARS, binary=binary), (lambda ds=ds: genotype_blocks(ds))) for ds in stores]
+        return [(build_design(ds, pheno, COVARS, binary=binary), StationBlocks(ds)) for ds in stores]
 
     work = args.cohort / "plink_out"
     work.mkdir(exist_ok=True)
@@ -87,7 +87,7 @@ def main() -> None:
     from genomics.regions import Region
 
     small = [
-        (d, (lambda ds=ds: genotype_blocks(ds, Region.parse("1:1-20000"))))
+        (d, StationBlocks(ds, Region.parse("1:1-20000")))
         for (d, _), ds in zip(stations("cc", True), stores, strict=True)
     ]
     run_local(LinearProtocol(), small)

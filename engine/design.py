@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,4 +46,9 @@ class Block:
     packed: np.ndarray
 
 
-BlockSource = Callable[[], Iterator[Block] | Iterable[Block]]
+#: Key columns of the variants a round needs (a Newton round of a few variants, say).
+Targets = dict[str, np.ndarray]
+
+#: Streams a station's blocks: all of them when called with None, or at least those holding the
+#: targets (more is allowed; the station matches keys itself).
+BlockSource = Callable[[Targets | None], Iterable[Block]]

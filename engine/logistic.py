@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from engine.design import KEY_COLUMNS, Block, Design
 from engine.kernels.counts import genotype_counts
-from engine.kernels.regression import logistic_newton_sums, score_sums, weighted_gram
+from engine.kernels.regression import logistic_weights, score_sums, weighted_gram
 
 MAX_ITER = 25
 FIRTH_MAX_ITER = 100
@@ -72,13 +74,13 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
     group = np.where(inc, (design.y > 0.5).astype(np.int32), -1).astype(np.int32)
     k = design.k
     keys: dict[str, list[np.ndarray]] = {c: [] for c in KEY_COLUMNS}
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in ("u", "gwg", "cwg", "m_cwc", "counts")}
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in ("u", "gwg", "cwg", "m_cwc", "m_cr", "counts")}
     for b in blocks:
         m = b.packed.shape[0]
-        u, gwg, cwg, m_cwc = np.zeros(m), np.zeros(m), np.zeros((m, k)), np.zeros((m, k, k))
+        u, gwg, cwg, m_cwc, m_cr = np.zeros(m), np.zeros(m), np.zeros((m, k)), np.zeros((m, k, k)), np.zeros((m, k))
         packed = np.ascontiguousarray(b.packed)
         if m:
-            score_sums(packed, C, resid, w, inc, u, gwg, cwg, m_cwc)
+            score_sums(packed, C, resid, w, inc, u, gwg, cwg, m_cwc, m_cr)
         for c in keys:
             keys[c].append(b.keys[c])
         for name, arr in (
@@ -86,15 +88,112 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
             ("gwg", gwg),
             ("cwg", cwg),
             ("m_cwc", m_cwc),
+            ("m_cr", m_cr),
             ("counts", genotype_counts(packed, group, 2)),
         ):
             parts[name].append(arr)
-    cwc, _ = weighted_gram(C, w, resid, inc)
+    cwc, cr = weighted_gram(C, w, resid, inc)
     out = {f"key_{c}": np.concatenate(v) if v else np.array([]) for c, v in keys.items()}
-    shapes = {"u": (0,), "gwg": (0,), "cwg": (0, k), "m_cwc": (0, k, k), "counts": (0, 2, 4)}
+    shapes = {"u": (0,), "gwg": (0,), "cwg": (0, k), "m_cwc": (0, k, k), "m_cr": (0, k), "counts": (0, 2, 4)}
     out.update({n: np.concatenate(v) if v else np.zeros(shapes[n]) for n, v in parts.items()})
     out["cwc"] = cwc
+    out["cr"] = cr
     return out
+
+
+#: Per-sample weights held at once by :func:`newton_sums`, in doubles per array (1 MiB): small enough
+#: that the kernel's output is still in cache when the matrix products read it.
+NEWTON_CHUNK_VALUES = 1 << 17
+
+
+@dataclass(frozen=True)
+class NewtonInputs:
+    """A station's per-sample inputs to :func:`newton_sums`, prepared once per round.
+
+    ``C`` and ``y`` are zeroed for excluded samples (so that they are finite), ``Ct`` is ``C``
+    transposed, and ``pairs`` holds the products ``c_a c_b`` (``a >= b``) whose weighted sums make
+    ``C'WC``.
+    """
+
+    C: np.ndarray
+    Ct: np.ndarray
+    y: np.ndarray
+    include: np.ndarray
+    pairs: np.ndarray
+
+    @classmethod
+    def of(cls, design: Design) -> NewtonInputs:
+        inc = np.ascontiguousarray(design.include)
+        C = np.ascontiguousarray(np.where(inc[:, None], design.C, 0.0))
+        lower = np.tril_indices(C.shape[1])
+        return cls(
+            C=C,
+            Ct=np.ascontiguousarray(C.T),
+            y=np.where(inc, design.y, 0.0),
+            include=inc,
+            pairs=np.ascontiguousarray(C[:, lower[0]] * C[:, lower[1]]),
+        )
+
+
+def newton_sums(
+    packed: np.ndarray,
+    rows: np.ndarray,
+    beta: np.ndarray,
+    inputs: NewtonInputs,
+    inv_info: np.ndarray,
+    firth: np.ndarray,
+    want_loglik: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``X'WX``, ``X'(y - p)`` (Firth-corrected where ``firth``) and the log-likelihood (where
+    ``want_loglik``) for the variants ``rows`` of ``packed`` at coefficients ``beta``, over called samples.
+
+    The per-sample weights come from the :func:`~engine.kernels.regression.logistic_weights` kernel;
+    the sums over samples are matrix products: ``W P`` for the covariate pairs of ``C'WC``, ``(W g) C``
+    for ``C'Wg`` and ``R C`` for ``C'r``. Rows are taken in chunks of bounded size.
+    """
+    C, Ct = inputs.C, inputs.Ct
+    n, k = C.shape
+    kk = k + 1
+    lower = np.tril_indices(k)
+    m = rows.shape[0]
+    xwx, score, loglik = np.zeros((m, kk, kk)), np.zeros((m, kk)), np.zeros(m)
+    step = min(m, max(1, NEWTON_CHUNK_VALUES // max(n, 1)))
+    buffers = np.empty((4, step, n))  # reused: fresh pages for every chunk cost as much as the work
+    for lo in range(0, m, step):
+        sl = slice(lo, min(lo + step, m))
+        b = np.ascontiguousarray(beta[sl])
+        c = b.shape[0]
+        eta_c, w, wg, r = buffers[0, :c], buffers[1, :c], buffers[2, :c], buffers[3, :c]
+        np.matmul(b[:, :k], Ct, out=eta_c)
+        gwg, gr = np.zeros(c), np.zeros(c)
+        logistic_weights(
+            packed,
+            rows[sl],
+            eta_c,
+            b,
+            Ct,
+            inputs.y,
+            inputs.include,
+            np.ascontiguousarray(inv_info[sl]),
+            np.ascontiguousarray(firth[sl]),
+            np.ascontiguousarray(want_loglik[sl]),
+            w,
+            wg,
+            r,
+            gwg,
+            gr,
+            loglik[sl],
+        )
+        x = xwx[sl]
+        x[:, lower[0], lower[1]] = w @ inputs.pairs
+        x[:, lower[1], lower[0]] = x[:, lower[0], lower[1]]
+        cwg = wg @ C
+        x[:, :k, k] = cwg
+        x[:, k, :k] = cwg
+        x[:, k, k] = gwg
+        score[sl, :k] = r @ C
+        score[sl, k] = gr
+    return xwx, score, loglik
 
 
 def newton_station(design: Design, blocks: Iterable[Block], request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,9 +216,23 @@ def newton_station(design: Design, blocks: Iterable[Block], request: dict[str, n
         )
     }
     xwx, score, loglik = np.zeros((a, kk, kk)), np.zeros((a, kk)), np.zeros(a)
-    C = np.ascontiguousarray(design.C)
-    y = np.ascontiguousarray(design.y)
-    inc = np.ascontiguousarray(design.include)
+    inputs = NewtonInputs.of(design)
+    # The kernel runs on all threads and BLAS on one: its small products come between kernel calls,
+    # and its own threads would spin against Numba's.
+    with threadpool_limits(limits=1, user_api="blas"):
+        _newton_blocks(blocks, where, inputs, request, xwx, score, loglik)
+    return {"xwx": xwx, "score": score, "loglik": loglik}
+
+
+def _newton_blocks(
+    blocks: Iterable[Block],
+    where: dict[tuple[Any, ...], int],
+    inputs: NewtonInputs,
+    request: dict[str, np.ndarray],
+    xwx: np.ndarray,
+    score: np.ndarray,
+    loglik: np.ndarray,
+) -> None:
     for b in blocks:
         ks = zip(
             b.keys["chrom"].tolist(),
@@ -133,23 +246,15 @@ def newton_station(design: Design, blocks: Iterable[Block], request: dict[str, n
             continue
         rows = np.array([h[0] for h in hits], dtype=np.int64)
         req = np.array([h[1] for h in hits], dtype=np.int64)
-        x_, s_, l_ = np.zeros((rows.size, kk, kk)), np.zeros((rows.size, kk)), np.zeros(rows.size)
-        logistic_newton_sums(
+        xwx[req], score[req], loglik[req] = newton_sums(
             np.ascontiguousarray(b.packed),
             rows,
-            np.ascontiguousarray(request["beta"][req]),
-            C,
-            y,
-            inc,
-            np.ascontiguousarray(request["inv"][req]),
-            np.ascontiguousarray(request["firth"][req]),
-            np.ascontiguousarray(request["loglik"][req]),
-            x_,
-            s_,
-            l_,
+            request["beta"][req],
+            inputs,
+            request["inv"][req],
+            request["firth"][req],
+            request["loglik"][req],
         )
-        xwx[req], score[req], loglik[req] = x_, s_, l_
-    return {"xwx": xwx, "score": score, "loglik": loglik}
 
 
 # -- centre side -----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ drives it over HTTP. Station work is :func:`execute`, a pure function of the tas
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from engine import linear, logistic
 from engine.align import align
-from engine.design import KEY_COLUMNS, Block, Design
+from engine.design import KEY_COLUMNS, Block, BlockSource, Design
 from engine.errors import InputError
 from engine.kernels.counts import genotype_counts
 from engine.stats import allelic_chi2, genotypic_chi2, hwe_exact, log10_p_chi2, log10_p_normal, trend_chi2
@@ -46,19 +46,25 @@ class Protocol(ABC):
 
 
 # -- station side ----------------------------------------------------------------------------------------
-def execute(task: Task, design: Design, blocks: Callable[[], Iterable[Block]]) -> Result:
+#: A task naming at most this many variants reads only the blocks that hold them.
+TARGETED_MAX = 256
+
+
+def execute(task: Task, design: Design, blocks: BlockSource) -> Result:
     """Run one task at a station and return what it releases (aggregates only)."""
     kind = task["kind"]
     if kind == "counts":
-        return _counts_station(design, blocks(), int(task["groups"]))
+        return _counts_station(design, blocks(None), int(task["groups"]))
     if kind == "linear":
-        return linear_to_result(linear.linear_station(design, blocks()))
+        return linear_to_result(linear.linear_station(design, blocks(None)))
     if kind == "logistic_null":
         return logistic.null_station(design, np.asarray(task["beta"], dtype=float))
     if kind == "logistic_score":
-        return logistic.score_station(design, np.asarray(task["beta"], dtype=float), blocks())
+        return logistic.score_station(design, np.asarray(task["beta"], dtype=float), blocks(None))
     if kind == "logistic_newton":
-        return logistic.newton_station(design, blocks(), task)
+        few = len(task["key_pos"]) <= TARGETED_MAX
+        targets = {c: np.asarray(task[f"key_{c}"]) for c in KEYS} if few else None
+        return logistic.newton_station(design, blocks(targets), task)
     raise ValueError(f"unknown task kind {kind!r}")
 
 
@@ -201,6 +207,7 @@ class LinearProtocol(Protocol):
 
 # -- logistic --------------------------------------------------------------------------------------------
 NEWTON, FIRTH_INFO, FIRTH_SCORE, DONE = 1, 2, 3, 0
+NULL_MAX_ITER = 25  # a well-posed null model converges in under 15; (quasi-)separation needs ~35 to fake it
 
 
 @dataclass
@@ -277,14 +284,16 @@ class LogisticProtocol(Protocol):
             except np.linalg.LinAlgError:
                 beta = np.full_like(self.beta_null, np.nan)
                 step = np.inf
-            if not np.all(np.isfinite(beta)):
+            self.null_iterations += 1
+            if not np.all(np.isfinite(beta)) or (step >= 1e-10 and self.null_iterations >= NULL_MAX_ITER):
+                # Newton converges in a handful of steps unless a covariate (quasi-)separates the classes,
+                # where the coefficients run off towards infinity until the information is singular.
                 raise InputError(
                     "the null model (phenotype ~ covariates) has no finite fit: the covariates are "
                     "collinear, or one of them separates cases from controls; drop or recode it"
                 )
             self.beta_null = beta
-            self.null_iterations += 1
-            if step < 1e-10 or self.null_iterations >= 50:
+            if step < 1e-10:
                 self.phase = "score"
         elif self.phase == "score":
             self._receive_score(results)
@@ -295,8 +304,9 @@ class LogisticProtocol(Protocol):
     def _receive_score(self, results: list[Result]) -> None:
         al = align([station_keys(r) for r in results])
         m, k = al.n, self.k
-        u, gwg, cwg, m_cwc = np.zeros(m), np.zeros(m), np.zeros((m, k)), np.zeros((m, k, k))
+        u, gwg, cwg, m_cwc, m_cr = np.zeros(m), np.zeros(m), np.zeros((m, k)), np.zeros((m, k, k)), np.zeros((m, k))
         cwc_total = np.sum([r["cwc"] for r in results], axis=0)
+        cr_total = np.sum([r["cr"] for r in results], axis=0)
         self.keys, self.counts = combine_counts(
             [
                 {**{f"key_{c}": r[f"key_{c}"] for c in KEYS}, "counts": r["counts"], "group_size": _group_size(r)}
@@ -311,6 +321,8 @@ class LogisticProtocol(Protocol):
             cwg[idx] += r["cwg"]
             m_cwc[idx] += r["m_cwc"]
             m_cwc[absent] += r["cwc"]
+            m_cr[idx] += r["m_cr"]
+            m_cr[absent] += r["cr"]
         info = cwc_total[None] - m_cwc
         with np.errstate(invalid="ignore", divide="ignore"):
             proj = np.einsum("vi,vi->v", cwg, _batched_solve(info, cwg))
@@ -340,7 +352,34 @@ class LogisticProtocol(Protocol):
         use_firth = np.ones(m, dtype=bool) if self.test == "firth" else logistic.zero_cell(self.counts)
         self.firth_used = use_firth & (self.errcode == "")
         self.mode = np.where(self.errcode != "", DONE, np.where(use_firth, FIRTH_INFO, NEWTON)).astype(np.int8)
+        # The first Newton step, from the null fit, needs only what this round returned: X'WX and the
+        # score over called samples are the totals minus the missing-genotype parts.
+        first = np.flatnonzero(self.mode == NEWTON)
+        xwx = np.zeros((first.size, kk, kk))
+        xwx[:, :k, :k] = info[first]
+        xwx[:, :k, k] = xwx[:, k, :k] = cwg[first]
+        xwx[:, k, k] = gwg[first]
+        score = np.concatenate([cr_total[None] - m_cr[first], u[first, None]], axis=1)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self._newton_update(first, xwx, score)
         self.phase = "newton" if (self.mode != DONE).any() else "done"
+
+    def _newton_update(self, variants: np.ndarray, xwx: np.ndarray, score: np.ndarray) -> None:
+        """Take a Newton step for ``variants`` (all in NEWTON mode) from their summed ``X'WX`` and score."""
+        k = self.k
+        step = _batched_solve(xwx, score)
+        ok = np.isfinite(step).all(axis=1)
+        self.beta[variants[ok]] += step[ok]
+        self.iterations[variants[ok]] += 1
+        ok &= np.isfinite(self.beta[variants]).all(axis=1)
+        converged = ok & (np.max(np.abs(step), axis=1, initial=0.0) < logistic.TOL)
+        inv = _batched_inv(xwx[converged])
+        var = inv[:, k, k] if inv.size else np.zeros(0)
+        self.se[variants[converged]] = np.where(var > 0, np.sqrt(np.where(var > 0, var, 1.0)), np.nan)
+        self.mode[variants[converged]] = DONE
+        give_up = ~ok | (~converged & (self.iterations[variants] >= logistic.MAX_ITER))
+        for v in variants[give_up]:
+            self._to_firth(int(v))
 
     def _receive_newton(self, results: list[Result]) -> None:
         act = self._active()
@@ -348,26 +387,13 @@ class LogisticProtocol(Protocol):
         score = np.sum([r["score"] for r in results], axis=0)
         loglik = np.sum([r["loglik"] for r in results], axis=0)
         k = self.k
-        for j, v in enumerate(act):
+        newton = self.mode[act] == NEWTON
+        self._newton_update(act[newton], xwx[newton], score[newton])
+        for j in np.flatnonzero(~newton):
+            v = act[j]
             mode = self.mode[v]
             info = xwx[j]
-            if mode == NEWTON:
-                step = _solve_or_none(info, score[j])
-                if step is None or not np.all(np.isfinite(step)):
-                    self._to_firth(v)
-                    continue
-                self.beta[v] += step
-                self.iterations[v] += 1
-                if not np.all(np.isfinite(self.beta[v])):
-                    self._to_firth(v)
-                    continue
-                if np.max(np.abs(step)) < logistic.TOL:
-                    inv = _inv_or_none(info)
-                    self.se[v] = np.sqrt(inv[k, k]) if inv is not None and inv[k, k] > 0 else np.nan
-                    self.mode[v] = DONE
-                elif self.iterations[v] >= logistic.MAX_ITER:
-                    self._to_firth(v)
-            elif mode == FIRTH_INFO:
+            if mode == FIRTH_INFO:
                 sign, logdet = np.linalg.slogdet(info)
                 pen = loglik[j] + 0.5 * logdet if sign > 0 else -np.inf
                 if pen < self.pen_loglik[v] - 1e-10 and self.halvings[v] < 30:
@@ -497,17 +523,37 @@ def _inv_or_none(a: np.ndarray) -> np.ndarray | None:
 
 
 def _batched_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = np.full(b.shape, np.nan)
-    for i in range(a.shape[0]):
-        s = _solve_or_none(a[i], b[i])
-        if s is not None:
-            out[i] = s
+    """Solve ``a[i] x[i] = b[i]`` for a stack; NaN rows where ``a[i]`` is singular."""
+    if a.shape[0] == 0:
+        return np.zeros(b.shape)
+    try:
+        return np.linalg.solve(a, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:  # some matrix is singular: find which, one by one
+        out = np.full(b.shape, np.nan)
+        for i in range(a.shape[0]):
+            s = _solve_or_none(a[i], b[i])
+            if s is not None:
+                out[i] = s
+        return out
+
+
+def _batched_inv(a: np.ndarray) -> np.ndarray:
+    """Inverse of each matrix of a stack; NaN where singular or not finite."""
+    if a.shape[0] == 0:
+        return np.zeros(a.shape)
+    try:
+        out = np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        out = np.full(a.shape, np.nan)
+        for i in range(a.shape[0]):
+            inv = _inv_or_none(a[i])
+            if inv is not None:
+                out[i] = inv
+    out[~np.isfinite(out).all(axis=(1, 2))] = np.nan
     return out
 
 
-def run_local(
-    protocol: Protocol, stations: list[tuple[Design, Callable[[], Iterable[Block]]]]
-) -> dict[str, np.ndarray]:
+def run_local(protocol: Protocol, stations: list[tuple[Design, BlockSource]]) -> dict[str, np.ndarray]:
     """Drive a protocol in-process over ``(design, block source)`` pairs, one per station."""
     while (task := protocol.next_task()) is not None:
         protocol.receive([execute(task, d, b) for d, b in stations])

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from engine.design import KEY_COLUMNS, Block, Design
+from engine.design import KEY_COLUMNS, Block, Design, Targets
 from engine.errors import InputError, NotFoundError
 from genomics.regions import Region
 from genomics.selection import Condition, suggest
@@ -71,8 +71,48 @@ def build_design(
     return Design(C=np.ascontiguousarray(C), y=y, include=include, names=tuple(names))
 
 
-def genotype_blocks(dataset: Dataset, region: Region | None = None, max_variants: int = 4096) -> Iterator[Block]:
-    """The dataset's variants as engine blocks (keys and packed genotypes), streamed."""
-    for b in dataset.blocks(region, max_variants=max_variants):
+def genotype_blocks(
+    dataset: Dataset, region: Region | None = None, targets: Targets | None = None, max_variants: int = 4096
+) -> Iterator[Block]:
+    """The dataset's variants as engine blocks (keys and packed genotypes), streamed.
+
+    With ``targets`` (key columns), only blocks at those variants' positions are read.
+    """
+    sites = None
+    if targets is not None:
+        sites = list(zip(np.asarray(targets["chrom"]).tolist(), np.asarray(targets["pos"]).tolist(), strict=True))
+    for b in dataset.blocks(region, max_variants=max_variants, sites=sites):
         keys = {c: b.variants.column(c).to_numpy(zero_copy_only=False) for c in KEY_COLUMNS}
         yield Block(keys, b.packed)
+
+
+class StationBlocks:
+    """A station's :data:`~engine.design.BlockSource` for one analysis over a dataset (and region).
+
+    A full pass streams the store. Targeted rounds (the last Newton rounds of a logistic fit name the
+    same few variants again and again) read those variants' rows once and then serve them from memory;
+    the cache holds only the latest targeted rows, so it stays as small as the request.
+    """
+
+    def __init__(self, dataset: Dataset, region: Region | None = None, max_variants: int = 4096) -> None:
+        self.dataset = dataset
+        self.region = region
+        self.max_variants = max_variants
+        self._cached: Block | None = None
+        self._cached_keys: set[tuple[object, ...]] = set()
+
+    def __call__(self, targets: Targets | None = None) -> Iterator[Block]:
+        if targets is None:
+            return genotype_blocks(self.dataset, self.region, max_variants=self.max_variants)
+        wanted = set(zip(*(np.asarray(targets[c]).tolist() for c in KEY_COLUMNS), strict=True))
+        if self._cached is None or not wanted <= self._cached_keys:
+            parts = list(genotype_blocks(self.dataset, self.region, targets, self.max_variants))
+            keys = {c: np.concatenate([b.keys[c] for b in parts]) if parts else np.array([]) for c in KEY_COLUMNS}
+            rows = [
+                i for i, key in enumerate(zip(*(keys[c].tolist() for c in KEY_COLUMNS), strict=True)) if key in wanted
+            ]
+            packed = np.concatenate([b.packed for b in parts]) if parts else np.zeros((0, 0), dtype=np.uint8)
+            self._cached = Block({c: keys[c][rows] for c in KEY_COLUMNS}, np.ascontiguousarray(packed[rows]))
+            self._cached_keys = set(zip(*(self._cached.keys[c].tolist() for c in KEY_COLUMNS), strict=True))
+            self._cached_keys |= wanted  # wanted but absent here: absent on the next call too
+        return iter([self._cached])

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,13 +124,24 @@ class Dataset:
         """Boolean mask over samples meeting every condition (see :mod:`genomics.selection`)."""
         return sample_mask(self.phenotypes(), self.n_samples, conditions)
 
-    def _filter(self, region: Region | None) -> Any:
-        if region is None:
-            return None
-        f = pads.field("chrom") == region.chrom
-        if region.start > 0:
-            f = f & (pads.field("pos") >= region.first_pos)
-        f = f & (pads.field("pos") <= region.last_pos)
+    def _filter(self, region: Region | None, sites: Sequence[tuple[str, int]] | None = None) -> Any:
+        f = None
+        if region is not None:
+            f = pads.field("chrom") == region.chrom
+            if region.start > 0:
+                f = f & (pads.field("pos") >= region.first_pos)
+            f = f & (pads.field("pos") <= region.last_pos)
+        if sites is not None:
+            by_chrom: dict[str, list[int]] = {}
+            for chrom, pos in sites:
+                by_chrom.setdefault(chrom, []).append(pos)
+            at = None
+            for chrom, positions in by_chrom.items():
+                for pos in sorted(set(positions)):
+                    one = (pads.field("chrom") == chrom) & (pads.field("pos") == pos)
+                    at = one if at is None else at | one
+            at = at if at is not None else pads.scalar(False)
+            f = at if f is None else f & at
         return f
 
     def variants(self, region: Region | None = None, columns: list[str] | None = None) -> pa.Table:
@@ -138,15 +149,21 @@ class Dataset:
         cols = columns or list(VARIANT_META_COLUMNS)
         return pads.dataset(self.variants_path).to_table(columns=cols, filter=self._filter(region))
 
-    def blocks(self, region: Region | None = None, max_variants: int = 8192) -> Iterator[GenotypeBlock]:
+    def blocks(
+        self,
+        region: Region | None = None,
+        max_variants: int = 8192,
+        sites: Sequence[tuple[str, int]] | None = None,
+    ) -> Iterator[GenotypeBlock]:
         """Iterate :class:`GenotypeBlock` objects over all variants or a region, in (chrom, pos) order.
 
-        Row groups outside the region are skipped from their statistics; memory stays bounded by
-        ``max_variants`` rows of packed genotypes.
+        ``sites``, a list of ``(chrom, pos)``, keeps only the variants at those positions (meant for a
+        few hundred at most). Row groups outside the region or sites are skipped from their statistics;
+        memory stays bounded by ``max_variants`` rows of packed genotypes.
         """
         scanner = pads.dataset(self.variants_path).scanner(
             columns=[*VARIANT_META_COLUMNS, "genotypes"],
-            filter=self._filter(region),
+            filter=self._filter(region, sites),
             batch_size=max_variants,
             use_threads=False,
         )

@@ -52,3 +52,50 @@ def pooled_ols(codes: np.ndarray, C: np.ndarray, y: np.ndarray, include: np.ndar
         fit = sm.OLS(y[keep], X).fit()
         out[v] = fit.params[-1], fit.bse[-1], fit.tvalues[-1], keep.sum()
     return out
+
+
+def score_sums_twin(
+    codes: np.ndarray, C: np.ndarray, resid: np.ndarray, w: np.ndarray, include: np.ndarray
+) -> dict[str, np.ndarray]:
+    m, k = codes.shape[0], C.shape[1]
+    out = {"u": np.zeros(m), "gwg": np.zeros(m), "cwg": np.zeros((m, k)), "m_cwc": np.zeros((m, k, k))}
+    out["m_cr"] = np.zeros((m, k))
+    for v in range(m):
+        called = include & (codes[v] != 3)
+        miss = include & (codes[v] == 3)
+        g = codes[v].astype(float)
+        out["u"][v] = g[called] @ resid[called]
+        out["gwg"][v] = g[called] @ (w[called] * g[called])
+        out["cwg"][v] = C[called].T @ (w[called] * g[called])
+        out["m_cwc"][v] = (C[miss] * w[miss, None]).T @ C[miss]
+        out["m_cr"][v] = C[miss].T @ resid[miss]
+    return out
+
+
+def newton_sums_twin(
+    codes: np.ndarray,
+    beta: np.ndarray,
+    C: np.ndarray,
+    y: np.ndarray,
+    include: np.ndarray,
+    inv_info: np.ndarray,
+    firth: np.ndarray,
+    want_loglik: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """X'WX, the (Firth) score and the log-likelihood per variant, straight from the definitions."""
+    m, kk = beta.shape
+    xwx, score, loglik = np.zeros((m, kk, kk)), np.zeros((m, kk)), np.zeros(m)
+    for v in range(m):
+        keep = include & (codes[v] != 3)
+        X = np.column_stack([C[keep], codes[v, keep].astype(float)])
+        p = 1.0 / (1.0 + np.exp(-(X @ beta[v])))
+        w = p * (1.0 - p)
+        r = y[keep] - p
+        if firth[v]:
+            h = w * np.einsum("sa,ab,sb->s", X, inv_info[v], X)
+            r = r + h * (0.5 - p)
+        xwx[v] = (X * w[:, None]).T @ X
+        score[v] = X.T @ r
+        if want_loglik[v]:
+            loglik[v] = np.sum(np.where(y[keep] > 0.5, np.log(p), np.log1p(-p)))
+    return xwx, score, loglik

@@ -6,11 +6,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.design import Design
 from engine.kernels.counts import genotype_counts
-from engine.kernels.regression import linear_sums
+from engine.kernels.fastexp import exp_into
+from engine.kernels.regression import linear_sums, score_sums
+from engine.logistic import NewtonInputs, newton_sums
 from engine.stats import allelic_chi2, hwe_exact, log10_p_chi2, log10_p_normal, log10_p_t, trend_chi2
 from genomics.packing import pack_genotypes
-from tests.engine_reference import counts_twin, linear_sums_twin
+from tests.engine_reference import counts_twin, linear_sums_twin, newton_sums_twin, score_sums_twin
 
 
 @st.composite
@@ -51,6 +54,73 @@ def test_linear_sums__equals_twin(c: tuple) -> None:
     want = linear_sums_twin(codes, C, y, include)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@settings(max_examples=50, deadline=None)
+@given(cohorts())
+def test_score_sums__equals_twin(c: tuple) -> None:
+    codes, C, y, include = c
+    m, k = codes.shape[0], C.shape[1]
+    rng = np.random.default_rng(codes.size)
+    resid, w = rng.normal(size=len(y)), rng.random(len(y))
+    got = {
+        "u": np.zeros(m),
+        "gwg": np.zeros(m),
+        "cwg": np.zeros((m, k)),
+        "m_cwc": np.zeros((m, k, k)),
+        "m_cr": np.zeros((m, k)),
+    }
+    score_sums(pack_genotypes(codes), C, resid, w, include, *got.values())
+    want = score_sums_twin(codes, C, resid, w, include)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@settings(max_examples=50, deadline=None)
+@given(cohorts(), st.integers(1, 700))
+def test_newton_sums__equals_twin(c: tuple, chunk: int) -> None:
+    """Chunks of every size (down to one value, so one variant a chunk), Firth and likelihood rows mixed."""
+    import engine.logistic as logistic
+
+    codes, C, y, include = c
+    m, kk = codes.shape[0], C.shape[1] + 1
+    rng = np.random.default_rng(codes.size + chunk)
+    y = (y > 0).astype(float)
+    C = np.where(include[:, None], C, np.nan)  # excluded samples' rows must not matter
+    beta = rng.normal(scale=0.7, size=(m, kk))
+    a = rng.normal(size=(m, kk, kk))
+    inv = a @ a.transpose(0, 2, 1) / kk
+    firth, loglik = rng.random(m) < 0.5, rng.random(m) < 0.5
+    rows = rng.permutation(m)
+    old = logistic.NEWTON_CHUNK_VALUES
+    logistic.NEWTON_CHUNK_VALUES = chunk
+    try:
+        inputs = NewtonInputs.of(Design(C=C, y=y, include=include, names=tuple("abc")))
+        got = newton_sums(pack_genotypes(codes), rows, beta, inputs, inv, firth, loglik)
+    finally:
+        logistic.NEWTON_CHUNK_VALUES = old
+    want = newton_sums_twin(codes[rows], beta, np.nan_to_num(C), y, include, inv, firth, loglik)
+    for name, g, w in zip(("xwx", "score", "loglik"), got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-12, err_msg=name)
+
+
+def test_fast_exp__within_two_ulp_of_numpy_everywhere() -> None:
+    x = np.concatenate(
+        [
+            np.linspace(-708, 708, 200_001),
+            np.random.default_rng(0).normal(scale=5, size=100_000),
+            [0.0, -0.0, 1e-300, -1e-300, 0.5 * np.log(2), -0.5 * np.log(2)],
+        ]
+    )
+    out, scratch = np.empty_like(x), np.empty(x.size, dtype=np.int64)
+    exp_into(x, out, scratch)
+    want = np.exp(x)
+    assert np.max(np.abs(out / want - 1.0)) <= 2 * np.finfo(float).eps
+    edge = np.array([-1e4, -709.0, 709.0, 1e4, np.nan])
+    out, scratch = np.empty(5), np.empty(5, dtype=np.int64)
+    exp_into(edge, out, scratch)
+    np.testing.assert_allclose(out[:4], np.exp([-708.0, -708.0, 708.0, 708.0]), rtol=1e-15)
+    assert np.isnan(out[4])
 
 
 def test_hwe_exact__matches_enumeration() -> None:

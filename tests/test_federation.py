@@ -58,7 +58,7 @@ def stations_of(c: dict) -> list[tuple[Design, object]]:
         design = Design(C=C, y=np.where(inc, c["y"][idx], 0.0), include=inc, names=("intercept", "x1", "x2"))
         rows = np.flatnonzero(~c["lacks"][s])
         codes = c["codes"][:, idx]
-        out.append((design, (lambda codes=codes, rows=rows: [block(codes, rows)])))
+        out.append((design, (lambda _t, codes=codes, rows=rows: [block(codes, rows)])))
     return out
 
 
@@ -75,7 +75,7 @@ def pooled_of(c: dict) -> tuple[np.ndarray, list[tuple[Design, object]]]:
         names=("intercept", "x1", "x2"),
     )
     rows = np.flatnonzero(~np.all([c["lacks"][s] for s in range(c["n_st"])], axis=0))  # held somewhere
-    return codes, [(design, (lambda: [block(codes, rows)]))]
+    return codes, [(design, (lambda _t: [block(codes, rows)]))]
 
 
 def aligned(res: dict, m: int) -> dict:
@@ -157,7 +157,7 @@ def test_logistic__wald_equals_statsmodels() -> None:
         stations.append(
             (
                 Design(C=C[h], y=y[h], include=inc[h], names=("i", "a", "b")),
-                (lambda h=h: [block(codes[:, h], np.arange(m))]),
+                (lambda _t, h=h: [block(codes[:, h], np.arange(m))]),
             )
         )
     res = aligned(run_local(LogisticProtocol(k=3), stations), m)
@@ -176,7 +176,7 @@ def test_logistic__score_test_is_a_wald_neighbour() -> None:
     codes = rng.binomial(2, 0.3, size=(m, n)).astype(np.int8)
     C = np.column_stack([np.ones(n), rng.normal(size=n)])
     y = (rng.random(n) < 0.4).astype(float)
-    st_ = [(Design(C=C, y=y, include=np.ones(n, bool), names=("i", "a")), (lambda: [block(codes, np.arange(m))]))]
+    st_ = [(Design(C=C, y=y, include=np.ones(n, bool), names=("i", "a")), (lambda _t: [block(codes, np.arange(m))]))]
     wald = run_local(LogisticProtocol(k=2), st_)
     score = run_local(LogisticProtocol(k=2, test="score"), st_)
     np.testing.assert_allclose(score["Z_STAT"], wald["Z_STAT"], atol=0.05)
@@ -190,7 +190,7 @@ def test_linear__degenerate_variants_are_nan_with_code() -> None:
     y = rng.normal(size=n)
     res = run_local(
         LinearProtocol(),
-        [(Design(C=C, y=y, include=np.ones(n, bool), names=("i", "a")), (lambda: [block(codes, np.arange(4))]))],
+        [(Design(C=C, y=y, include=np.ones(n, bool), names=("i", "a")), (lambda _t: [block(codes, np.arange(4))]))],
     )
     assert list(res["ERRCODE"]) == [
         "CONST_OMITTED_ALLELE",
@@ -208,7 +208,7 @@ def test_logistic__single_class_phenotype_is_a_clear_error(n_stations: int) -> N
     designs = [
         (
             Design(C=C, y=np.zeros(n), include=np.ones(n, bool), names=("i",)),
-            (lambda: [block(np.zeros((1, n), np.int8), np.arange(1))]),
+            (lambda _t: [block(np.zeros((1, n), np.int8), np.arange(1))]),
         )
     ] * n_stations
     with pytest.raises(InputError, match="cases and controls"):

@@ -40,6 +40,34 @@ def test_blocks__other_chromosome_is_empty(ingested: Store) -> None:
     assert list(ingested.dataset("milano").blocks(Region.parse("X"))) == []
 
 
+def test_station_blocks__targeted_rounds_equal_the_full_pass(ingested: Store) -> None:
+    from genomics.design import StationBlocks
+
+    ds = ingested.dataset("milano")
+    source = StationBlocks(ds, max_variants=64)
+    full = list(source(None))
+    keys = {c: np.concatenate([b.keys[c] for b in full]) for c in ("chrom", "pos", "ref", "alt")}
+    packed = np.concatenate([b.packed for b in full])
+    pick = np.random.default_rng(3).choice(len(packed), 12, replace=False)
+    targets = {c: v[pick] for c, v in keys.items()}
+    targets["alt"] = np.append(targets["alt"][:-1], "<NOT-HERE>")  # a variant this station lacks
+
+    def check(targets: dict, rows: np.ndarray) -> None:
+        got = list(source(targets))
+        got_keys = list(zip(*(np.concatenate([b.keys[c] for b in got]).tolist() for c in keys), strict=True))
+        got_rows = np.concatenate([b.packed for b in got])
+        assert len(got_keys) >= len(rows)
+        index = {k: i for i, k in enumerate(got_keys)}
+        for r in rows:
+            assert np.array_equal(got_rows[index[tuple(keys[c].tolist()[r] for c in keys)]], packed[r])
+
+    check(targets, pick[:-1])  # reads the store
+    check(targets, pick[:-1])  # served from memory
+    check({c: v[:5] for c, v in targets.items()}, pick[:5])  # a subset: from memory too
+    source.dataset = None  # type: ignore[assignment]  # proves the last two never touched the store
+    check({c: v[:3] for c, v in targets.items()}, pick[:3])
+
+
 def test_sample_mask__phenotype_filter(ingested: Store, small_cohort: Path) -> None:
     ds = ingested.dataset("milano")
     mask = ds.sample_mask([Condition("age", ">", 60), Condition("sex", "=", 1)])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.accelerate import jit, jit_parallel, prange
+from engine.kernels.fastexp import exp_into
 from engine.kernels.packed import nonzero_codes
 
 
@@ -91,9 +92,11 @@ def score_sums(
     gwg: np.ndarray,
     cwg: np.ndarray,
     m_cwc: np.ndarray,
+    m_cr: np.ndarray,
 ) -> None:
     """Score-test pieces under the null model (``resid = y - p``, ``w = p (1 - p)``): ``U = g' resid``,
-    ``g'Wg``, ``C'Wg`` over called samples, and ``sum w c c'`` over samples with a missing genotype."""
+    ``g'Wg``, ``C'Wg`` over called samples, and ``sum w c c'`` and ``sum c resid`` over samples with a
+    missing genotype (with them, the centre also takes the first Newton step of every variant)."""
     n, k = C.shape
     for v in prange(packed.shape[0]):
         idx = np.empty(n, dtype=np.int64)
@@ -105,6 +108,7 @@ def score_sums(
                 continue
             if code == 3:
                 for a in range(k):
+                    m_cr[v, a] += resid[s] * C[s, a]
                     wa = w[s] * C[s, a]
                     for c in range(a + 1):
                         m_cwc[v, a, c] += wa * C[s, c]
@@ -120,80 +124,92 @@ def score_sums(
                 m_cwc[v, c, a] = m_cwc[v, a, c]
 
 
-@jit
-def _expit(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + np.exp(-x))
-    e = np.exp(x)
-    return e / (1.0 + e)
-
-
 @jit_parallel
-def logistic_newton_sums(
+def logistic_weights(
     packed: np.ndarray,
     rows: np.ndarray,
+    eta_c: np.ndarray,
     beta: np.ndarray,
-    C: np.ndarray,
+    Ct: np.ndarray,
     y: np.ndarray,
     include: np.ndarray,
     inv_info: np.ndarray,
     firth: np.ndarray,
     want_loglik: np.ndarray,
-    xwx: np.ndarray,
-    score: np.ndarray,
+    w: np.ndarray,
+    wg: np.ndarray,
+    r: np.ndarray,
+    gwg: np.ndarray,
+    gr: np.ndarray,
     loglik: np.ndarray,
 ) -> None:
-    """One Newton step's sums for the variants ``rows`` of ``packed`` at coefficients ``beta``.
+    """Per-sample weights of one Newton step for the variants ``rows`` of ``packed``.
 
-    ``beta[i]`` is ``(k + 1,)``: covariates then the genotype. Over called, included samples, with
-    ``x = (c, g)``, ``p = expit(x'beta)`` and ``w = p (1 - p)``: ``xwx[i] = sum w x x'`` and
-    ``score[i] = sum x (y - p)``. Where ``firth[i]``, the score is Firth's
-    ``sum x (y - p + h (1/2 - p))`` with the leverage ``h = w x' inv_info[i] x``. Where
-    ``want_loglik[i]``, ``loglik[i] = sum y log p + (1 - y) log(1 - p)`` (left at zero otherwise).
-    Outputs must be zeroed.
+    ``beta[i]`` holds the coefficients of variant ``rows[i]`` (covariates, then the genotype) and
+    ``eta_c[i] = C beta[i, :k]`` the covariate part of its linear predictor, computed by the caller in one
+    matrix product. ``Ct`` is the ``(k, n)`` transposed covariate matrix and ``Ct``, ``y`` must be finite
+    (zero for excluded samples). With ``x = (c, g)`` and ``p = expit(x'beta)``, writes over called,
+    included samples (zero elsewhere): ``w[i] = p (1 - p)``, ``wg[i] = w g`` and ``r[i] = y - p``, or
+    Firth's ``y - p + h (1/2 - p)`` with ``h = w x' inv_info[i] x`` where ``firth[i]``; and per variant
+    ``gwg = sum w g^2``, ``gr = sum r g`` and, where ``want_loglik[i]``, ``loglik = sum y log p +
+    (1 - y) log(1 - p)``. The covariate sums ``C'WC``, ``C'Wg`` and ``C'r`` are then matrix products of
+    these rows, left to BLAS. ``gwg``, ``gr`` and ``loglik`` must be zeroed.
     """
-    n, k = C.shape
+    k, n = Ct.shape
     kk = k + 1
     for i in prange(rows.shape[0]):
         v = rows[i]
-        xi = np.empty(kk)
-        for j in range(packed.shape[1]):
-            b = packed[v, j]
-            for t in range(4):
-                s = 4 * j + t
-                if s >= n:
-                    break
-                code = (b >> (2 * t)) & 3
-                if code == 3 or not include[s]:
+        g = np.empty(n)
+        called = np.empty(n, dtype=np.bool_)
+        neg_eta = np.empty(n)
+        e = np.empty(n)
+        scratch = np.empty(n, dtype=np.int64)
+        bg = beta[i, k]
+        for s in range(n):
+            code = (packed[v, s >> 2] >> (2 * (s & 3))) & 3
+            ok = include[s] and code != 3
+            called[s] = ok
+            g[s] = float(code) if ok else 0.0
+            neg_eta[s] = -(eta_c[i, s] + g[s] * bg)
+        exp_into(neg_eta, e, scratch)
+        for s in range(n):
+            p = 1.0 / (1.0 + e[s])
+            ws = p * (1.0 - p) if called[s] else 0.0
+            w[i, s] = ws
+            wg[i, s] = ws * g[s]
+            r[i, s] = y[s] - p if called[s] else 0.0
+        if firth[i] or want_loglik[i]:  # rare rows: per-sample leverages and logs are costly
+            for s in range(n):
+                if not called[s]:
                     continue
-                for a in range(k):
-                    xi[a] = C[s, a]
-                xi[k] = float(code)
-                eta = 0.0
-                for a in range(kk):
-                    eta += xi[a] * beta[i, a]
-                p = _expit(eta)
-                ys = y[s]
-                if want_loglik[i]:  # only Firth's step-halving needs the likelihood; logs are costly
-                    if ys > 0.5:
+                p = 1.0 / (1.0 + e[s])
+                if want_loglik[i]:
+                    if y[s] > 0.5:
                         loglik[i] += np.log(p) if p > 0 else -np.inf
                     else:
                         loglik[i] += np.log1p(-p) if p < 1 else -np.inf
-                w = p * (1.0 - p)
-                r = ys - p
                 if firth[i]:
                     h = 0.0
                     for a in range(kk):
-                        acc = 0.0
+                        xa = g[s] if a == k else Ct[a, s]
                         for c in range(kk):
-                            acc += inv_info[i, a, c] * xi[c]
-                        h += xi[a] * acc
-                    r += w * h * (0.5 - p)
-                for a in range(kk):
-                    score[i, a] += r * xi[a]
-                    wa = w * xi[a]
-                    for c in range(a + 1):
-                        xwx[i, a, c] += wa * xi[c]
-        for a in range(kk):
-            for c in range(a):
-                xwx[i, c, a] = xwx[i, a, c]
+                            h += inv_info[i, a, c] * xa * (g[s] if c == k else Ct[c, s])
+                    r[i, s] += w[i, s] * h * (0.5 - p)
+        # four interleaved partial sums keep the additions from waiting on each other
+        q = n - n % 4
+        a0 = a1 = a2 = a3 = 0.0
+        b0 = b1 = b2 = b3 = 0.0
+        for s in range(0, q, 4):
+            a0 += wg[i, s] * g[s]
+            a1 += wg[i, s + 1] * g[s + 1]
+            a2 += wg[i, s + 2] * g[s + 2]
+            a3 += wg[i, s + 3] * g[s + 3]
+            b0 += r[i, s] * g[s]
+            b1 += r[i, s + 1] * g[s + 1]
+            b2 += r[i, s + 2] * g[s + 2]
+            b3 += r[i, s + 3] * g[s + 3]
+        for s in range(q, n):
+            a0 += wg[i, s] * g[s]
+            b0 += r[i, s] * g[s]
+        gwg[i] = (a0 + a1) + (a2 + a3)
+        gr[i] = (b0 + b1) + (b2 + b3)

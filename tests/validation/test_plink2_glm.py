@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from engine.protocol import CountsProtocol, LinearProtocol, LogisticProtocol, run_local
-from genomics.design import build_design, genotype_blocks
+from genomics.design import StationBlocks, build_design
 from genomics.ingest import ingest_vcf
 from genomics.store import Store
 from genomics.synth import SynthConfig, synthesize
@@ -107,7 +107,7 @@ def stations(cohort: dict, phenotype: str, binary: bool = False, adjust: bool = 
     return [
         (
             build_design(ds, phenotype, COVARS, binary=binary, station_index=i if adjust else None, n_stations=n),
-            (lambda ds=ds: genotype_blocks(ds)),
+            StationBlocks(ds),
         )
         for i, ds in enumerate(cohort["datasets"])
     ]
@@ -192,9 +192,7 @@ def test_hwe_and_counts__equal_plink2_hardy(cohort: dict) -> None:
     with open(cohort["root"] / "hwe.hardy") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     # --hardy counts every sample, phenotyped or not.
-    res = run_local(
-        CountsProtocol(groups=1), [(_everyone(ds), (lambda ds=ds: genotype_blocks(ds))) for ds in cohort["datasets"]]
-    )
+    res = run_local(CountsProtocol(groups=1), [(_everyone(ds), StationBlocks(ds)) for ds in cohort["datasets"]])
     assert len(rows) == len(res["pos"])
     for i, r in enumerate(rows):
         ref[i] = r
