@@ -25,7 +25,7 @@ from engine.kernels.regression import linear_sums
 from engine.stats import log10_p_t
 
 #: Error codes, as PLINK 2 writes them in ERRCODE.
-ERR_NONE, ERR_CONST_OMITTED, ERR_CONST, ERR_CORR, ERR_VIF, ERR_FEW_OBS, ERR_INVALID = range(7)
+ERR_NONE, ERR_CONST_OMITTED, ERR_CONST, ERR_CORR, ERR_VIF, ERR_FEW_OBS, ERR_INVALID, ERR_WITHHELD = range(8)
 ERRCODE_NAMES = (
     "",
     "CONST_OMITTED_ALLELE",
@@ -34,6 +34,7 @@ ERRCODE_NAMES = (
     "VIF_TOO_HIGH",
     "SAMPLE_CT<=COVAR_CT",
     "INVALID_RESULT",
+    "WITHHELD",  # not PLINK's: a station's disclosure policy kept this variant's statistics back
 )
 MAX_CORR = 0.999
 MAX_VIF = 50.0
@@ -57,6 +58,8 @@ class LinearStats:
     m_cy: np.ndarray
     m_yy: np.ndarray
     names: tuple[str, ...] = field(default_factory=tuple)
+    #: Per variant: a station withheld its statistics (policy); the pooled fit is then not computable.
+    withheld: np.ndarray | None = None
 
     @property
     def n_variants(self) -> int:
@@ -125,8 +128,12 @@ def combine_linear(stats: list[LinearStats]) -> LinearStats:
         m_cy=np.zeros((m, k)),
         m_yy=np.zeros(m),
         names=stats[0].names,
+        withheld=np.zeros(m, dtype=bool),
     )
+    assert out.withheld is not None
     for s, idx in zip(stats, al.index, strict=True):
+        if s.withheld is not None:
+            out.withheld[idx] |= s.withheld
         absent = np.ones(m, dtype=bool)
         absent[idx] = False
         out.cg[idx] += s.cg
@@ -248,6 +255,8 @@ def finalize_linear(pooled: LinearStats) -> dict[str, np.ndarray]:
             pooled.m_yy,
             out,
         )
+    if pooled.withheld is not None:
+        out[pooled.withheld, 4] = ERR_WITHHELD
     obs = out[:, 0].astype(np.int64)
     err = out[:, 4].astype(np.int64)
     beta, se, t = out[:, 1], out[:, 2], out[:, 3]

@@ -71,7 +71,7 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
     p = expit(C @ beta)
     w = np.where(inc, p * (1 - p), 0.0)
     resid = np.where(inc, design.y - p, 0.0)
-    group = np.where(inc, (design.y > 0.5).astype(np.int32), -1).astype(np.int32)
+    group = _groups(design)
     k = design.k
     keys: dict[str, list[np.ndarray]] = {c: [] for c in KEY_COLUMNS}
     parts: dict[str, list[np.ndarray]] = {c: [] for c in ("u", "gwg", "cwg", "m_cwc", "m_cr", "counts")}
@@ -98,6 +98,7 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
     out.update({n: np.concatenate(v) if v else np.zeros(shapes[n]) for n, v in parts.items()})
     out["cwc"] = cwc
     out["cr"] = cr
+    out["group_size"] = _group_sizes(design)
     return out
 
 
@@ -216,23 +217,39 @@ def newton_station(design: Design, blocks: Iterable[Block], request: dict[str, n
         )
     }
     xwx, score, loglik = np.zeros((a, kk, kk)), np.zeros((a, kk)), np.zeros(a)
+    counts = np.zeros((a, 2, 4), dtype=np.int64)
+    counts[:, :, 3] = _group_sizes(design)  # a variant this station lacks: everyone missing
     inputs = NewtonInputs.of(design)
     # The kernel runs on all threads and BLAS on one: its small products come between kernel calls,
     # and its own threads would spin against Numba's.
     with threadpool_limits(limits=1, user_api="blas"):
-        _newton_blocks(blocks, where, inputs, request, xwx, score, loglik)
-    return {"xwx": xwx, "score": score, "loglik": loglik}
+        _newton_blocks(blocks, where, inputs, _groups(design), request, xwx, score, loglik, counts)
+    return {"xwx": xwx, "score": score, "loglik": loglik, "counts": counts}
+
+
+def _groups(design: Design) -> np.ndarray:
+    """Per sample: 0 control, 1 case, -1 excluded."""
+    return np.where(design.include, (design.y > 0.5).astype(np.int32), -1).astype(np.int32)
+
+
+def _group_sizes(design: Design) -> np.ndarray:
+    g = _groups(design)
+    return np.bincount(g[g >= 0], minlength=2).astype(np.int64)
 
 
 def _newton_blocks(
     blocks: Iterable[Block],
     where: dict[tuple[Any, ...], int],
     inputs: NewtonInputs,
+    group: np.ndarray,
     request: dict[str, np.ndarray],
     xwx: np.ndarray,
     score: np.ndarray,
     loglik: np.ndarray,
+    counts: np.ndarray,
 ) -> None:
+    """Fill the sums (and the local case/control genotype counts, which the station's disclosure
+    policy checks) of the requested variants found in ``blocks``."""
     for b in blocks:
         ks = zip(
             b.keys["chrom"].tolist(),
@@ -246,8 +263,10 @@ def _newton_blocks(
             continue
         rows = np.array([h[0] for h in hits], dtype=np.int64)
         req = np.array([h[1] for h in hits], dtype=np.int64)
+        packed = np.ascontiguousarray(b.packed)
+        counts[req] = genotype_counts(np.ascontiguousarray(packed[rows]), group, 2)
         xwx[req], score[req], loglik[req] = newton_sums(
-            np.ascontiguousarray(b.packed),
+            packed,
             rows,
             request["beta"][req],
             inputs,

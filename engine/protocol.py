@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine import linear, logistic
-from engine.align import align
+from engine.align import Alignment, align
 from engine.design import KEY_COLUMNS, Block, BlockSource, Design
 from engine.errors import InputError
 from engine.kernels.counts import genotype_counts
@@ -53,6 +53,8 @@ TARGETED_MAX = 256
 def execute(task: Task, design: Design, blocks: BlockSource) -> Result:
     """Run one task at a station and return what it releases (aggregates only)."""
     kind = task["kind"]
+    if kind == "sample_count":
+        return {"n": np.array(int(design.include.sum()))}
     if kind == "counts":
         return _counts_station(design, blocks(None), int(task["groups"]))
     if kind == "linear":
@@ -95,6 +97,8 @@ def linear_to_result(s: linear.LinearStats) -> Result:
         out[name] = getattr(s, name)
     out["n"] = np.array(s.n)
     out["yy"] = np.array(s.yy)
+    if s.withheld is not None:
+        out["withheld"] = s.withheld
     return out
 
 
@@ -113,11 +117,22 @@ def linear_from_result(r: Result) -> linear.LinearStats:
         m_cc=r["m_cc"],
         m_cy=r["m_cy"],
         m_yy=r["m_yy"],
+        withheld=r.get("withheld"),
     )
 
 
-def combine_counts(results: list[Result]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Pooled keys and ``(variants, groups, 4)`` counts; a variant a station lacks is missing there."""
+def withheld_of(results: list[Result], al: Alignment) -> np.ndarray:
+    """Per pooled variant: some station withheld its statistics (a ``withheld`` array in its result)."""
+    out = np.zeros(al.n, dtype=bool)
+    for r, idx in zip(results, al.index, strict=True):
+        if "withheld" in r:
+            out[idx] |= np.asarray(r["withheld"], dtype=bool)
+    return out
+
+
+def combine_counts(results: list[Result]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Pooled keys, ``(variants, groups, 4)`` counts and the withheld mask; a variant a station lacks is
+    missing there."""
     al = align([station_keys(r) for r in results])
     groups = results[0]["counts"].shape[1]
     total = np.zeros((al.n, groups, 4), dtype=np.int64)
@@ -126,7 +141,31 @@ def combine_counts(results: list[Result]) -> tuple[dict[str, np.ndarray], np.nda
         absent = np.ones(al.n, dtype=bool)
         absent[idx] = False
         total[absent, :, 3] += r["group_size"]
-    return al.keys, total
+    return al.keys, total, withheld_of(results, al)
+
+
+# -- sample count ----------------------------------------------------------------------------------------
+@dataclass
+class SampleCountProtocol(Protocol):
+    """One round: how many samples pass the filter (and have the phenotype and covariates asked for)."""
+
+    total: int | None = None
+    withheld: bool = False
+
+    def next_task(self) -> Task | None:
+        return None if self.total is not None else {"kind": "sample_count"}
+
+    def receive(self, results: list[Result]) -> None:
+        self.withheld = any(bool(r.get("withheld", False)) for r in results)
+        self.total = int(sum(int(r["n"]) for r in results))
+        self.rounds += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        assert self.total is not None
+        return {
+            "COUNT": np.array([np.nan if self.withheld else self.total]),
+            "WITHHELD": np.array([self.withheld]),
+        }
 
 
 # -- counts: FREQ, HWE, case/control tests ---------------------------------------------------------------
@@ -137,22 +176,33 @@ class CountsProtocol(Protocol):
     groups: int = 1
     keys: dict[str, np.ndarray] = field(default_factory=dict)
     counts: np.ndarray | None = None
+    withheld: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def next_task(self) -> Task | None:
         return None if self.counts is not None else {"kind": "counts", "groups": self.groups}
 
     def receive(self, results: list[Result]) -> None:
-        self.keys, self.counts = combine_counts(results)
+        self.keys, self.counts, self.withheld = combine_counts(results)
         self.rounds += 1
 
     def result(self) -> dict[str, np.ndarray]:
         assert self.counts is not None
-        return {**self.keys, **counts_columns(self.counts)}
+        return {**self.keys, **counts_columns(self.counts, self.withheld)}
 
 
-def counts_columns(counts: np.ndarray) -> dict[str, np.ndarray]:
+def counts_columns(counts: np.ndarray, withheld: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """FREQ (``.afreq``: ALT_FREQS, OBS_CT), HWE (``.hardy``: HOM_A1_CT, HET_A1_CT, TWO_AX_CT, O(HET_A1),
-    E(HET_A1), HWE_P with A1 = REF) and, for two groups, allelic, genotypic and trend test columns."""
+    E(HET_A1), HWE_P with A1 = REF) and, for two groups, allelic, genotypic and trend test columns.
+
+    Rows in ``withheld`` (a station's policy kept its counts back) get NaN in every column and
+    ``WITHHELD`` True: no number is shown for them.
+    """
+    if withheld is not None and withheld.any():
+        out = counts_columns(np.where(withheld[:, None, None], 0, counts))
+        for name, col in out.items():
+            out[name] = np.where(withheld, np.nan, col.astype(float))
+        out["WITHHELD"] = withheld.copy()
+        return out
     c = counts.sum(axis=1)
     hom_ref, het, hom_alt, miss = (c[:, i] for i in range(4))
     called = hom_ref + het + hom_alt
@@ -183,6 +233,7 @@ def counts_columns(counts: np.ndarray) -> dict[str, np.ndarray]:
             out[f"{name}_CHISQ"] = stat
             out[f"{name}_P"] = 10.0**lp
             out[f"{name}_LOG10_P"] = -lp
+    out["WITHHELD"] = np.zeros(counts.shape[0], dtype=bool)
     return out
 
 
@@ -307,9 +358,14 @@ class LogisticProtocol(Protocol):
         u, gwg, cwg, m_cwc, m_cr = np.zeros(m), np.zeros(m), np.zeros((m, k)), np.zeros((m, k, k)), np.zeros((m, k))
         cwc_total = np.sum([r["cwc"] for r in results], axis=0)
         cr_total = np.sum([r["cr"] for r in results], axis=0)
-        self.keys, self.counts = combine_counts(
+        self.keys, self.counts, withheld = combine_counts(
             [
-                {**{f"key_{c}": r[f"key_{c}"] for c in KEYS}, "counts": r["counts"], "group_size": _group_size(r)}
+                {
+                    **{f"key_{c}": r[f"key_{c}"] for c in KEYS},
+                    "counts": r["counts"],
+                    "group_size": _group_size(r),
+                    **({"withheld": r["withheld"]} if "withheld" in r else {}),
+                }
                 for r in results
             ]
         )
@@ -335,6 +391,7 @@ class LogisticProtocol(Protocol):
         self.errcode = np.where(const, "CONST_OMITTED_ALLELE", "").astype(object)
         few = called <= k + 1
         self.errcode[few & ~const] = "SAMPLE_CT<=COVAR_CT"
+        self.errcode[withheld] = "WITHHELD"
         if self.test == "score":
             self.phase = "done"
             return
@@ -383,6 +440,15 @@ class LogisticProtocol(Protocol):
 
     def _receive_newton(self, results: list[Result]) -> None:
         act = self._active()
+        withheld = np.zeros(act.size, dtype=bool)
+        for r in results:
+            if "withheld" in r:
+                withheld |= np.asarray(r["withheld"], dtype=bool)
+        for v in act[withheld]:
+            self._fail(int(v), "WITHHELD")
+        keep = ~withheld
+        act = act[keep]
+        results = [{name: r[name][keep] for name in ("xwx", "score", "loglik")} for r in results]
         xwx = np.sum([r["xwx"] for r in results], axis=0)
         score = np.sum([r["score"] for r in results], axis=0)
         loglik = np.sum([r["loglik"] for r in results], axis=0)
@@ -462,7 +528,12 @@ class LogisticProtocol(Protocol):
         bad = self.errcode != ""
         with np.errstate(invalid="ignore", divide="ignore"):
             freq = a1 / (2.0 * called)
-        out: dict[str, np.ndarray] = {**self.keys, "OBS_CT": called, "A1_FREQ": freq}
+        hidden = self.errcode == "WITHHELD"
+        out: dict[str, np.ndarray] = {
+            **self.keys,
+            "OBS_CT": np.where(hidden, np.nan, called) if hidden.any() else called,
+            "A1_FREQ": np.where(hidden, np.nan, freq),
+        }
         if self.test == "score":
             z = np.where(bad, np.nan, self.score_z)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -501,10 +572,8 @@ class LogisticProtocol(Protocol):
 
 
 def _group_size(r: Result) -> np.ndarray:
-    """Included controls and cases at a station, recovered from any variant's counts."""
-    if r["counts"].shape[0]:
-        return r["counts"][0].sum(axis=1)
-    return np.zeros(2, dtype=np.int64)
+    """Included controls and cases at a station."""
+    return np.asarray(r["group_size"], dtype=np.int64)
 
 
 def _solve_or_none(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:

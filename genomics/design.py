@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from engine.design import KEY_COLUMNS, Block, Design, Targets
 from engine.errors import InputError, NotFoundError
-from genomics.regions import Region
+from genomics.regions import Region, merge_regions
 from genomics.selection import Condition, suggest
 from genomics.store import Dataset
 
@@ -94,19 +94,35 @@ class StationBlocks:
     the cache holds only the latest targeted rows, so it stays as small as the request.
     """
 
-    def __init__(self, dataset: Dataset, region: Region | None = None, max_variants: int = 4096) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        regions: Region | Sequence[Region] | None = None,
+        max_variants: int = 4096,
+        on_block: Callable[[int], None] | None = None,
+    ) -> None:
         self.dataset = dataset
-        self.region = region
+        self.regions: list[Region | None] = [None]
+        if regions is not None:
+            self.regions = list(merge_regions([regions] if isinstance(regions, Region) else list(regions)))
         self.max_variants = max_variants
+        self.on_block = on_block
         self._cached: Block | None = None
         self._cached_keys: set[tuple[object, ...]] = set()
 
+    def _read(self, targets: Targets | None) -> Iterator[Block]:
+        for region in self.regions:
+            for block in genotype_blocks(self.dataset, region, targets, self.max_variants):
+                if self.on_block is not None:  # progress, and the point where a cancelled task stops
+                    self.on_block(block.packed.shape[0])
+                yield block
+
     def __call__(self, targets: Targets | None = None) -> Iterator[Block]:
         if targets is None:
-            return genotype_blocks(self.dataset, self.region, max_variants=self.max_variants)
+            return self._read(None)
         wanted = set(zip(*(np.asarray(targets[c]).tolist() for c in KEY_COLUMNS), strict=True))
         if self._cached is None or not wanted <= self._cached_keys:
-            parts = list(genotype_blocks(self.dataset, self.region, targets, self.max_variants))
+            parts = list(self._read(targets))
             keys = {c: np.concatenate([b.keys[c] for b in parts]) if parts else np.array([]) for c in KEY_COLUMNS}
             rows = [
                 i for i, key in enumerate(zip(*(keys[c].tolist() for c in KEY_COLUMNS), strict=True)) if key in wanted

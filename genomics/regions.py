@@ -64,8 +64,10 @@ class Region:
             return cls(chrom)
         start = int(m["start"].replace(",", ""))
         end = int(m["end"].replace(",", "")) if m["end"] is not None else start
-        if start < 1 or end < start:
-            raise InputError(f"region {text!r}: positions are 1-based and start must not exceed end")
+        if start < 1 or end < start or end >= WHOLE:
+            raise InputError(
+                f"region {text!r}: positions are 1-based, start must not exceed end, and both must be below 2^62"
+            )
         return cls(chrom, start - 1, end)
 
     @property
@@ -86,3 +88,30 @@ class Region:
         if self.start == 0 and self.end == WHOLE:
             return self.chrom
         return f"{self.chrom}:{self.start + 1}-{self.end}"
+
+
+def merge_regions(regions: list[Region]) -> list[Region]:
+    """Overlapping or touching regions of a chromosome merged into one; chromosomes in first-seen order.
+
+    Reading merged regions never visits a variant twice.
+
+    Examples
+    --------
+    >>> [str(r) for r in merge_regions([Region.parse("2:5-9"), Region.parse("1"), Region.parse("2:1-6")])]
+    ['2:1-9', '1']
+    """
+    order: dict[str, list[Region]] = {}
+    for r in regions:
+        order.setdefault(r.chrom, []).append(r)
+    out: list[Region] = []
+    for chrom, rs in order.items():
+        rs.sort(key=lambda r: r.start)
+        cur = rs[0]
+        for r in rs[1:]:
+            if r.start <= cur.end:
+                cur = Region(chrom, cur.start, max(cur.end, r.end))
+            else:
+                out.append(cur)
+                cur = r
+        out.append(cur)
+    return out

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -108,6 +109,11 @@ class Dataset:
     @property
     def variants_path(self) -> Path:
         return self.path / "variants.parquet"
+
+    @property
+    def n_variants(self) -> int:
+        """Number of (biallelic, split) variants, from the Parquet footer."""
+        return int(pq.ParquetFile(self.variants_path).metadata.num_rows)
 
     def samples(self) -> pa.Table:
         """``sample_index``, ``sample_id``, ``has_phenotypes`` in VCF column order."""
@@ -231,12 +237,27 @@ class Store:
         return cls(p)
 
     @contextmanager
-    def catalog(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A DuckDB connection to the catalog, closed on exit."""
-        try:
-            con = duckdb.connect(str(self.path / CATALOG), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise StoreError(f"{self.path / CATALOG}: cannot open the catalog ({exc})") from None
+    def catalog(self, read_only: bool = False, wait_seconds: float = 15.0) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection to the catalog, closed on exit.
+
+        Connections are read-write unless asked otherwise: DuckDB refuses a read-only connection to a
+        file that the same process holds open read-write, and the server's threads share the file.
+
+        DuckDB lets one process at a time open the file for writing, and every user of the catalog (the
+        server, ``better station approve``, ``better station audit``) holds it only briefly, so a locked
+        catalog is retried for up to ``wait_seconds``.
+        """
+        deadline = time.monotonic() + wait_seconds
+        pause = 0.02
+        while True:
+            try:
+                con = duckdb.connect(str(self.path / CATALOG), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise StoreError(f"{self.path / CATALOG}: cannot open the catalog ({exc})") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.25)
         try:
             yield con
         finally:
@@ -264,26 +285,26 @@ class Store:
 
     # -- reading --------------------------------------------------------------------------------
     def dataset_names(self) -> list[str]:
-        with self.catalog(read_only=True) as con:
+        with self.catalog() as con:
             return [r[0] for r in con.execute("SELECT name FROM datasets ORDER BY name").fetchall()]
 
     def dataset(self, name: str) -> Dataset:
         """Open a dataset by name."""
-        with self.catalog(read_only=True) as con:
+        with self.catalog() as con:
             row = con.execute("SELECT n_samples FROM datasets WHERE name = ?", [name]).fetchone()
             if row is None:
                 names = [r[0] for r in con.execute("SELECT name FROM datasets").fetchall()]
                 from genomics.selection import suggest
 
                 raise NotFoundError(
-                    f"no dataset {name!r} in {self.path}{suggest(name, names)}; "
+                    f"no dataset {name!r} at this station{suggest(name, names)}; "
                     f"datasets: {', '.join(sorted(names)) or 'none'}"
                 )
         return Dataset(self.path / DATASETS / name, name, int(row[0]))
 
     def summary(self) -> list[dict[str, Any]]:
         """One dict per dataset with its counts and latest provenance, for ``better store info``."""
-        with self.catalog(read_only=True) as con:
+        with self.catalog() as con:
             rows = con.execute(
                 """SELECT d.name, d.n_samples, d.n_variants, d.n_records, d.n_phenotyped, d.chromosomes,
                           d.phenotype_columns, d.created_at, i.source_path, i.source_sha256, i.seconds

@@ -3,6 +3,7 @@ failure exits non-zero with a one-paragraph message (never a traceback)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -100,6 +101,118 @@ def station_init(
         write_config(station, StationConfig(name=name))
         err.print(f"station {name!r} created in {store.path}")
     print(station)
+
+
+@station_app.command("token")
+def station_token(
+    station: Annotated[Path, typer.Option(help="station directory")],
+    user: Annotated[str, typer.Option(help="who the token is for (letters, digits, _ . @ -)")],
+    role: Annotated[str, typer.Option(help="researcher (submits tasks) or admin (audit, approvals, policy)")] = (
+        "researcher"
+    ),
+) -> None:
+    """Create a token. It is printed once, alone on the last line; the station keeps only its hash."""
+    from genomics.store import Store
+    from station_api.audit import AuditLog
+    from station_api.auth import new_token
+    from station_api.config import ROLES, read_config, write_config
+
+    if role not in ROLES:
+        raise BetterError(f"role {role!r}: use researcher or admin")
+    config = read_config(station)
+    try:
+        token, record = new_token(user, role)
+    except ValueError:
+        raise BetterError(f"user {user!r}: use 1-64 letters, digits, '_', '.', '@' or '-'") from None
+    write_config(station, config.model_copy(update={"tokens": [*config.tokens, record]}))
+    AuditLog(Store.open(station)).append("admin-cli", "token.created", {"user": user, "role": role, "id": record.id})
+    err.print(f"{role} token for {user} at station {config.name} (shown once; store it safely):")
+    print(token)
+
+
+@station_app.command("serve")
+def station_serve(
+    station: Annotated[Path, typer.Option(help="station directory")],
+    host: Annotated[str, typer.Option(help="address to listen on; the default is this machine only")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8700,
+    threads: Annotated[
+        int | None, typer.Option(help="kernel threads (default: [server] threads, or all cores)")
+    ] = None,
+) -> None:
+    """Run the station's HTTP API (FastAPI under uvicorn) until interrupted."""
+    import logging
+
+    import uvicorn
+
+    from engine.accelerate import set_threads
+    from station_api.app import check_loopback, create_app
+    from station_api.config import read_config
+
+    config = read_config(station)
+    set_threads(threads or (config.server.threads or None))
+    app_ = create_app(station)
+    if not check_loopback(host):
+        err.print(f"[yellow]listening on {host}: reachable from the network; put TLS in front of it[/yellow]")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    err.print(f"station {config.name} serving http://{host}:{port} (OpenAPI at /docs)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+
+
+@station_app.command("approve")
+def station_approve(
+    station: Annotated[Path, typer.Option(help="station directory")],
+    task: Annotated[str | None, typer.Argument(help="task id; without one, list the waiting tasks")] = None,
+    reject: Annotated[bool, typer.Option(help="reject instead of approving")] = False,
+    reason: Annotated[str, typer.Option(help="why (kept in the audit log, shown to the researcher)")] = "",
+) -> None:
+    """Approve (or reject) a task waiting under ``approval = "manual"``; list them without a task id."""
+    import json
+
+    from genomics.store import Store
+    from station_api.audit import AuditLog
+    from station_api.config import read_config
+    from station_api.tasks import decide_in_catalog, pending_in_catalog
+
+    read_config(station)
+    store = Store.open(station)
+    if task is None:
+        waiting = pending_in_catalog(store)
+        err.print(f"{len(waiting)} task(s) waiting for approval at {station} (task, user, submitted, request):")
+        for w in waiting:  # one line each, tab-separated, so that scripts can read it
+            print("\t".join((w["task"], w["user"], w["submitted_at"], json.dumps(w["request"], sort_keys=True))))
+        return
+    if not decide_in_catalog(store, AuditLog(store), task, not reject, "admin-cli", reason):
+        raise BetterError(f"no task {task} waits for approval at {station}; list them with `better station approve`")
+    err.print(f"task {task} {'rejected' if reject else 'approved'}")
+
+
+@station_app.command("audit")
+def station_audit(
+    station: Annotated[Path, typer.Option(help="station directory")],
+    verify: Annotated[bool, typer.Option(help="check the hash chain; exit 1 if it is broken")] = False,
+    tail: Annotated[int, typer.Option(help="show the last N rows")] = 20,
+) -> None:
+    """Show the audit log, or verify that no row was edited or deleted."""
+    import json
+
+    from genomics.store import Store
+    from station_api.audit import AuditLog
+
+    log_ = AuditLog(Store.open(station))
+    if verify:
+        v = log_.verify()
+        if not v.ok:
+            raise BetterError(f"audit log of {station} is BROKEN: {v.problem} ({v.rows} rows checked)")
+        err.print(f"audit log intact: {v.rows} rows; head seq {v.head_seq}")
+        print(v.head_hash)
+        return
+    last = log_.last_seq()
+    table = Table(title=f"audit log of {station}")
+    for c in ("seq", "time", "actor", "action", "detail"):
+        table.add_column(c, overflow="fold")
+    for r in log_.rows(max(0, last - tail), tail):
+        table.add_row(str(r["seq"]), r["logged_at"], r["actor"], r["action"], json.dumps(r["detail"], sort_keys=True))
+    out.print(table)
 
 
 @app.command()
@@ -210,6 +323,16 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted; nothing was committed")
         sys.exit(130)
+    except Exception as exc:  # a bug: say so plainly; the traceback is one variable away
+        if os.environ.get("BETTER_DEBUG"):
+            raise
+        err.print(
+            f"[bold red]internal error:[/bold red] {type(exc).__name__}: {exc}\n"
+            "this is a bug in BETTER; rerun with BETTER_DEBUG=1 for the traceback and report it",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":

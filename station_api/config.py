@@ -17,6 +17,7 @@ from engine.errors import StoreError
 
 CONFIG_FILE = "station.toml"
 ANALYSES = ("count", "freq", "hwe", "gwas_linear", "gwas_logistic")
+ROLES = ("researcher", "admin")
 
 
 class Policy(BaseModel):
@@ -26,10 +27,37 @@ class Policy(BaseModel):
 
     min_cell_count: int = Field(5, ge=1, description="counts below this are withheld")
     min_minor_allele_count: int = Field(5, ge=0, description="local MAC needed for per-variant statistics")
-    allowed_analyses: list[str] = Field(default_factory=lambda: list(ANALYSES))
+    allowed_analyses: list[Literal["count", "freq", "hwe", "gwas_linear", "gwas_logistic"]] = Field(
+        default_factory=lambda: list(ANALYSES)  # type: ignore[arg-type]
+    )
     max_variants_per_task: int = Field(1_000_000, ge=1)
     rate_limit_per_minute: int = Field(60, ge=1)
     approval: Literal["auto", "manual"] = "auto"
+
+
+class Server(BaseModel):
+    """How ``better station serve`` runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(2, ge=1, le=64, description="tasks run at once (their kernels take turns)")
+    threads: int = Field(0, ge=0, le=256, description="kernel threads; 0 uses every core")
+    result_ttl_seconds: int = Field(3600, ge=1, description="finished results are deleted after this")
+    max_request_mib: int = Field(256, ge=1, le=512, description="largest request body accepted")
+    max_tasks_kept: int = Field(10_000, ge=10, description="task records held in memory at most")
+
+
+class TokenRecord(BaseModel):
+    """A token as stored: its public id, who holds it, and a salted SHA-256 of its secret part."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9]{12}$")
+    user: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    role: Literal["researcher", "admin"]
+    salt: str
+    sha256: str
+    created: str
 
 
 class StationConfig(BaseModel):
@@ -39,7 +67,8 @@ class StationConfig(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
     policy: Policy = Field(default_factory=lambda: Policy())
-    tokens: list[dict[str, str]] = Field(default_factory=list)
+    server: Server = Field(default_factory=lambda: Server())
+    tokens: list[TokenRecord] = Field(default_factory=list)
 
 
 def write_config(station: Path, config: StationConfig) -> Path:
@@ -47,6 +76,7 @@ def write_config(station: Path, config: StationConfig) -> Path:
     path = station / CONFIG_FILE
     tmp = path.with_suffix(".toml.tmp")
     tmp.write_text(tomli_w.dumps(config.model_dump()))
+    tmp.chmod(0o600)  # token hashes are not secrets, but nobody else needs to read them
     tmp.replace(path)
     return path
 

@@ -1,0 +1,160 @@
+"""Talk to stations over HTTP: one task round trip per station, all stations in parallel.
+
+:class:`Model` is what a query asks of every station (dataset, analysis, model, filters);
+:func:`to_request` turns an engine task plus the model into the wire request for one station;
+:class:`StationClient` submits it, polls and fetches the Arrow result; :func:`run_remote` drives an
+engine protocol over a list of stations, round by round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from engine.errors import BetterError
+from engine.protocol import Protocol, Task
+from station_api.wire import Adjust, Condition, TaskRequest, decode_arrays, encode_state
+
+
+class StationError(BetterError):
+    """A station refused or failed a task; the message names the station and its reason."""
+
+    def __init__(self, station: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"station {station}: {message}")
+        self.station = station
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Model:
+    """What every station is asked: dataset, analysis and the model's inputs."""
+
+    dataset: str
+    analysis: str
+    phenotype: str | None = None
+    covariates: tuple[str, ...] = ()
+    binary: bool = False
+    where: tuple[Condition, ...] = ()
+    regions: tuple[str, ...] = ()
+    adjust_station: bool = False
+    label: str | None = None
+
+
+def to_request(task: Task, model: Model, station_index: int, n_stations: int) -> TaskRequest:
+    """The wire request carrying engine ``task`` to station ``station_index`` of ``n_stations``."""
+    state = {k: np.asarray(v) for k, v in task.items() if k not in ("kind", "groups")}
+    n_rows = int(state["key_pos"].shape[0]) if "key_pos" in state else None
+    return TaskRequest(
+        dataset=model.dataset,
+        analysis=model.analysis,
+        kind=task["kind"],
+        phenotype=model.phenotype,
+        covariates=list(model.covariates),
+        binary=model.binary,
+        groups=int(task.get("groups", 1)),
+        where=list(model.where),
+        regions=list(model.regions),
+        adjust=Adjust(index=station_index, count=n_stations) if model.adjust_station else None,
+        state=encode_state(state, n_rows) if state else None,
+        label=model.label,
+    )
+
+
+@dataclass
+class StationClient:
+    """One station: its name, URL and token."""
+
+    name: str
+    url: str
+    token: str
+    timeout: float = 600.0
+    retries: int = 2
+    timings: list[float] = field(default_factory=list)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def _call(self, client: httpx.AsyncClient, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One HTTP call, retried on connection errors (not on answers: a refusal is final)."""
+        for attempt in range(self.retries + 1):
+            try:
+                return await client.request(method, self.url.rstrip("/") + path, headers=self._headers(), **kw)
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise StationError(self.name, f"unreachable at {self.url} ({type(exc).__name__}: {exc})") from None
+                await asyncio.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _check(self, r: httpx.Response, what: str) -> None:
+        if r.status_code < 400:
+            return
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        if isinstance(detail, dict) and "rule" in detail:
+            detail = f"refused by its policy ({detail['rule']}): {detail.get('message', '')}"
+        elif isinstance(detail, list):
+            detail = "; ".join(f"{d.get('where', '?')}: {d.get('problem', d)}" for d in detail if isinstance(d, dict))
+        raise StationError(self.name, f"{what} failed with HTTP {r.status_code}: {detail}", r.status_code)
+
+    async def run(
+        self, client: httpx.AsyncClient, request: TaskRequest, on_progress: Callable[[float], None] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Submit ``request``, wait for it, and return the released arrays."""
+        t0 = time.perf_counter()
+        body = request.model_dump(mode="json", exclude_none=True)
+        r = await self._call(client, "POST", "/tasks", json=body)
+        self._check(r, f"{request.kind} task")
+        task_id = r.json()["id"]
+        pause = 0.005
+        deadline = time.monotonic() + self.timeout
+        while True:
+            r = await self._call(client, "GET", f"/tasks/{task_id}")
+            self._check(r, "task status")
+            status = r.json()
+            if on_progress is not None:
+                on_progress(float(status.get("progress", 0.0)))
+            if status["status"] == "done":
+                break
+            if status["status"] in ("failed", "cancelled", "rejected", "expired"):
+                raise StationError(self.name, f"task {status['status']}: {status.get('error') or 'no reason given'}")
+            if time.monotonic() > deadline:
+                await self._call(client, "DELETE", f"/tasks/{task_id}")
+                raise StationError(self.name, f"no answer within {self.timeout:.0f} s (task cancelled)")
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.25)
+        r = await self._call(client, "GET", f"/tasks/{task_id}/result")
+        self._check(r, "result download")
+        self.timings.append(time.perf_counter() - t0)
+        return decode_arrays(r.content, f"result from station {self.name}")
+
+
+async def run_remote_async(
+    protocol: Protocol,
+    stations: list[StationClient],
+    model: Model,
+    on_round: Callable[[int, str], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Drive ``protocol`` over ``stations``: each round goes to every station at once."""
+    limits = httpx.Limits(max_connections=4 * max(1, len(stations)))
+    timeout = httpx.Timeout(max(s.timeout for s in stations), connect=10.0)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        while (task := protocol.next_task()) is not None:
+            if on_round is not None:
+                on_round(protocol.rounds, str(task["kind"]))
+            requests = [to_request(task, model, i, len(stations)) for i in range(len(stations))]
+            results = await asyncio.gather(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
+            protocol.receive(list(results))
+    return protocol.result()
+
+
+def run_remote(protocol: Protocol, stations: list[StationClient], model: Model) -> dict[str, np.ndarray]:
+    """Synchronous :func:`run_remote_async`."""
+    return asyncio.run(run_remote_async(protocol, stations, model))

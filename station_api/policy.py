@@ -1,0 +1,126 @@
+"""Disclosure control: what a station refuses to run, and what it withholds from what it ran.
+
+Refusals happen before any work (:func:`check_task`): an analysis the station does not allow, or a task
+over the variant cap. Withholding happens on the result, before a byte leaves (:func:`release`):
+
+- A count in ``1 .. min_cell_count - 1`` is disclosive (a zero is not: it says nobody). A variant with
+  such a genotype-by-group cell is withheld whole: withholding one cell alone would not help, since the
+  group size and the other cells give it back.
+- Per-variant regression statistics need a local minor-allele count of 0 or at least
+  ``min_minor_allele_count``.
+- Samples with a missing genotype are left out of that variant's model, and the statistics that remove
+  them (``sum c c'``, ``sum c y`` over those samples) describe just them: a variant with ``1 ..
+  min_cell_count - 1`` such samples is withheld.
+- Totals over the analysed samples (the null model, ``C'C``) need at least ``min_cell_count`` samples,
+  and for a binary trait as many cases and controls; otherwise the task is refused.
+
+A withheld variant travels as zeros with ``withheld = True``; the coordinator shows it as withheld.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine.errors import BetterError
+from station_api.config import Policy
+from station_api.wire import TaskRequest
+
+
+class PolicyRefusalError(BetterError):
+    """The station's policy refuses a task: ``rule`` names the rule, the message says how to comply."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+def check_task(request: TaskRequest, policy: Policy, n_variants: int) -> None:
+    """Refuse a task the policy does not allow, before running it."""
+    if request.analysis not in policy.allowed_analyses:
+        raise PolicyRefusalError(
+            "allowed_analyses",
+            f"this station does not run {request.analysis} analyses (it allows: "
+            f"{', '.join(policy.allowed_analyses) or 'none'})",
+        )
+    if n_variants > policy.max_variants_per_task:
+        raise PolicyRefusalError(
+            "max_variants_per_task",
+            f"the task covers {n_variants} variants, over this station's cap of {policy.max_variants_per_task}; "
+            "split it into smaller regions",
+        )
+
+
+def _small(x: np.ndarray, floor: int) -> np.ndarray:
+    """Values that are disclosive under a threshold: ``0 < x < floor``."""
+    return (x > 0) & (x < floor)
+
+
+def _require_total(n: int, policy: Policy, what: str) -> None:
+    if _small(np.array(n), policy.min_cell_count):
+        raise PolicyRefusalError(
+            "min_cell_count",
+            f"the sample filter leaves too few {what} at this station to release anything; "
+            "widen the filter or leave this station out",
+        )
+
+
+def release(kind: str, result: dict[str, np.ndarray], policy: Policy) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Apply the policy to one task's result: what may leave, and a summary for the audit log."""
+    out = dict(result)
+    withheld: np.ndarray = np.zeros(0, dtype=bool)
+    if kind == "sample_count":
+        hide = bool(_small(np.asarray(out["n"]), policy.min_cell_count))
+        if hide:
+            out["n"] = np.array(0)
+        out["withheld"] = np.array(hide)
+        return out, {"kind": kind, "withheld": hide}
+    if kind == "counts":
+        for size in np.asarray(out["group_size"]).tolist():
+            _require_total(size, policy, "samples in a group")
+        withheld = np.asarray(_small(out["counts"], policy.min_cell_count).any(axis=(1, 2)), dtype=bool)
+        out["counts"] = np.where(withheld[:, None, None], 0, out["counts"])
+    elif kind == "linear":
+        _require_total(int(out["n"]), policy, "samples")
+        called = int(out["n"]) - out["n_miss"]
+        alt = out["cg"][:, 0] if out["cg"].size else np.zeros(0)
+        withheld = _regression_withheld(np.rint(alt).astype(np.int64), called, out["n_miss"], policy)
+        for name in ("cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy"):
+            out[name] = np.where(_rows(withheld, out[name]), 0, out[name]).astype(out[name].dtype)
+    elif kind == "logistic_null":
+        n, cases = int(out["n"]), int(out["n_case"])
+        _require_total(n, policy, "samples")
+        _require_total(cases, policy, "cases")
+        _require_total(n - cases, policy, "controls")
+        return out, {"kind": kind, "samples": n}
+    elif kind in ("logistic_score", "logistic_newton"):
+        if kind == "logistic_score":
+            controls, cases = np.asarray(out["group_size"]).tolist()
+            _require_total(controls, policy, "controls")
+            _require_total(cases, policy, "cases")
+        counts = out["counts"]
+        called = counts[:, :, :3].sum(axis=(1, 2))
+        alt = (counts[:, :, 1] + 2 * counts[:, :, 2]).sum(axis=1)
+        withheld = _regression_withheld(alt, called, counts[:, :, 3].sum(axis=1), policy)
+        withheld = withheld | np.asarray(_small(counts, policy.min_cell_count).any(axis=(1, 2)), dtype=bool)
+        names = (
+            ("u", "gwg", "cwg", "m_cwc", "m_cr", "counts") if kind == "logistic_score" else ("xwx", "score", "loglik")
+        )
+        for name in names:
+            out[name] = np.where(_rows(withheld, out[name]), 0, out[name]).astype(out[name].dtype)
+        if kind == "logistic_newton":
+            del out["counts"]  # the station checked them; the centre has them from the score round
+    else:
+        raise ValueError(f"no release rule for {kind!r}")
+    out["withheld"] = withheld
+    return out, {"kind": kind, "variants": int(withheld.size), "withheld": int(withheld.sum())}
+
+
+def _regression_withheld(alt: np.ndarray, called: np.ndarray, missing: np.ndarray, policy: Policy) -> np.ndarray:
+    mac = np.minimum(alt, 2 * called - alt)
+    return _small(mac, policy.min_minor_allele_count) | _small(np.asarray(missing), policy.min_cell_count)
+
+
+def _rows(mask: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return mask.reshape((-1,) + (1,) * (like.ndim - 1))

@@ -1,0 +1,185 @@
+"""Run one station task against the store: request -> design and blocks -> engine -> policy -> bytes.
+
+Everything in the request was validated by the wire model; what depends on the store (the dataset, its
+columns, the state's shapes against the design) is checked here, each with an error that says what to
+fix.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.design import KEY_COLUMNS, Design
+from engine.errors import InputError
+from engine.protocol import execute
+from genomics.design import StationBlocks, build_design
+from genomics.regions import Region, merge_regions
+from genomics.selection import Condition
+from genomics.store import DATASETS, Dataset, Store
+from station_api.config import Policy
+from station_api.policy import release
+from station_api.wire import TaskRequest, decode_state, encode_arrays
+
+#: Result arrays with one row per variant, by round; they form the Arrow table.
+_ROWS_KEY = "key_pos"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a task releases (Arrow IPC bytes) and the summary written to the audit log."""
+
+    payload: bytes
+    summary: dict[str, Any]
+
+
+def regions_of(request: TaskRequest) -> list[Region] | None:
+    """The request's regions, parsed and merged (None: the whole dataset)."""
+    if not request.regions:
+        return None
+    return merge_regions([Region.parse(r) for r in request.regions])
+
+
+def variants_in_scope(dataset: Dataset, request: TaskRequest, task: dict[str, Any]) -> int:
+    """How many variants the task reads (for the variant cap and for progress)."""
+    if request.kind == "logistic_newton":
+        return int(task["key_pos"].shape[0])
+    if request.kind in ("sample_count", "logistic_null"):
+        return 0
+    regions = regions_of(request)
+    if regions is None:
+        return dataset.n_variants
+    return sum(dataset.variants(r, columns=["pos"]).num_rows for r in regions)
+
+
+def design_of(dataset: Dataset, request: TaskRequest) -> Design:
+    """The task's model inputs at this station."""
+    conditions = [Condition(c.column, c.op, c.value) for c in request.where]
+    if request.phenotype is None:
+        n = dataset.n_samples
+        return Design(C=np.ones((n, 1)), y=np.zeros(n), include=dataset.sample_mask(conditions), names=("intercept",))
+    adjust = request.adjust
+    return build_design(
+        dataset,
+        request.phenotype,
+        request.covariates,
+        conditions,
+        binary=request.binary,
+        station_index=adjust.index if adjust else None,
+        n_stations=adjust.count if adjust else 1,
+    )
+
+
+def engine_task(request: TaskRequest, design: Design, max_variants: int) -> dict[str, Any]:
+    """The engine's task dict, with the round state checked against the design."""
+    state = decode_state(request.state)
+    k = design.k
+    task: dict[str, Any] = {"kind": request.kind, "groups": request.groups}
+    if request.kind in ("logistic_null", "logistic_score"):
+        task["beta"] = _array(state, "beta", np.float64, (k,), finite=True)
+    elif request.kind == "logistic_newton":
+        a = int(np.asarray(state.get("key_pos", np.zeros(0))).shape[0])
+        if a > max_variants:
+            raise InputError(f"task state: {a} variants, over the station's cap of {max_variants}")
+        for c in KEY_COLUMNS:
+            task[f"key_{c}"] = _array(state, f"key_{c}", np.int64 if c == "pos" else str, (a,))
+        task["beta"] = _array(state, "beta", np.float64, (a, k + 1), finite=True)
+        task["firth"] = _array(state, "firth", np.bool_, (a,))
+        task["loglik"] = _array(state, "loglik", np.bool_, (a,))
+        task["inv"] = _array(state, "inv", np.float64, (a, k + 1, k + 1), finite=True)
+    return task
+
+
+def _array(
+    state: dict[str, np.ndarray], name: str, dtype: Any, shape: tuple[int, ...], finite: bool = False
+) -> np.ndarray:
+    if name not in state:
+        raise InputError(f"task state: {name!r} is missing")
+    a = state[name]
+    want_kind = np.dtype(dtype).kind
+    if a.dtype.kind != want_kind or a.shape != shape:
+        raise InputError(
+            f"task state: {name!r} is {a.dtype} {a.shape}; this station's design needs {np.dtype(dtype)} {shape} "
+            "(do the covariates and ADJUST station match the rest of the query?)"
+        )
+    if finite and not np.all(np.isfinite(a)):
+        raise InputError(f"task state: {name!r} holds NaN or infinity")
+    return np.ascontiguousarray(a)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request checked against the store: everything a worker needs to run it."""
+
+    request: TaskRequest
+    dataset: Dataset
+    design: Design
+    task: dict[str, Any]
+    n_variants: int
+
+
+class DatasetCache:
+    """Open datasets by name once; a dataset replaced by a new ingest (a new folder) is opened again."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._open: dict[str, tuple[int, Dataset]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> Dataset:
+        try:
+            inode = os.stat(self.store.path / DATASETS / name).st_ino
+        except OSError:
+            inode = -1
+        with self._lock:
+            hit = self._open.get(name)
+            if hit is not None and hit[0] == inode != -1:
+                return hit[1]
+        dataset = self.store.dataset(name)  # the catalog's answer, with a suggestion if unknown
+        with self._lock:
+            self._open[name] = (inode, dataset)
+        return dataset
+
+
+def prepare(datasets: Callable[[str], Dataset], request: TaskRequest, policy: Policy) -> Prepared:
+    """Check a request against the store (dataset, columns, regions, state shapes); raise a clear error."""
+    dataset = datasets(request.dataset)
+    regions_of(request)
+    design = design_of(dataset, request)
+    task = engine_task(request, design, policy.max_variants_per_task)
+    return Prepared(request, dataset, design, task, variants_in_scope(dataset, request, task))
+
+
+def run_task(
+    prepared: Prepared,
+    policy: Policy,
+    on_block: Callable[[int], None] | None = None,
+    compute: Any = None,
+) -> Outcome:
+    """Run a prepared task and return what the policy lets leave.
+
+    ``on_block`` is called with the size of every block read (progress; it may raise to cancel).
+    ``compute`` is a context manager held around the kernels (the server makes tasks take turns).
+    """
+    request, task = prepared.request, prepared.task
+    blocks = StationBlocks(prepared.dataset, regions_of(request), on_block=on_block)
+    if compute is None:
+        result = execute(task, prepared.design, blocks)
+    else:
+        with compute:
+            result = execute(task, prepared.design, blocks)
+    released, summary = release(request.kind, result, policy)
+    if _ROWS_KEY in released:
+        n_rows: int | None = int(released[_ROWS_KEY].shape[0])
+    elif request.kind == "logistic_newton":
+        n_rows = int(task["beta"].shape[0])
+    else:
+        n_rows = None
+    payload = encode_arrays(released, n_rows)
+    summary["bytes"] = len(payload)
+    return Outcome(payload, summary)

@@ -1,0 +1,80 @@
+"""The task manager in-process: cancellation of a running task, and a failing task's message."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import station_api.tasks as tasks_module
+from genomics.ingest import ingest_vcf
+from genomics.store import Store
+from station_api.audit import AuditLog
+from station_api.config import StationConfig
+from station_api.tasks import TaskManager
+from station_api.wire import TaskRequest
+
+REQUEST = TaskRequest(dataset="cohort", analysis="freq", kind="counts")
+
+
+@pytest.fixture
+def manager(small_cohort: Path, tmp_path: Path) -> Iterator[TaskManager]:
+    store = Store.create(tmp_path / "st")
+    ingest_vcf(store, "cohort", str(small_cohort / "milano.vcf.gz"), str(small_cohort / "milano.pheno.tsv"))
+    m = TaskManager(store, StationConfig(name="milano"), AuditLog(store))
+    yield m
+    m.close()
+
+
+def wait_for(record: Any, status: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while record.status != status:
+        assert time.monotonic() < deadline, record.describe()
+        time.sleep(0.01)
+
+
+def test_cancel__stops_a_running_task_at_its_next_block(manager: TaskManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = threading.Event()
+    blocks = []
+
+    def slow(prepared: Any, policy: Any, on_block: Any, compute: Any) -> None:
+        started.set()
+        for _ in range(2000):
+            on_block(1)
+            blocks.append(1)
+            time.sleep(0.005)
+        raise AssertionError("the task was not cancelled")
+
+    monkeypatch.setattr(tasks_module, "run_task", slow)
+    record = manager.submit("ana", REQUEST)
+    assert started.wait(10)
+    manager.cancel("ana", record.id)
+    wait_for(record, "cancelled")
+    assert len(blocks) < 2000
+    actions = [r["action"] for r in manager.audit.rows(0, 100)]
+    assert "task.cancel" in actions and "task.cancelled" in actions
+
+
+def test_a_bug_in_a_task__fails_it_with_a_reference_not_a_traceback(
+    manager: TaskManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: Any) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(tasks_module, "run_task", broken)
+    record = manager.submit("ana", REQUEST)
+    wait_for(record, "failed")
+    assert record.error is not None
+    assert record.id in record.error and "boom" not in record.error and "Traceback" not in record.error
+
+
+def test_many_tasks__run_concurrently_and_all_finish(manager: TaskManager) -> None:
+    records = [manager.submit("ana", REQUEST) for _ in range(12)]
+    for r in records:
+        wait_for(r, "done", 60)
+    payloads = {r.outcome.payload for r in records if r.outcome is not None}
+    assert len(payloads) == 1  # the same task gives the same bytes, whichever thread ran it
