@@ -9,6 +9,14 @@ import numpy as np
 
 #: Key columns that identify a variant across stations.
 KEY_COLUMNS = ("chrom", "pos", "ref", "alt")
+#: Optional key entries a block may carry along (not part of the identity): the VCF ID.
+LABEL_COLUMNS = ("id",)
+
+
+def concat_keys(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate the keys of several blocks: the key columns, and the label columns all blocks carry."""
+    names = [*KEY_COLUMNS, *(c for c in LABEL_COLUMNS if parts and all(c in p for p in parts))]
+    return {c: np.concatenate([p[c] for p in parts]) if parts else np.array([]) for c in names}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.accelerate import jit
 from engine.align import align
-from engine.design import KEY_COLUMNS, Block, Design
+from engine.design import Block, Design, concat_keys
 from engine.kernels.regression import linear_sums
 from engine.stats import log10_p_t
 
@@ -81,7 +81,7 @@ def linear_station(design: Design, blocks: Iterable[Block]) -> LinearStats:
         if m:
             linear_sums(np.ascontiguousarray(block.packed), C, y, inc, cg, gg, gy, n_miss, m_cc, m_cy, m_yy)
         parts.append((block.keys, cg, gg, gy, n_miss, m_cc, m_cy, m_yy))
-    keys = {c: np.concatenate([p[0][c] for p in parts]) if parts else np.array([]) for c in KEY_COLUMNS}
+    keys = concat_keys([p[0] for p in parts])
 
     def cat(i: int, shape: tuple[int, ...]) -> np.ndarray:
         return np.concatenate([p[i] for p in parts]) if parts else np.zeros((0, *shape))

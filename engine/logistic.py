@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from engine.design import KEY_COLUMNS, Block, Design
+from engine.design import Block, Design, concat_keys
 from engine.kernels.counts import genotype_counts
 from engine.kernels.regression import logistic_weights, score_sums, weighted_gram
 
@@ -73,31 +73,40 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
     resid = np.where(inc, design.y - p, 0.0)
     group = _groups(design)
     k = design.k
-    keys: dict[str, list[np.ndarray]] = {c: [] for c in KEY_COLUMNS}
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in ("u", "gwg", "cwg", "m_cwc", "m_cr", "counts")}
+    key_parts: list[dict[str, np.ndarray]] = []
+    shapes = {
+        "u": (),
+        "gwg": (),
+        "cwg": (k,),
+        "m_cwc": (k, k),
+        "m_cr": (k,),
+        "cg": (k,),
+        "gg": (),
+        "n_miss": (),
+        "m_cc": (k, k),
+    }
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in (*shapes, "counts")}
     for b in blocks:
         m = b.packed.shape[0]
-        u, gwg, cwg, m_cwc, m_cr = np.zeros(m), np.zeros(m), np.zeros((m, k)), np.zeros((m, k, k)), np.zeros((m, k))
+        sums = {
+            name: np.zeros((m, *shape), dtype=np.int64 if name == "n_miss" else float) for name, shape in shapes.items()
+        }
         packed = np.ascontiguousarray(b.packed)
         if m:
-            score_sums(packed, C, resid, w, inc, u, gwg, cwg, m_cwc, m_cr)
-        for c in keys:
-            keys[c].append(b.keys[c])
-        for name, arr in (
-            ("u", u),
-            ("gwg", gwg),
-            ("cwg", cwg),
-            ("m_cwc", m_cwc),
-            ("m_cr", m_cr),
-            ("counts", genotype_counts(packed, group, 2)),
-        ):
+            score_sums(packed, C, resid, w, inc, *sums.values())
+        key_parts.append(b.keys)
+        for name, arr in sums.items():
             parts[name].append(arr)
+        parts["counts"].append(genotype_counts(packed, group, 2))
     cwc, cr = weighted_gram(C, w, resid, inc)
-    out = {f"key_{c}": np.concatenate(v) if v else np.array([]) for c, v in keys.items()}
-    shapes = {"u": (0,), "gwg": (0,), "cwg": (0, k), "m_cwc": (0, k, k), "m_cr": (0, k), "counts": (0, 2, 4)}
-    out.update({n: np.concatenate(v) if v else np.zeros(shapes[n]) for n, v in parts.items()})
+    out = {f"key_{c}": v for c, v in concat_keys(key_parts).items()}
+    shapes["counts"] = (2, 4)
+    out.update({n: np.concatenate(v) if v else np.zeros((0, *shapes[n])) for n, v in parts.items()})
+    out["n_miss"] = out["n_miss"].astype(np.int64)
     out["cwc"] = cwc
     out["cr"] = cr
+    out["cc"] = C[inc].T @ C[inc]
+    out["n"] = np.array(int(inc.sum()))
     out["group_size"] = _group_sizes(design)
     return out
 

@@ -17,8 +17,9 @@ import numpy as np
 
 from engine import linear, logistic
 from engine.align import Alignment, align
-from engine.design import KEY_COLUMNS, Block, BlockSource, Design
+from engine.design import KEY_COLUMNS, Block, BlockSource, Design, concat_keys
 from engine.errors import InputError
+from engine.filters import VariantFilter
 from engine.kernels.counts import genotype_counts
 from engine.stats import allelic_chi2, genotypic_chi2, hwe_exact, log10_p_chi2, log10_p_normal, trend_chi2
 
@@ -75,13 +76,12 @@ def _counts_station(design: Design, blocks: Iterable[Block], groups: int) -> Res
         group = np.where(design.include, 0, -1).astype(np.int32)
     else:
         group = np.where(design.include, (design.y > 0.5).astype(np.int32), -1).astype(np.int32)
-    keys: dict[str, list[np.ndarray]] = {c: [] for c in KEYS}
+    key_parts = []
     counts = []
     for b in blocks:
-        for c in KEYS:
-            keys[c].append(b.keys[c])
+        key_parts.append(b.keys)
         counts.append(genotype_counts(np.ascontiguousarray(b.packed), group, groups))
-    out = {f"key_{c}": np.concatenate(v) if v else np.array([]) for c, v in keys.items()}
+    out = {f"key_{c}": v for c, v in concat_keys(key_parts).items()}
     out["counts"] = np.concatenate(counts) if counts else np.zeros((0, groups, 4), dtype=np.int64)
     out["group_size"] = np.bincount(group[group >= 0], minlength=groups).astype(np.int64)
     return out
@@ -92,7 +92,7 @@ def station_keys(result: Result) -> dict[str, np.ndarray]:
 
 
 def linear_to_result(s: linear.LinearStats) -> Result:
-    out: Result = {f"key_{c}": s.keys[c] for c in KEYS}
+    out: Result = {f"key_{c}": v for c, v in s.keys.items()}
     for name in ("cc", "cy", "cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy"):
         out[name] = getattr(s, name)
     out["n"] = np.array(s.n)
@@ -119,6 +119,13 @@ def linear_from_result(r: Result) -> linear.LinearStats:
         m_yy=r["m_yy"],
         withheld=r.get("withheld"),
     )
+
+
+def pooled_summary(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """ALT allele count, called and missing sample counts and genotype counts ``(m, 3)`` from pooled
+    ``(m, groups, 4)`` counts: what :meth:`engine.filters.VariantFilter.mask` takes."""
+    c = counts.sum(axis=1)
+    return c[:, 1] + 2 * c[:, 2], c[:, :3].sum(axis=1), c[:, 3], c[:, :3]
 
 
 def withheld_of(results: list[Result], al: Alignment) -> np.ndarray:
@@ -290,6 +297,9 @@ class LogisticProtocol(Protocol):
     halvings: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     damping: np.ndarray = field(default_factory=lambda: np.zeros(0))
     errcode: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    #: Pooled variant filter, applied to the score round's counts before any Newton round.
+    variant_filter: VariantFilter = field(default_factory=VariantFilter)
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __post_init__(self) -> None:
         if self.test not in ("wald", "score", "firth"):
@@ -391,7 +401,13 @@ class LogisticProtocol(Protocol):
         self.errcode = np.where(const, "CONST_OMITTED_ALLELE", "").astype(object)
         few = called <= k + 1
         self.errcode[few & ~const] = "SAMPLE_CT<=COVAR_CT"
+        # PLINK 2 checks the unweighted predictors of every variant as for linear regression.
+        collinear = linear.finalize_linear(linear.combine_linear([_predictor_stats(r, k) for r in results]))["ERRCODE"]
+        flagged = np.isin(collinear, ("CORR_TOO_HIGH", "VIF_TOO_HIGH", "INVALID_RESULT")) & (self.errcode == "")
+        # A singular predictor matrix is INVALID_RESULT in PLINK 2's linear output, VIF_INFINITE in logistic.
+        self.errcode[flagged] = np.where(collinear[flagged] == "INVALID_RESULT", "VIF_INFINITE", collinear[flagged])
         self.errcode[withheld] = "WITHHELD"
+        self.kept = withheld | self.variant_filter.mask(*pooled_summary(self.counts))
         if self.test == "score":
             self.phase = "done"
             return
@@ -409,6 +425,7 @@ class LogisticProtocol(Protocol):
         use_firth = np.ones(m, dtype=bool) if self.test == "firth" else logistic.zero_cell(self.counts)
         self.firth_used = use_firth & (self.errcode == "")
         self.mode = np.where(self.errcode != "", DONE, np.where(use_firth, FIRTH_INFO, NEWTON)).astype(np.int8)
+        self.mode[~self.kept] = DONE
         # The first Newton step, from the null fit, needs only what this round returned: X'WX and the
         # score over called samples are the totals minus the missing-genotype parts.
         first = np.flatnonzero(self.mode == NEWTON)
@@ -520,7 +537,10 @@ class LogisticProtocol(Protocol):
 
     def result(self) -> dict[str, np.ndarray]:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return self._result()
+            out = self._result()
+        if self.kept.size and not self.kept.all():
+            out = {name: col[self.kept] for name, col in out.items()}
+        return out
 
     def _result(self) -> dict[str, np.ndarray]:
         called = self.counts[:, :, :3].sum(axis=(1, 2))
@@ -569,6 +589,27 @@ class LogisticProtocol(Protocol):
             }
         )
         return out
+
+
+def _predictor_stats(r: Result, k: int) -> linear.LinearStats:
+    """A score round's unweighted predictor sums as linear statistics with a zero phenotype: enough for
+    the collinearity checks of :func:`engine.linear.finalize_linear`."""
+    m = int(r["gg"].shape[0])
+    return linear.LinearStats(
+        k=k,
+        n=int(r["n"]),
+        cc=r["cc"],
+        cy=np.zeros(k),
+        yy=0.0,
+        keys=station_keys(r),
+        cg=r["cg"],
+        gg=r["gg"],
+        gy=np.zeros(m),
+        n_miss=np.asarray(r["n_miss"], dtype=np.int64),
+        m_cc=r["m_cc"],
+        m_cy=np.zeros((m, k)),
+        m_yy=np.zeros(m),
+    )
 
 
 def _group_size(r: Result) -> np.ndarray:

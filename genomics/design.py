@@ -6,8 +6,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from engine.design import KEY_COLUMNS, Block, Design, Targets
+from engine.design import KEY_COLUMNS, LABEL_COLUMNS, Block, Design, Targets
 from engine.errors import InputError, NotFoundError
 from genomics.regions import Region, merge_regions
 from genomics.selection import Condition, suggest
@@ -72,17 +73,24 @@ def build_design(
 
 
 def genotype_blocks(
-    dataset: Dataset, region: Region | None = None, targets: Targets | None = None, max_variants: int = 4096
+    dataset: Dataset,
+    region: Region | None = None,
+    targets: Targets | None = None,
+    max_variants: int = 4096,
+    pass_only: bool = False,
 ) -> Iterator[Block]:
     """The dataset's variants as engine blocks (keys and packed genotypes), streamed.
 
-    With ``targets`` (key columns), only blocks at those variants' positions are read.
+    With ``targets`` (key columns), only blocks at those variants' positions are read; with
+    ``pass_only``, only records whose FILTER is PASS or missing.
     """
     sites = None
     if targets is not None:
         sites = list(zip(np.asarray(targets["chrom"]).tolist(), np.asarray(targets["pos"]).tolist(), strict=True))
-    for b in dataset.blocks(region, max_variants=max_variants, sites=sites):
+    for b in dataset.blocks(region, max_variants=max_variants, sites=sites, pass_only=pass_only):
         keys = {c: b.variants.column(c).to_numpy(zero_copy_only=False) for c in KEY_COLUMNS}
+        for c in LABEL_COLUMNS:  # a VCF ID of "." is stored as null
+            keys[c] = pc.fill_null(b.variants.column(c), ".").to_numpy(zero_copy_only=False)
         yield Block(keys, b.packed)
 
 
@@ -100,8 +108,10 @@ class StationBlocks:
         regions: Region | Sequence[Region] | None = None,
         max_variants: int = 4096,
         on_block: Callable[[int], None] | None = None,
+        pass_only: bool = False,
     ) -> None:
         self.dataset = dataset
+        self.pass_only = pass_only
         self.regions: list[Region | None] = [None]
         if regions is not None:
             self.regions = list(merge_regions([regions] if isinstance(regions, Region) else list(regions)))
@@ -112,7 +122,7 @@ class StationBlocks:
 
     def _read(self, targets: Targets | None) -> Iterator[Block]:
         for region in self.regions:
-            for block in genotype_blocks(self.dataset, region, targets, self.max_variants):
+            for block in genotype_blocks(self.dataset, region, targets, self.max_variants, self.pass_only):
                 if self.on_block is not None:  # progress, and the point where a cancelled task stops
                     self.on_block(block.packed.shape[0])
                 yield block

@@ -130,13 +130,19 @@ class Dataset:
         """Boolean mask over samples meeting every condition (see :mod:`genomics.selection`)."""
         return sample_mask(self.phenotypes(), self.n_samples, conditions)
 
-    def _filter(self, region: Region | None, sites: Sequence[tuple[str, int]] | None = None) -> Any:
+    def _filter(
+        self, region: Region | None, sites: Sequence[tuple[str, int]] | None = None, pass_only: bool = False
+    ) -> Any:
         f = None
+        if pass_only:
+            field = pads.field("filter")
+            f = field.is_null() | (field == "PASS") | (field == ".")
         if region is not None:
-            f = pads.field("chrom") == region.chrom
+            r = pads.field("chrom") == region.chrom
             if region.start > 0:
-                f = f & (pads.field("pos") >= region.first_pos)
-            f = f & (pads.field("pos") <= region.last_pos)
+                r = r & (pads.field("pos") >= region.first_pos)
+            r = r & (pads.field("pos") <= region.last_pos)
+            f = r if f is None else f & r
         if sites is not None:
             by_chrom: dict[str, list[int]] = {}
             for chrom, pos in sites:
@@ -160,6 +166,7 @@ class Dataset:
         region: Region | None = None,
         max_variants: int = 8192,
         sites: Sequence[tuple[str, int]] | None = None,
+        pass_only: bool = False,
     ) -> Iterator[GenotypeBlock]:
         """Iterate :class:`GenotypeBlock` objects over all variants or a region, in (chrom, pos) order.
 
@@ -169,7 +176,7 @@ class Dataset:
         """
         scanner = pads.dataset(self.variants_path).scanner(
             columns=[*VARIANT_META_COLUMNS, "genotypes"],
-            filter=self._filter(region, sites),
+            filter=self._filter(region, sites, pass_only),
             batch_size=max_variants,
             use_threads=False,
         )

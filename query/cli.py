@@ -15,6 +15,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TransferSpeedColumn,
@@ -283,6 +284,55 @@ def store_info(station: Annotated[Path, typer.Option(help="station directory")])
         f"policy: min_cell_count={p.min_cell_count} min_minor_allele_count={p.min_minor_allele_count} "
         f"approval={p.approval} analyses={','.join(p.allowed_analyses)}"
     )
+
+
+@app.command()
+def query(
+    text: Annotated[str, typer.Argument(help='the query, e.g. "GWAS LINEAR ldl ~ age + sex ON 22"')],
+    federation: Annotated[Path, typer.Option(help="federation file: the stations and their tokens")] = Path(
+        "federation.toml"
+    ),
+    fmt: Annotated[str, typer.Option("--format", help="table, tsv, json or parquet")] = "table",
+    out_file: Annotated[Path | None, typer.Option("--out", help="write the result here (default: stdout)")] = None,
+    allow_partial: Annotated[
+        bool, typer.Option(help="if a station refuses or fails, run on the others and say so in the result")
+    ] = False,
+) -> None:
+    """Run a query over the federation's stations (EXPLAIN QUERY shows the plan instead)."""
+    from query.federation import Federation
+    from query.output import write
+
+    if fmt not in ("table", "tsv", "json", "parquet"):
+        raise BetterError(f"--format {fmt}: use table, tsv, json or parquet")
+    if fmt == "parquet" and out_file is None:
+        raise BetterError("--format parquet needs --out FILE")
+    fed = Federation.from_file(federation)
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as progress:
+        bars: dict[str, TaskID] = {}
+
+        def on_round(stage: str, round_no: int, kind: str, n: int) -> None:
+            if stage not in bars:
+                bars[stage] = progress.add_task(stage, total=None)
+            progress.update(bars[stage], description=f"{stage}: {kind} at {n} stations", completed=round_no)
+
+        frame = fed.query(text, allow_partial=allow_partial, on_round=on_round)
+    if "plan" in frame.columns and frame.width == 1:
+        print("\n".join(frame["plan"].to_list()))
+        return
+    for note in fed.notes:
+        err.print(f"[yellow]{note}[/yellow]")
+    write(frame, fmt, out_file, fed.notes, out)
+    rows = frame.height
+    err.print(f"[dim]{rows} row(s) from {len(fed.stations)} station(s) in {time.perf_counter() - t0:.1f} s[/dim]")
 
 
 @app.command()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -20,6 +20,8 @@ import numpy as np
 from engine.errors import BetterError
 from engine.protocol import Protocol, Task
 from station_api.wire import Adjust, Condition, TaskRequest, decode_arrays, encode_state
+
+T = TypeVar("T")
 
 
 class StationError(BetterError):
@@ -44,6 +46,7 @@ class Model:
     regions: tuple[str, ...] = ()
     adjust_station: bool = False
     label: str | None = None
+    pass_only: bool = False
 
 
 def to_request(task: Task, model: Model, station_index: int, n_stations: int) -> TaskRequest:
@@ -61,6 +64,7 @@ def to_request(task: Task, model: Model, station_index: int, n_stations: int) ->
         where=list(model.where),
         regions=list(model.regions),
         adjust=Adjust(index=station_index, count=n_stations) if model.adjust_station else None,
+        pass_only=model.pass_only,
         state=encode_state(state, n_rows) if state else None,
         label=model.label,
     )
@@ -110,11 +114,16 @@ class StationClient:
         """Submit ``request``, wait for it, and return the released arrays."""
         t0 = time.perf_counter()
         body = request.model_dump(mode="json", exclude_none=True)
-        r = await self._call(client, "POST", "/tasks", json=body)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            r = await self._call(client, "POST", "/tasks", json=body)
+            wait = float(r.headers.get("Retry-After", "1")) if r.status_code == 429 else 0.0
+            if not wait or time.monotonic() + wait > deadline:
+                break
+            await asyncio.sleep(wait)  # over the station's rate limit: it says when to come back
         self._check(r, f"{request.kind} task")
         task_id = r.json()["id"]
         pause = 0.005
-        deadline = time.monotonic() + self.timeout
         while True:
             r = await self._call(client, "GET", f"/tasks/{task_id}")
             self._check(r, "task status")
@@ -136,13 +145,30 @@ class StationClient:
         return decode_arrays(r.content, f"result from station {self.name}")
 
 
+async def gather_or_cancel(*aws: Awaitable[T]) -> list[T]:
+    """``asyncio.gather``, but when one fails the others are cancelled and awaited before the error is
+    raised: no request is left running against a connection pool that is closing."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 async def run_remote_async(
     protocol: Protocol,
     stations: list[StationClient],
     model: Model,
     on_round: Callable[[int, str], None] | None = None,
+    on_results: Callable[[list[dict[str, np.ndarray]]], None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Drive ``protocol`` over ``stations``: each round goes to every station at once."""
+    """Drive ``protocol`` over ``stations``: each round goes to every station at once.
+
+    ``on_round(round, kind)`` is called as a round starts, ``on_results(results)`` with what came back.
+    """
     limits = httpx.Limits(max_connections=4 * max(1, len(stations)))
     timeout = httpx.Timeout(max(s.timeout for s in stations), connect=10.0)
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
@@ -150,8 +176,10 @@ async def run_remote_async(
             if on_round is not None:
                 on_round(protocol.rounds, str(task["kind"]))
             requests = [to_request(task, model, i, len(stations)) for i in range(len(stations))]
-            results = await asyncio.gather(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
-            protocol.receive(list(results))
+            results = await gather_or_cancel(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
+            if on_results is not None:
+                on_results(results)
+            protocol.receive(results)
     return protocol.result()
 
 

@@ -31,7 +31,9 @@ class Policy(BaseModel):
         default_factory=lambda: list(ANALYSES)  # type: ignore[arg-type]
     )
     max_variants_per_task: int = Field(1_000_000, ge=1)
-    rate_limit_per_minute: int = Field(60, ge=1)
+    rate_limit_per_minute: int = Field(
+        600, ge=1, description="task rounds per user per minute (a logistic GWAS takes about 10 to 60 rounds)"
+    )
     approval: Literal["auto", "manual"] = "auto"
 
 

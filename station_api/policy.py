@@ -105,7 +105,9 @@ def release(kind: str, result: dict[str, np.ndarray], policy: Policy) -> tuple[d
         withheld = _regression_withheld(alt, called, counts[:, :, 3].sum(axis=1), policy)
         withheld = withheld | np.asarray(_small(counts, policy.min_cell_count).any(axis=(1, 2)), dtype=bool)
         names = (
-            ("u", "gwg", "cwg", "m_cwc", "m_cr", "counts") if kind == "logistic_score" else ("xwx", "score", "loglik")
+            ("u", "gwg", "cwg", "m_cwc", "m_cr", "counts", "cg", "gg", "n_miss", "m_cc")
+            if kind == "logistic_score"
+            else ("xwx", "score", "loglik")
         )
         for name in names:
             out[name] = np.where(_rows(withheld, out[name]), 0, out[name]).astype(out[name].dtype)

@@ -167,7 +167,7 @@ def run_task(
     ``compute`` is a context manager held around the kernels (the server makes tasks take turns).
     """
     request, task = prepared.request, prepared.task
-    blocks = StationBlocks(prepared.dataset, regions_of(request), on_block=on_block)
+    blocks = StationBlocks(prepared.dataset, regions_of(request), on_block=on_block, pass_only=request.pass_only)
     if compute is None:
         result = execute(task, prepared.design, blocks)
     else:

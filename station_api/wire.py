@@ -33,8 +33,8 @@ ANALYSIS_KINDS: dict[str, tuple[str, ...]] = {
     "count": ("sample_count",),
     "freq": ("counts",),
     "hwe": ("counts",),
-    "gwas_linear": ("linear",),
-    "gwas_logistic": ("logistic_null", "logistic_score", "logistic_newton"),
+    "gwas_linear": ("counts", "linear"),  # counts: the pooled genotype counts an hwe_p filter needs
+    "gwas_logistic": ("counts", "logistic_null", "logistic_score", "logistic_newton"),
 }
 KINDS = ("sample_count", "counts", "linear", "logistic_null", "logistic_score", "logistic_newton")
 
@@ -96,6 +96,7 @@ class TaskRequest(BaseModel):
     groups: Literal[1, 2] = 1
     where: list[Condition] = Field(default_factory=list, max_length=32)
     regions: list[Annotated[str, StringConstraints(max_length=64)]] = Field(default_factory=list, max_length=256)
+    pass_only: bool = Field(False, description="use only records whose FILTER is PASS (or '.') at this station")
     adjust: Adjust | None = None
     state: str | None = Field(None, description="round state: an Arrow IPC stream, base64")
     label: Annotated[str, StringConstraints(max_length=128)] | None = Field(

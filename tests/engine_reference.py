@@ -60,6 +60,7 @@ def score_sums_twin(
     m, k = codes.shape[0], C.shape[1]
     out = {"u": np.zeros(m), "gwg": np.zeros(m), "cwg": np.zeros((m, k)), "m_cwc": np.zeros((m, k, k))}
     out["m_cr"] = np.zeros((m, k))
+    out.update(cg=np.zeros((m, k)), gg=np.zeros(m), n_miss=np.zeros(m, np.int64), m_cc=np.zeros((m, k, k)))
     for v in range(m):
         called = include & (codes[v] != 3)
         miss = include & (codes[v] == 3)
@@ -69,6 +70,10 @@ def score_sums_twin(
         out["cwg"][v] = C[called].T @ (w[called] * g[called])
         out["m_cwc"][v] = (C[miss] * w[miss, None]).T @ C[miss]
         out["m_cr"][v] = C[miss].T @ resid[miss]
+        out["cg"][v] = C[called].T @ g[called]
+        out["gg"][v] = g[called] @ g[called]
+        out["n_miss"][v] = miss.sum()
+        out["m_cc"][v] = C[miss].T @ C[miss]
     return out
 
 

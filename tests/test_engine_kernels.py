@@ -69,6 +69,10 @@ def test_score_sums__equals_twin(c: tuple) -> None:
         "cwg": np.zeros((m, k)),
         "m_cwc": np.zeros((m, k, k)),
         "m_cr": np.zeros((m, k)),
+        "cg": np.zeros((m, k)),
+        "gg": np.zeros(m),
+        "n_miss": np.zeros(m, np.int64),
+        "m_cc": np.zeros((m, k, k)),
     }
     score_sums(pack_genotypes(codes), C, resid, w, include, *got.values())
     want = score_sums_twin(codes, C, resid, w, include)

@@ -93,10 +93,18 @@ def score_sums(
     cwg: np.ndarray,
     m_cwc: np.ndarray,
     m_cr: np.ndarray,
+    cg: np.ndarray,
+    gg: np.ndarray,
+    n_miss: np.ndarray,
+    m_cc: np.ndarray,
 ) -> None:
     """Score-test pieces under the null model (``resid = y - p``, ``w = p (1 - p)``): ``U = g' resid``,
     ``g'Wg``, ``C'Wg`` over called samples, and ``sum w c c'`` and ``sum c resid`` over samples with a
-    missing genotype (with them, the centre also takes the first Newton step of every variant)."""
+    missing genotype (with them, the centre also takes the first Newton step of every variant).
+
+    Also the unweighted ``C'g``, ``g'g`` over called samples and the count and ``sum c c'`` of samples
+    with a missing genotype: the centre's collinearity checks (CORR_TOO_HIGH, VIF_TOO_HIGH) use them,
+    as PLINK 2 checks the unweighted predictors."""
     n, k = C.shape
     for v in prange(packed.shape[0]):
         idx = np.empty(n, dtype=np.int64)
@@ -107,21 +115,27 @@ def score_sums(
             if not include[s]:
                 continue
             if code == 3:
+                n_miss[v] += 1
                 for a in range(k):
-                    m_cr[v, a] += resid[s] * C[s, a]
-                    wa = w[s] * C[s, a]
+                    ca = C[s, a]
+                    m_cr[v, a] += resid[s] * ca
+                    wa = w[s] * ca
                     for c in range(a + 1):
                         m_cwc[v, a, c] += wa * C[s, c]
+                        m_cc[v, a, c] += ca * C[s, c]
             else:
                 g = float(code)
                 u[v] += g * resid[s]
                 wg = w[s] * g
                 gwg[v] += wg * g
+                gg[v] += g * g
                 for a in range(k):
                     cwg[v, a] += wg * C[s, a]
+                    cg[v, a] += g * C[s, a]
         for a in range(k):
             for c in range(a):
                 m_cwc[v, c, a] = m_cwc[v, a, c]
+                m_cc[v, c, a] = m_cc[v, a, c]
 
 
 @jit_parallel

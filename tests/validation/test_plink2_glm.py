@@ -1,105 +1,26 @@
-"""Federated engine results (three stations) against PLINK 2 on the pooled VCF.
+"""Federated engine results (three stations, in-process) against PLINK 2 on the pooled VCF.
 
-Reference commands (run by the fixture)::
-
-    bcftools norm -m- pooled.vcf.gz -Oz -o split.vcf.gz
-    plink2 --vcf split.vcf.gz --vcf-half-call missing --pheno pooled.pheno.tsv --pheno-name ldl \\
-        --covar pooled.pheno.tsv --covar-name age sex pc1-pc4 --covar-variance-standardize \\
-        --glm hide-covar omit-ref                 # linear: A1 = ALT, as BETTER reports
-    plink2 ... --pheno-name case --glm hide-covar # logistic-Firth hybrid, A1 = minor allele
-    plink2 --vcf split.vcf.gz --vcf-half-call missing --hardy
+The cohort and the PLINK 2 commands are in conftest.py.
 """
 
 from __future__ import annotations
 
 import csv
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engine.protocol import CountsProtocol, LinearProtocol, LogisticProtocol, run_local
 from genomics.design import StationBlocks, build_design
-from genomics.ingest import ingest_vcf
 from genomics.store import Store
-from genomics.synth import SynthConfig, synthesize
+from tests.validation.conftest import COVARS, PlinkCohort, needs_tools, read
 
-pytestmark = [
-    pytest.mark.validation,
-    pytest.mark.skipif(
-        any(shutil.which(t) is None for t in ("plink2", "bcftools")) and not os.environ.get("BETTER_REQUIRE_TOOLS"),
-        reason="plink2 and bcftools are needed (apt-get install plink2 bcftools)",
-    ),
-]
-COVARS = ["age", "sex", "pc1", "pc2", "pc3", "pc4"]
-
-
-def plink(*args: str) -> None:
-    subprocess.run(["plink2", *args, "--threads", "2"], check=True, capture_output=True)
-
-
-def read(path: Path) -> dict[tuple, dict[str, str]]:
-    with open(path) as f:
-        return {(r["#CHROM"], int(r["POS"]), r["REF"], r["ALT"]): r for r in csv.DictReader(f, delimiter="\t")}
+pytestmark = [pytest.mark.validation, needs_tools]
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("glm")
-    r = synthesize(SynthConfig(out=str(root / "cohort"), samples=1500, variants=2500, stations=3, seed=21))
-    split = root / "split.vcf.gz"
-    subprocess.run(
-        ["bcftools", "norm", "-m-", str(r.out / "pooled.vcf.gz"), "-Oz", "-o", str(split)],
-        check=True,
-        capture_output=True,
-    )
-    common = [
-        "--vcf",
-        str(split),
-        "--vcf-half-call",
-        "missing",
-        "--pheno",
-        str(r.out / "pooled.pheno.tsv"),
-        "--covar",
-        str(r.out / "pooled.pheno.tsv"),
-        "--covar-variance-standardize",
-    ]
-    plink(
-        *common,
-        "--pheno-name",
-        "ldl",
-        "--covar-name",
-        *COVARS,
-        "--glm",
-        "hide-covar",
-        "omit-ref",
-        "--out",
-        str(root / "lin"),
-    )
-    plink(
-        *common,
-        "--pheno-name",
-        "ldl",
-        "--covar-name",
-        *COVARS,
-        *(f"station_{s}" for s in r.stations[1:]),
-        "--glm",
-        "hide-covar",
-        "omit-ref",
-        "--out",
-        str(root / "adj"),
-    )
-    plink(*common, "--pheno-name", "case", "--covar-name", *COVARS, "--glm", "hide-covar", "--out", str(root / "log"))
-    plink("--vcf", str(split), "--vcf-half-call", "missing", "--hardy", "--out", str(root / "hwe"))
-    datasets = []
-    for name in r.stations:
-        store = Store.create(root / "stations" / name)
-        ingest_vcf(store, "c", str(r.out / f"{name}.vcf.gz"), str(r.out / f"{name}.pheno.tsv"))
-        datasets.append(store.dataset("c"))
-    return {"root": root, "datasets": datasets}
+def cohort(plink_cohort: PlinkCohort) -> dict:
+    return {"root": plink_cohort.root, "datasets": [Store.open(p).dataset("c") for p in plink_cohort.stores]}
 
 
 def stations(cohort: dict, phenotype: str, binary: bool = False, adjust: bool = False) -> list:

@@ -1,0 +1,251 @@
+"""The coordinator: a federation of stations, and queries run over it.
+
+.. code-block:: python
+
+    from query.federation import Federation
+    fed = Federation.from_file("federation.toml")
+    df = fed.query("GWAS LINEAR ldl ~ age + sex + pc1 ON 22 WHERE maf >= 0.01")   # a polars DataFrame
+    print(fed.explain("GWAS LOGISTIC case ~ age + sex ADJUST station"))
+
+The federation file lists stations (``[[station]]`` with ``name``, ``url`` and ``token_env`` or
+``token``; optional ``timeout`` and ``dataset``). Each round goes to every station at once; a station
+that refuses or fails stops the query with its name and reason, unless ``allow_partial``: then the
+query restarts without it and the result says which stations were left out and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from engine.errors import InputError
+from engine.filters import VariantFilter
+from engine.protocol import (
+    CountsProtocol,
+    LinearProtocol,
+    LogisticProtocol,
+    Protocol,
+    Result,
+    SampleCountProtocol,
+    pooled_summary,
+)
+from query import output
+from query.parser import Query, parse
+from query.planner import Plan, StationCatalog, plan
+from query.remote import Model, StationClient, StationError, gather_or_cancel, run_remote_async
+
+OnRound = Callable[[str, int, str, int], None]  # (stage, round, task kind, stations) when a round starts
+
+
+class StationEntry(BaseModel):
+    """One ``[[station]]`` of the federation file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
+    token_env: str | None = None
+    token: str | None = None
+    timeout: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> StationEntry:
+        if (self.token is None) == (self.token_env is None):
+            raise ValueError(f"station {self.name}: give exactly one of token_env or token")
+        return self
+
+
+class FederationFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str | None = None
+    station: list[StationEntry] = Field(min_length=1)
+
+
+@dataclass
+class Federation:
+    """Stations that answer together; :meth:`query` runs the query language over them."""
+
+    stations: list[StationClient]
+    dataset: str | None = None
+    notes: list[str] = field(default_factory=list)
+    last_plan: Plan | None = None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Federation:
+        """Read a federation file; tokens named by ``token_env`` come from the environment."""
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{p}: no such federation file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"{p}: not valid TOML ({exc})") from None
+        try:
+            spec = FederationFile.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise InputError(f"{p}: {where}: {first['msg']}") from None
+        names = [s.name for s in spec.station]
+        if len(set(names)) != len(names):
+            raise InputError(f"{p}: a station name appears twice")
+        clients = []
+        for s in spec.station:
+            token = s.token
+            if s.token_env is not None:
+                token = os.environ.get(s.token_env)
+                if not token:
+                    raise InputError(f"{p}: station {s.name}: set the environment variable {s.token_env} to its token")
+            assert token is not None
+            clients.append(StationClient(s.name, s.url, token, timeout=s.timeout))
+        return cls(clients, spec.dataset)
+
+    # -- public API ---------------------------------------------------------------------------------------
+    def explain(self, text: str, naive: bool = False) -> str:
+        """The plan of a query, in words (nothing runs at the stations)."""
+        q = parse(text)
+        return asyncio.run(self._plan(q, self.stations, naive)).explain()
+
+    def query(
+        self, text: str, allow_partial: bool = False, naive: bool = False, on_round: OnRound | None = None
+    ) -> pl.DataFrame:
+        """Run a query and return its table (an ``EXPLAIN`` query returns the plan, one line a row)."""
+        q = parse(text)
+        self.notes = []
+        if q.explain:
+            return pl.DataFrame({"plan": self.explain(text.split(None, 1)[1], naive).splitlines()})
+        return asyncio.run(self._run(q, allow_partial, naive, on_round))
+
+    # -- internals ------------------------------------------------------------------------------------
+    async def _catalogs(self, stations: list[StationClient]) -> list[StationCatalog]:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+
+            async def one(s: StationClient) -> StationCatalog:
+                r = await s._call(client, "GET", "/station")
+                s._check(r, "station info")
+                info = r.json()
+                return StationCatalog(s.name, {d["name"]: d for d in info["datasets"]})
+
+            return await gather_or_cancel(*(one(s) for s in stations))
+
+    async def _plan(self, q: Query, stations: list[StationClient], naive: bool) -> Plan:
+        return plan(q, await self._catalogs(stations), self.dataset, naive)
+
+    async def _run(self, q: Query, allow_partial: bool, naive: bool, on_round: OnRound | None) -> pl.DataFrame:
+        stations = list(self.stations)
+        left_out: list[str] = []
+        while True:
+            try:
+                p = await self._plan(q, stations, naive)
+                self.last_plan = p
+                frame = await _execute(p, stations, on_round)
+                break
+            except StationError as exc:
+                if not allow_partial or len(stations) <= 1:
+                    raise
+                stations = [s for s in stations if s.name != exc.station]
+                left_out.append(f"{exc.station} ({exc})")
+                self.notes.append(f"partial result: {exc}; the query ran again without station {exc.station}")
+        if left_out:
+            frame = frame.with_columns(pl.lit("; ".join(left_out)).alias("LEFT_OUT"))
+        return frame
+
+
+async def _execute(p: Plan, stations: list[StationClient], on_round: OnRound | None) -> pl.DataFrame:
+    """Run a plan: its protocols over the stations, the central filter, the PLINK-style table."""
+    q, model = p.query, p.model
+    ids: dict[tuple, str] = {}
+
+    async def drive(stage: str, protocol: Protocol, m: Model) -> dict[str, np.ndarray]:
+        def seen(round_no: int, kind: str) -> None:
+            if on_round is not None:
+                on_round(stage, round_no, kind, len(stations))
+
+        return await run_remote_async(protocol, stations, m, on_round=seen, on_results=lambda r: _collect_ids(r, ids))
+
+    if q.verb == "count":
+        res = await drive("count", SampleCountProtocol(), model)
+        return output.table("count", None, res, ids)
+    if q.verb in ("freq", "hwe"):
+        proto = CountsProtocol(groups=1)
+        res = await drive(q.verb, proto, model)
+        assert proto.counts is not None
+        keep = _keep(p.variant_filter, proto.counts, proto.withheld)
+        return output.table(q.verb, None, _rows(res, keep), ids)
+    k = p.k
+    counts_proto = CountsProtocol(groups=1) if p.separate_counts_round else None
+    if q.model == "linear":
+        main: Protocol = LinearProtocol()
+    else:
+        vf = p.variant_filter if p.counts_source == "score" else VariantFilter()
+        main = LogisticProtocol(k=k, test=q.test, variant_filter=vf)
+    if counts_proto is not None and p.naive:
+        await drive("counts", counts_proto, model)
+        res = await drive("gwas", main, model)
+    elif counts_proto is not None:  # beside the main rounds, on the same connections
+        _, res = await gather_or_cancel(drive("counts", counts_proto, model), drive("gwas", main, model))
+    else:
+        res = await drive("gwas", main, model)
+    if p.counts_source == "counts":
+        assert counts_proto is not None and counts_proto.counts is not None
+        res = _rows(res, _aligned_keep(res, counts_proto, p.variant_filter))
+    elif p.counts_source == "linear":
+        assert isinstance(main, LinearProtocol) and main.pooled is not None
+        pooled = main.pooled
+        withheld = pooled.withheld if pooled.withheld is not None else np.zeros(pooled.n_variants, dtype=bool)
+        called = pooled.n - pooled.n_miss
+        mask = p.variant_filter.mask(pooled.cg[:, 0], called, pooled.n_miss)
+        res = _rows(res, mask | withheld)
+    return output.table("gwas", q.model, res, ids)
+
+
+def _keep(vf: VariantFilter, counts: np.ndarray, withheld: np.ndarray) -> np.ndarray:
+    """Rows that pass the filter; withheld rows stay (their counts are unknown) and show as withheld."""
+    if not vf.conditions:
+        return np.ones(counts.shape[0], dtype=bool)
+    return vf.mask(*pooled_summary(counts)) | withheld
+
+
+def _aligned_keep(res: dict[str, np.ndarray], counts_proto: CountsProtocol, vf: VariantFilter) -> np.ndarray:
+    """The filter from a separate counts round, matched to the analysis' rows by variant key."""
+    assert counts_proto.counts is not None
+    keep = _keep(vf, counts_proto.counts, counts_proto.withheld)
+    index = {
+        key: i
+        for i, key in enumerate(
+            zip(*(counts_proto.keys[c].tolist() for c in ("chrom", "pos", "ref", "alt")), strict=True)
+        )
+    }
+    rows = zip(*(res[c].tolist() for c in ("chrom", "pos", "ref", "alt")), strict=True)
+    return np.array([keep[index[k]] if k in index else False for k in rows], dtype=bool)
+
+
+def _rows(res: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    if keep.all():
+        return res
+    return {name: col[keep] for name, col in res.items()}
+
+
+def _collect_ids(results: list[Result], ids: dict[tuple, str]) -> None:
+    """Remember each variant's VCF ID from results that carry one (the first station with an ID wins)."""
+    for r in results:
+        if "key_id" not in r:
+            continue
+        for key, vid in zip(
+            zip(*(r[f"key_{c}"].tolist() for c in ("chrom", "pos", "ref", "alt")), strict=True),
+            r["key_id"].tolist(),
+            strict=True,
+        ):
+            if vid != "." and key not in ids:
+                ids[key] = vid

@@ -1,0 +1,140 @@
+"""Result tables with PLINK 2's column names, and their text forms (table, TSV, JSON, Parquet).
+
+A withheld value is null in the DataFrame (with ``WITHHELD`` true on its row) and the word ``withheld``
+in every text form: never a number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+LINEAR = ["#CHROM", "POS", "ID", "REF", "ALT", "A1", "TEST", "OBS_CT", "BETA", "SE", "T_STAT", "P"]
+LINEAR_EXTRA = ["A1_FREQ", "LOG10_P", "ERRCODE"]
+LOGISTIC = ["#CHROM", "POS", "ID", "REF", "ALT", "A1", "TEST", "OBS_CT", "OR", "LOG(OR)_SE", "Z_STAT", "P"]
+LOGISTIC_EXTRA = ["A1_FREQ", "FIRTH?", "LOG10_P", "ERRCODE"]
+FREQ = ["#CHROM", "POS", "ID", "REF", "ALT", "ALT_FREQS", "OBS_CT", "MISSING_CT", "CALL_RATE"]
+HARDY = ["#CHROM", "POS", "ID", "A1", "AX", "HOM_A1_CT", "HET_A1_CT", "TWO_AX_CT", "O(HET_A1)", "E(HET_A1)", "P"]
+#: Columns that are identity or labels, shown even on withheld rows.
+_LABELS = {"#CHROM", "POS", "ID", "REF", "ALT", "A1", "AX", "TEST", "WITHHELD", "ERRCODE", "FIRTH?", "LEFT_OUT"}
+
+
+def table(verb: str, model: str | None, res: dict[str, np.ndarray], ids: dict[tuple, str]) -> pl.DataFrame:
+    """The engine's result columns as a DataFrame in PLINK 2's layout."""
+    if verb == "count":
+        hidden = bool(res["WITHHELD"][0])
+        return pl.DataFrame(
+            {"COUNT": [None if hidden else int(res["COUNT"][0])], "WITHHELD": [hidden]},
+            schema={"COUNT": pl.Int64, "WITHHELD": pl.Boolean},
+        )
+    n = len(res["pos"])
+    keys = list(zip(res["chrom"].tolist(), res["pos"].tolist(), res["ref"].tolist(), res["alt"].tolist(), strict=True))
+    base = {
+        "#CHROM": [str(c) for c in res["chrom"]],
+        "POS": np.asarray(res["pos"], dtype=np.int64),
+        "ID": [ids.get(k, ".") for k in keys],
+        "REF": [str(r) for r in res["ref"]],
+        "ALT": [str(a) for a in res["alt"]],
+    }
+    if verb == "freq":
+        cols = {**base, **{c: res[c] for c in ("ALT_FREQS", "OBS_CT", "MISSING_CT", "CALL_RATE")}}
+        withheld = np.asarray(res["WITHHELD"], dtype=bool)
+        order = FREQ
+    elif verb == "hwe":
+        cols = {**base, "A1": base["REF"], "AX": base["ALT"], "P": res["HWE_P"]}
+        cols.update({c: res[c] for c in ("HOM_A1_CT", "HET_A1_CT", "TWO_AX_CT", "O(HET_A1)", "E(HET_A1)")})
+        withheld = np.asarray(res["WITHHELD"], dtype=bool)
+        order = HARDY
+    else:
+        common = {**base, "A1": base["ALT"], "TEST": ["ADD"] * n if model == "linear" else list(res["TEST"])}
+        withheld = np.asarray(res["ERRCODE"] == "WITHHELD", dtype=bool)
+        errcode = [e if e else "." for e in res["ERRCODE"]]
+        if model == "linear":
+            names = ("OBS_CT", "BETA", "SE", "T_STAT", "P", "A1_FREQ", "LOG10_P")
+            cols = {**common, **{c: res[c] for c in names}, "ERRCODE": errcode}
+            order = LINEAR + LINEAR_EXTRA
+        else:
+            names = ("OBS_CT", "OR", "LOG(OR)_SE", "Z_STAT", "P", "A1_FREQ", "LOG10_P")
+            cols = {**common, **{c: res[c] for c in names}, "FIRTH?": list(res["FIRTH?"]), "ERRCODE": errcode}
+            order = LOGISTIC + LOGISTIC_EXTRA
+    frame = pl.DataFrame({c: _series(c, cols[c]) for c in order}).with_columns(pl.Series("WITHHELD", withheld))
+    numbers = [c for c in frame.columns if c not in _LABELS]
+    return frame.with_columns([pl.when(pl.col("WITHHELD")).then(None).otherwise(pl.col(c)).alias(c) for c in numbers])
+
+
+def _series(name: str, values: object) -> pl.Series:
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f":
+        return pl.Series(name, arr, dtype=pl.Float64, nan_to_null=False)
+    if arr.dtype.kind in "iu":
+        return pl.Series(name, arr.astype(np.int64))
+    return pl.Series(name, [str(v) for v in arr.tolist()], dtype=pl.String)
+
+
+def _text(value: object, withheld: bool, column: str) -> str:
+    if withheld and column not in _LABELS:
+        return "withheld"
+    if value is None:
+        return "NA"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NA"
+        return f"{value:.6g}"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    return str(value)
+
+
+def rows_as_text(frame: pl.DataFrame) -> list[list[str]]:
+    """Each row as the strings every text format shows (``withheld``, ``NA``, 6 significant digits)."""
+    cols = [c for c in frame.columns if c != "WITHHELD"]
+    withheld = frame["WITHHELD"].to_list() if "WITHHELD" in frame.columns else [False] * frame.height
+    return [
+        [_text(v, bool(w), c) for c, v in zip(cols, row, strict=True)]
+        for row, w in zip(frame.select(cols).iter_rows(), withheld, strict=True)
+    ]
+
+
+def write(frame: pl.DataFrame, fmt: str, out: Path | None, notes: list[str], console: Console) -> None:
+    """Write ``frame`` as ``fmt`` (table, tsv, json, parquet) to ``out`` or stdout."""
+    cols = [c for c in frame.columns if c != "WITHHELD"]
+    if fmt == "parquet":
+        if out is None:
+            raise ValueError("--format parquet needs --out FILE")
+        import pyarrow.parquet as pq
+
+        t = frame.to_arrow()
+        t = t.replace_schema_metadata({**(t.schema.metadata or {}), b"better.notes": json.dumps(notes).encode()})
+        pq.write_table(t, out)
+        return
+    text_rows = rows_as_text(frame)
+    if fmt == "tsv":
+        body = "\t".join(cols) + "\n" + "".join("\t".join(r) + "\n" for r in text_rows)
+    elif fmt == "json":
+        body = json.dumps({"columns": cols, "rows": text_rows, "notes": notes}, indent=1) + "\n"
+    elif fmt == "table":
+        t = Table(show_edge=False, header_style="bold")
+        for c in cols:
+            t.add_column(c, justify="right" if c not in _LABELS else "left")
+        for r in text_rows[:200]:
+            t.add_row(*r)
+        if out is None:
+            console.print(t)
+            if len(text_rows) > 200:
+                console.print(f"... {len(text_rows) - 200} more rows (use --format tsv --out FILE for all)")
+            return
+        body = "\t".join(cols) + "\n" + "".join("\t".join(r) + "\n" for r in text_rows)
+    else:
+        raise ValueError(f"unknown format {fmt!r}: use table, tsv, json or parquet")
+    if out is None:
+        import sys
+
+        sys.stdout.write(body)
+    else:
+        out.write_text(body)

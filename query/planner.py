@@ -1,0 +1,265 @@
+"""From a parsed query to a plan: checked against what the stations hold, split into rounds.
+
+:func:`check` resolves names against the stations' catalogs (``GET /station``): an unknown column, one
+that only some stations have, or a comparison of the wrong type is a :class:`~query.parser.QueryError`
+with a caret. :func:`plan` decides the rounds. Variant filters (maf, mac, call_rate, hwe_p) are pooled
+quantities, so they are computed centrally from pooled counts:
+
+- FREQ / HWE: from the counts round itself.
+- GWAS LINEAR: maf, mac and call_rate from the linear round's own sums (``Σg`` over called samples and the
+  missing count ride along); hwe_p needs genotype counts, so a counts round runs beside the linear one.
+- GWAS LOGISTIC: from the score round's case/control genotype counts, before the Newton rounds, so that
+  filtered-out variants cost no Newton work.
+
+A *naive* plan (``naive=True``) always runs a separate counts round first and filters at the end; the
+tests check that it gives the same table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.filters import VariantCondition, VariantFilter
+from genomics.selection import suggest
+from query.parser import Condition, Name, Query
+from query.remote import Model
+from station_api.wire import Condition as WireCondition
+
+
+@dataclass(frozen=True)
+class StationCatalog:
+    """What one station says it holds (from ``GET /station``): datasets, their variables and sizes."""
+
+    name: str
+    datasets: dict[str, dict[str, Any]]
+
+    def dataset(self, wanted: str | None) -> str:
+        if wanted is not None:
+            return wanted
+        if len(self.datasets) == 1:
+            return next(iter(self.datasets))
+        raise ValueError(
+            f"station {self.name} holds {len(self.datasets)} datasets ({', '.join(sorted(self.datasets)) or 'none'}); "
+            'name one with dataset = "..." in the federation file'
+        )
+
+
+@dataclass
+class Plan:
+    """What will run: the main analysis' model, the filter and where its counts come from, the rounds."""
+
+    query: Query
+    model: Model
+    variant_filter: VariantFilter
+    pass_only: bool
+    counts_source: str  # "counts" (own round), "linear" (rides along), "score" (rides along) or "none"
+    separate_counts_round: bool
+    naive: bool
+    stations: list[str]
+    variants_per_station: dict[str, int] = field(default_factory=dict)
+    k: int = 1
+
+    def explain(self) -> str:
+        """The plan in words: rounds, station tasks, what each station releases, estimated bytes."""
+        q = self.query
+        lines = [f"plan for: {' '.join(q.text.split())}", f"stations: {', '.join(self.stations)}"]
+        m = max(self.variants_per_station.values(), default=0)
+        scope = "the regions asked for" if q.regions else "every variant"
+        k = self.k
+        round_no = 1
+        if self.separate_counts_round:
+            when = "first" if self.naive else "beside the main round"
+            lines.append(
+                f"round {round_no}: `counts` task at every station ({when}): genotype counts per variant over "
+                f"{scope} for the analysed samples; ~{_mb(m * 4 * 8)} per station"
+            )
+            round_no += 1
+        if q.verb == "count":
+            lines.append(f"round {round_no}: `sample_count` task at every station: one count (withheld if 1..4)")
+        elif q.verb in ("freq", "hwe"):
+            lines.append(
+                f"round {round_no}: `counts` task at every station: genotype counts (hom-ref, het, hom-alt, "
+                f"missing) per variant over {scope}; ~{_mb(m * 4 * 8)} per station"
+            )
+        elif q.model == "linear":
+            per_variant = (k + 3 + k * k + k + 1) * 8
+            lines.append(
+                f"round {round_no}: `linear` task at every station: per variant C'g, g'g, g'y and, over samples "
+                f"with a missing genotype, their count, Σcc', Σcy, Σy²; totals C'C, C'y, y'y, n "
+                f"(k = {k}); ~{_mb(m * per_variant)} per station"
+            )
+        else:
+            lines.append(f"rounds {round_no}..: `logistic_null` at every station until the null model converges")
+            lines.append(
+                "  each releases C'WC, C'(y-p), the log-likelihood, sample and case counts "
+                f"(k = {k}); a few hundred bytes"
+            )
+            lines.append(
+                f"next round: `logistic_score`: per variant g'(y-p), g'Wg, C'Wg, Σ_missing wcc', Σ_missing c(y-p), "
+                f"case/control genotype counts; ~{_mb(m * (2 + 2 * k + k * k + 8) * 8)} per station"
+            )
+            if q.test != "score":
+                lines.append(
+                    "then `logistic_newton` rounds for the variants still being fitted (usually two, more for "
+                    f"Firth): X'WX, X'(y-p) per variant (k + 1 = {k + 1})"
+                )
+        central = self._central()
+        lines.append(f"central: {central}")
+        if self.pass_only:
+            lines.append("stations use only records whose FILTER is PASS (or '.') at that station")
+        lines.append("each station withholds what its policy forbids (small cells, rare variants): shown as withheld")
+        return "\n".join(lines)
+
+    def _central(self) -> str:
+        q = self.query
+        steps = {
+            "count": "add the counts",
+            "freq": "add the counts; ALT_FREQS, OBS_CT",
+            "hwe": "add the counts; HWE exact test",
+        }
+        text = steps.get(q.verb, "")
+        if q.verb == "gwas":
+            text = "combine the sums; per variant estimates, SE, test statistic and P (PLINK 2 --glm semantics)"
+        if self.variant_filter.conditions:
+            where = {
+                "counts": "from the counts round",
+                "linear": "riding along the linear round (Σg and missing counts)",
+                "score": "from the score round's counts, before any Newton round",
+            }[self.counts_source]
+            conds = " AND ".join(f"{c.name} {c.op} {c.value:g}" for c in self.variant_filter.conditions)
+            text += f"; filter {conds} on pooled counts, {where}"
+        return text
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
+
+
+def check(query: Query, catalogs: list[StationCatalog], datasets: dict[str, str]) -> None:
+    """Check names and types against every station's catalog; raise a QueryError at the token."""
+    variables = {c.name: c.datasets[datasets[c.name]]["variables"] for c in catalogs}
+    everywhere = set.intersection(*(set(v) for v in variables.values())) if variables else set()
+    anywhere = set.union(*(set(v) for v in variables.values())) if variables else set()
+
+    def kind(name: Name) -> str:
+        if name.text in everywhere:
+            return str(next(iter(variables.values()))[name.text])
+        if name.text in anywhere:
+            have = [s for s, v in variables.items() if name.text in v]
+            lack = [s for s, v in variables.items() if name.text not in v]
+            raise query.error(name, f"column {name.text!r} exists at {', '.join(have)} but not at {', '.join(lack)}")
+        raise query.error(name, f"unknown column {name.text!r}{suggest(name.text, sorted(everywhere))}")
+
+    if query.verb == "gwas":
+        assert query.phenotype is not None
+        for name in (query.phenotype, *query.covariates):
+            if kind(name) == "text":
+                raise query.error(name, f"column {name.text!r} holds text; the model needs numbers")
+        seen: set[str] = set()
+        for name in (query.phenotype, *query.covariates):
+            if name.text in seen:
+                raise query.error(name, f"{name.text!r} appears twice in the formula")
+            seen.add(name.text)
+        if query.model == "linear" and query.test != "wald":
+            raise query.error((0, len(query.text)), "TEST applies to GWAS LOGISTIC only")
+    elif query.adjust_station:
+        raise query.error((0, len(query.text)), "ADJUST station applies to GWAS only")
+    for cond in query.sample_conditions:
+        k = kind(cond.column)
+        if cond.op in ("is_missing", "not_missing"):
+            continue
+        if k == "text" and not isinstance(cond.value, str):
+            raise query.error(cond.value_at, f"column {cond.column.text!r} holds text: compare it with 'quoted text'")
+        if k != "text" and isinstance(cond.value, str):
+            raise query.error(cond.value_at, f"column {cond.column.text!r} holds numbers: compare it with a number")
+        if k == "text" and cond.op not in ("=", "!="):
+            raise query.error(cond.column, f"text column {cond.column.text!r} takes only = or !=")
+    for cond in query.variant_conditions:
+        if query.verb == "count":
+            raise query.error(cond.column, f"{cond.column.text} filters variants; COUNT counts samples")
+        if cond.column.text == "filter":
+            if cond.op != "=" or not isinstance(cond.value, str) or cond.value.upper() != "PASS":
+                raise query.error(cond.column, "the only FILTER condition is filter = 'PASS'")
+        elif cond.op in ("is_missing", "not_missing") or not isinstance(cond.value, float):
+            raise query.error(
+                cond.column, f"{cond.column.text} compares with a number, e.g. {cond.column.text} >= 0.01"
+            )
+
+
+def plan(
+    query: Query,
+    catalogs: list[StationCatalog],
+    dataset: str | None = None,
+    naive: bool = False,
+    label: str | None = None,
+) -> Plan:
+    """Check ``query`` against the stations and choose its rounds."""
+    try:
+        datasets = {c.name: c.dataset(dataset) for c in catalogs}
+    except ValueError as exc:
+        raise query.error((0, len(query.text)), str(exc)) from None
+    for c in catalogs:
+        if datasets[c.name] not in c.datasets:
+            raise query.error(
+                (0, len(query.text)),
+                f"station {c.name} has no dataset {datasets[c.name]!r}{suggest(datasets[c.name], list(c.datasets))}",
+            )
+    check(query, catalogs, datasets)
+    names = {datasets[c.name] for c in catalogs}
+    if len(names) > 1:
+        raise query.error(
+            (0, len(query.text)), f"the stations name their dataset differently ({', '.join(sorted(names))})"
+        )
+    conds = tuple(
+        VariantCondition(c.column.text, c.op, float(c.value))  # type: ignore[arg-type]
+        for c in query.variant_conditions
+        if c.column.text != "filter"
+    )
+    vf = VariantFilter(conds)
+    pass_only = any(c.column.text == "filter" for c in query.variant_conditions)
+    analysis = {
+        "count": "count",
+        "freq": "freq",
+        "hwe": "hwe",
+        "gwas": f"gwas_{query.model}",
+    }[query.verb]
+    model = Model(
+        dataset=names.pop(),
+        analysis=analysis,
+        phenotype=query.phenotype.text if query.phenotype else None,
+        covariates=tuple(n.text for n in query.covariates),
+        binary=query.model == "logistic",
+        where=tuple(_wire(c) for c in query.sample_conditions),
+        regions=tuple(str(r) for r in query.regions),
+        adjust_station=query.adjust_station,
+        label=label,
+        pass_only=pass_only,
+    )
+    if query.verb in ("freq", "hwe"):
+        source, separate = ("counts" if vf.conditions else "none"), False
+    elif query.verb == "count" or not vf.conditions:
+        source, separate = "none", False
+    elif naive:
+        source, separate = "counts", True
+    elif query.model == "linear":
+        source, separate = ("counts", True) if vf.needs_genotypes else ("linear", False)
+    else:
+        source, separate = "score", False
+    k = 1 + len(query.covariates) + (len(catalogs) - 1 if query.adjust_station else 0)
+    return Plan(
+        query=query,
+        model=model,
+        variant_filter=vf,
+        pass_only=pass_only,
+        counts_source=source,
+        separate_counts_round=separate,
+        naive=naive,
+        stations=[c.name for c in catalogs],
+        variants_per_station={c.name: int(c.datasets[datasets[c.name]]["variants"]) for c in catalogs},
+        k=k,
+    )
+
+
+def _wire(c: Condition) -> WireCondition:
+    return WireCondition(column=c.column.text, op=c.op, value=c.value)
