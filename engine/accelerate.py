@@ -29,11 +29,11 @@ def jit(func: F) -> F:
 
     Examples
     --------
-    >>> @jit
-    ... def add(a, b):
-    ...     return a + b
-    >>> add(1, 2)
-    3
+    ::
+
+        @jit
+        def add(a, b):
+            return a + b
     """
     return cast(F, numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)(func))
 
@@ -43,15 +43,14 @@ def jit_parallel(func: F) -> F:
 
     Examples
     --------
-    >>> import numpy as np
-    >>> @jit_parallel
-    ... def double(x):
-    ...     out = np.empty_like(x)
-    ...     for i in prange(x.shape[0]):
-    ...         out[i] = 2 * x[i]
-    ...     return out
-    >>> double(np.arange(3)).tolist()
-    [0, 2, 4]
+    ::
+
+        @jit_parallel
+        def double(x):
+            out = np.empty_like(x)
+            for i in prange(x.shape[0]):
+                out[i] = 2 * x[i]
+            return out
     """
     return cast(F, numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)(func))
 

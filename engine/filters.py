@@ -62,8 +62,8 @@ class VariantFilter:
         Examples
         --------
         >>> f = VariantFilter((VariantCondition("maf", ">=", 0.1),))
-        >>> f.mask(np.array([1, 10, 190]), np.array([100, 100, 100]), np.array([0, 0, 0])).tolist()
-        [False, True, True]
+        >>> f.mask(np.array([1, 40, 190]), np.array([100, 100, 100]), np.array([0, 0, 0])).tolist()
+        [False, True, False]
         """
         alt = np.asarray(alt, dtype=float)
         called = np.asarray(called, dtype=float)

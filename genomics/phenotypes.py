@@ -57,9 +57,9 @@ def read_phenotypes(path: str) -> PhenotypeTable:
 
     Examples
     --------
-    >>> import tempfile, os
-    >>> p = os.path.join(tempfile.mkdtemp(), "ph.tsv")
-    >>> _ = open(p, "w").write("sample_id\\tage\\tldl\\tsite\\nA\\t61\\t3.2\\tnorth\\nB\\tNA\\t2.5\\tsouth\\n")
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "ph.tsv"
+    >>> _ = p.write_text("sample_id\\tage\\tldl\\tsite\\nA\\t61\\t3.2\\tnorth\\nB\\tNA\\t2.5\\tsouth\\n")
     >>> t = read_phenotypes(p).table
     >>> [str(f.type) for f in t.schema], t.column("age").to_pylist()
     (['string', 'int64', 'double', 'string'], [61, None])

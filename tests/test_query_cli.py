@@ -1,0 +1,91 @@
+"""`better query` against two real station servers: formats, EXPLAIN, and clean failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.servers import make_station, serve
+
+
+@pytest.fixture(scope="module")
+def federation(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("fed")
+    entries = []
+    with ExitStack() as stack:
+        for i, name in enumerate(("milano", "nijmegen")):
+            st = make_station(root, name, small_cohort)
+            url = stack.enter_context(serve(st.path))
+            token = f'token_env = "BETTER_TEST_TOKEN_{i}"' if i == 0 else f'token = "{st.researcher}"'
+            entries.append(f'[[station]]\nname = "{name}"\nurl = "{url}"\n{token}\n')
+            os.environ[f"BETTER_TEST_TOKEN_{i}"] = st.researcher
+        path = root / "federation.toml"
+        path.write_text("\n".join(entries))
+        yield path
+
+
+def better(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from query.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env if env is not None else dict(os.environ),
+    )
+
+
+def test_query__tsv_json_and_parquet_agree(federation: Path, tmp_path: Path) -> None:
+    q = "FREQ ON 22:16000000-16200000 WHERE maf > 0.01"
+    tsv = better("query", "--federation", str(federation), "--format", "tsv", q)
+    assert tsv.returncode == 0, tsv.stderr
+    lines = tsv.stdout.splitlines()
+    assert lines[0].split("\t") == [
+        "#CHROM",
+        "POS",
+        "ID",
+        "REF",
+        "ALT",
+        "ALT_FREQS",
+        "OBS_CT",
+        "MISSING_CT",
+        "CALL_RATE",
+    ]
+    rows = [line.split("\t") for line in lines[1:]]
+    assert rows and any("withheld" in r for r in rows) and any("withheld" not in r for r in rows)
+    assert all(r[2] == "." or r[2].startswith("rs") for r in rows) and any(r[2] != "." for r in rows)
+    js = better("query", "--federation", str(federation), "--format", "json", q)
+    doc = json.loads(js.stdout)
+    assert doc["rows"] == rows and doc["notes"] == []
+    out = tmp_path / "freq.parquet"
+    pq = better("query", "--federation", str(federation), "--format", "parquet", "--out", str(out), q)
+    assert pq.returncode == 0, pq.stderr
+    frame = pl.read_parquet(out)
+    assert frame.height == len(rows)
+    assert frame.filter(pl.col("WITHHELD"))["ALT_FREQS"].null_count() == frame["WITHHELD"].sum()
+
+
+def test_query__explain_and_count(federation: Path) -> None:
+    plan = better("query", "--federation", str(federation), "EXPLAIN GWAS LINEAR ldl ~ age + sex WHERE maf >= 0.05")
+    assert plan.returncode == 0 and "round 1: `linear`" in plan.stdout
+    count = better("query", "--federation", str(federation), "--format", "tsv", "COUNT WHERE sex = 1")
+    assert count.returncode == 0 and count.stdout.splitlines()[0] == "COUNT"
+    assert int(count.stdout.splitlines()[1]) > 50
+
+
+def test_query__failures_are_one_message_and_exit_1(federation: Path) -> None:
+    bad = better("query", "--federation", str(federation), "GWAS LINEAR ldl ~ agee")
+    assert bad.returncode == 1 and "did you mean 'age'" in bad.stderr and "^^^^" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    env = {k: v for k, v in os.environ.items() if k != "BETTER_TEST_TOKEN_0"}
+    missing = better("query", "--federation", str(federation), "COUNT", env=env)
+    assert missing.returncode == 1 and "set the environment variable BETTER_TEST_TOKEN_0" in missing.stderr
+    nofile = better("query", "--federation", "/nonexistent.toml", "COUNT")
+    assert nofile.returncode == 1 and "no such federation file" in nofile.stderr
