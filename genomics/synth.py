@@ -43,6 +43,8 @@ class SynthConfig:
     n_causal_ldl: int = 5
     n_causal_case: int = 4
     missing_genotype_rate: float = 0.01
+    #: Share of variants with no missing genotype at all (as in imputed data); 0 keeps every variant's rate.
+    fully_called: float = 0.0
 
     def validate(self) -> None:
         if not 1 <= self.stations <= 50:
@@ -51,6 +53,8 @@ class SynthConfig:
             raise InputError(f"--samples {self.samples}: need at least 4 samples per station")
         if not 10 <= self.variants <= 5_000_000:
             raise InputError(f"--variants {self.variants}: choose between 10 and 5,000,000 variants")
+        if not 0.0 <= self.fully_called <= 1.0:
+            raise InputError(f"--fully-called {self.fully_called}: a share between 0 and 1")
 
 
 @dataclass
@@ -185,6 +189,8 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
         if cfg.missing_genotype_rate > 0
         else np.zeros(hap.shape[0])
     )
+    if cfg.fully_called > 0:
+        rate[rng.random(hap.shape[0]) < cfg.fully_called] = 0.0
     missing = rng.random((hap.shape[0], n)) < rate[:, None]
     failed = np.flatnonzero(rng.random(hap.shape[0]) < 0.005)
     for v in failed:

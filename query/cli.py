@@ -59,13 +59,21 @@ def synth(
     samples: Annotated[int, typer.Option(help="samples in the whole cohort")] = 2000,
     variants: Annotated[int, typer.Option(help="VCF records (sites) to simulate")] = 8000,
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 42,
+    fully_called: Annotated[float, typer.Option(help="share of variants with no missing genotype")] = 0.0,
 ) -> None:
     """Generate a synthetic cohort split across stations (msprime genealogies, traits with known causes)."""
     from genomics.synth import SynthConfig, synthesize
 
     t0 = time.perf_counter()
     r = synthesize(
-        SynthConfig(out=str(out_dir), stations=stations, samples=samples, variants=variants, seed=seed),
+        SynthConfig(
+            out=str(out_dir),
+            stations=stations,
+            samples=samples,
+            variants=variants,
+            seed=seed,
+            fully_called=fully_called,
+        ),
         on_step=lambda m: err.print(f"[dim]{m}[/dim]"),
     )
     table = Table(title=f"synthetic cohort in {r.out}")
@@ -319,7 +327,7 @@ def query(
     ) as progress:
         bars: dict[str, TaskID] = {}
 
-        def on_round(stage: str, round_no: int, kind: str, n: int) -> None:
+        def on_round(stage: str, round_no: int, kind: str, n: int, _seconds: float) -> None:
             if stage not in bars:
                 bars[stage] = progress.add_task(stage, total=None)
             progress.update(bars[stage], description=f"{stage}: {kind} at {n} stations", completed=round_no)
@@ -335,32 +343,69 @@ def query(
     err.print(f"[dim]{rows} row(s) from {len(fed.stations)} station(s) in {time.perf_counter() - t0:.1f} s[/dim]")
 
 
+def _job_progress() -> tuple[Progress, object]:
+    from query.gwas_job import Progress as JobProgress
+
+    bars = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} chunks"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal,
+    )
+    state: dict[str, TaskID] = {}
+
+    def start(n: int) -> None:
+        state["t"] = bars.add_task("gwas", total=n)
+
+    def chunk(i: int, region: str, reused: bool) -> None:
+        bars.update(state["t"], completed=i + 1, description=f"gwas {region}{' (done before)' if reused else ''}")
+
+    return bars, JobProgress(start, chunk)
+
+
+@app.command()
+def gwas(job: Annotated[Path, typer.Argument(help="the job file (TOML); see docs/gwas-jobs.md")]) -> None:
+    """Run (or resume) a batch GWAS job: summary statistics, GWAS-SSF, plots, top hits and a report."""
+    from query.gwas_job import run_job
+
+    bars, progress = _job_progress()
+    with bars:
+        result = run_job(job, progress)  # type: ignore[arg-type]
+    for name, files in result.files.items():
+        err.print(f"{name}: λGC {result.lambdas[name]:.3f}; " + ", ".join(f.name for f in files))
+    err.print(f"report: {result.out / 'report.html'} ({result.seconds:.1f} s; {result.chunks_reused} chunk(s) reused)")
+    print(result.out / "report.html")
+
+
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="working folder")] = Path("better-demo"),
 ) -> None:
-    """The main job on the synthetic default: generate a cohort, set up one station per centre, ingest, summarise."""
-    from genomics.ingest import ingest_vcf
-    from genomics.store import Store
-    from genomics.synth import SynthConfig, synthesize
-    from station_api.config import StationConfig, write_config
+    """The main job on the synthetic default: three stations as HTTP servers, a federated GWAS, a report."""
+    from query.demo import run_demo, truth_table
 
-    t0 = time.perf_counter()
-    cohort = synthesize(SynthConfig(out=str(out_dir / "cohort")), on_step=lambda m: err.print(f"[dim]{m}[/dim]"))
-    table = Table(title="BETTER demo: stations")
-    for c in ("station", "samples", "variants", "phenotyped", "ingest s"):
-        table.add_column(c)
-    for name in cohort.stations:
-        st = out_dir / "stations" / name
-        store = Store.create(st)
-        write_config(st, StationConfig(name=name))
-        rep = ingest_vcf(store, "cohort", str(cohort.out / f"{name}.vcf.gz"), str(cohort.out / f"{name}.pheno.tsv"))
-        table.add_row(name, str(rep.n_samples), str(rep.n_variants), str(rep.n_phenotyped), f"{rep.seconds:.2f}")
-    out.print(table)
-    err.print(
-        f"demo finished in {time.perf_counter() - t0:.1f} s; inspect a station with "
-        f"`better store info --station {out_dir / 'stations' / cohort.stations[0]}`"
-    )
+    bars, progress = _job_progress()
+    with bars:
+        result = run_demo(out_dir, lambda m: err.print(f"[dim]{m}[/dim]"), progress)  # type: ignore[arg-type]
+    for name, top in result.job.tops.items():
+        t = Table(title=f"top hits: {name} (λGC {result.job.lambdas[name]:.3f})")
+        cols = [c for c in top.columns if c in ("#CHROM", "POS", "ID", "A1", "BETA", "OR", "P", "A1_FREQ")]
+        for c in cols:
+            t.add_column(c)
+        for r in top.head(8).select(cols).iter_rows():
+            t.add_row(*[f"{v:.3g}" if isinstance(v, float) else str(v) for v in r])
+        out.print(t)
+    truth = Table(title="the simulation's causal variants, and what the federated GWAS found")
+    frame = truth_table(result)
+    for c in frame.columns:
+        truth.add_column(c)
+    for r in frame.iter_rows():
+        truth.add_row(*[f"{v:.3g}" if isinstance(v, float) else str(v) for v in r])
+    out.print(truth)
+    err.print(f"report: {result.job.out / 'report.html'}; demo finished in {result.seconds:.1f} s")
 
 
 def main() -> None:

@@ -44,7 +44,8 @@ from query.parser import Query, parse
 from query.planner import Plan, StationCatalog, plan
 from query.remote import Model, StationClient, StationError, gather_or_cancel, run_remote_async
 
-OnRound = Callable[[str, int, str, int], None]  # (stage, round, task kind, stations) when a round starts
+#: Called as each round ends: (stage, round number, task kind, stations, seconds).
+OnRound = Callable[[str, int, str, int, float], None]
 
 
 class StationEntry(BaseModel):
@@ -135,7 +136,12 @@ class Federation:
                 r = await s._call(client, "GET", "/station")
                 s._check(r, "station info")
                 info = r.json()
-                return StationCatalog(s.name, {d["name"]: d for d in info["datasets"]})
+                return StationCatalog(
+                    s.name,
+                    {d["name"]: d for d in info["datasets"]},
+                    software=str(info.get("software", "")),
+                    policy=dict(info.get("policy", {})),
+                )
 
             return await gather_or_cancel(*(one(s) for s in stations))
 
@@ -168,9 +174,9 @@ async def _execute(p: Plan, stations: list[StationClient], on_round: OnRound | N
     ids: dict[tuple, str] = {}
 
     async def drive(stage: str, protocol: Protocol, m: Model) -> dict[str, np.ndarray]:
-        def seen(round_no: int, kind: str) -> None:
+        def seen(round_no: int, kind: str, seconds: float) -> None:
             if on_round is not None:
-                on_round(stage, round_no, kind, len(stations))
+                on_round(stage, round_no, kind, len(stations), seconds)
 
         return await run_remote_async(protocol, stations, m, on_round=seen, on_results=lambda r: _collect_ids(r, ids))
 

@@ -33,6 +33,8 @@ class StationCatalog:
 
     name: str
     datasets: dict[str, dict[str, Any]]
+    software: str = ""
+    policy: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, wanted: str | None) -> str:
         if wanted is not None:

@@ -162,24 +162,26 @@ async def run_remote_async(
     protocol: Protocol,
     stations: list[StationClient],
     model: Model,
-    on_round: Callable[[int, str], None] | None = None,
+    on_round: Callable[[int, str, float], None] | None = None,
     on_results: Callable[[list[dict[str, np.ndarray]]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Drive ``protocol`` over ``stations``: each round goes to every station at once.
 
-    ``on_round(round, kind)`` is called as a round starts, ``on_results(results)`` with what came back.
+    ``on_results(results)`` sees what came back, ``on_round(round, kind, seconds)`` is called as each
+    round ends.
     """
     limits = httpx.Limits(max_connections=4 * max(1, len(stations)))
     timeout = httpx.Timeout(max(s.timeout for s in stations), connect=10.0)
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
         while (task := protocol.next_task()) is not None:
-            if on_round is not None:
-                on_round(protocol.rounds, str(task["kind"]))
+            t0 = time.perf_counter()
             requests = [to_request(task, model, i, len(stations)) for i in range(len(stations))]
             results = await gather_or_cancel(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
             if on_results is not None:
                 on_results(results)
             protocol.receive(results)
+            if on_round is not None:
+                on_round(protocol.rounds, str(task["kind"]), time.perf_counter() - t0)
     return protocol.result()
 
 

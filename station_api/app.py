@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import polars as pl
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -300,18 +301,31 @@ def create_app(station_dir: Path) -> FastAPI:
         for d in store.summary():
             ds = store.dataset(d["name"])
             schema = ds.phenotypes().schema
+            positions = pl.from_arrow(ds.variants(columns=["chrom", "pos"]))
+            assert isinstance(positions, pl.DataFrame)
+            spans = positions.group_by("chrom", maintain_order=True).agg(
+                pl.col("pos").min().alias("lo"), pl.col("pos").max().alias("hi")
+            )
             datasets.append(
                 {
                     "name": d["name"],
                     "samples_about": int(round(d["n_samples"] / step) * step),
                     "variants": int(d["n_variants"]),
                     "chromosomes": d["chromosomes"],
+                    "spans": {c: [int(lo), int(hi)] for c, lo, hi in spans.iter_rows()},
+                    "source_sha256": d["source_sha256"],
                     "variables": {
                         f.name: _kind(str(f.type)) for f in schema if f.name not in ("sample_id", "sample_index")
                     },
                 }
             )
-        return {"name": config.name, "datasets": datasets, "policy": policy.model_dump(), "count_rounding": step}
+        return {
+            "name": config.name,
+            "software": f"better {__version__}",
+            "datasets": datasets,
+            "policy": policy.model_dump(),
+            "count_rounding": step,
+        }
 
     @app.post("/tasks", status_code=202, tags=["researcher"], openapi_extra={"x-roles": ["researcher"]})
     async def submit(request: TaskRequest, who: Researcher) -> TaskStatus:

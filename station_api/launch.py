@@ -61,3 +61,15 @@ def station_process(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def station_processes(stations: list[Path], threads: int | None = None) -> Iterator[list[str]]:
+    """Several stations at once (started side by side, not one after the other); yields their URLs."""
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import ExitStack
+
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=max(1, len(stations))) as pool:
+        contexts = [station_process(s, threads=threads) for s in stations]
+        urls = list(pool.map(stack.enter_context, contexts))
+        yield urls

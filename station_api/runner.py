@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.design import KEY_COLUMNS, Design
+from engine.design import KEY_COLUMNS, Block, Design
 from engine.errors import InputError
 from engine.protocol import execute
 from genomics.design import StationBlocks, build_design
@@ -155,19 +155,85 @@ def prepare(datasets: Callable[[str], Dataset], request: TaskRequest, policy: Po
     return Prepared(request, dataset, design, task, variants_in_scope(dataset, request, task))
 
 
+class BlockCache:
+    """Blocks of the latest small full reads, kept for the next task over the same variants.
+
+    A batch GWAS sends one task per phenotype for each chunk of the genome at the same time; with this
+    cache the station reads and unpacks the chunk's genotypes once for all of them (the kernels still run
+    per phenotype, as their samples differ). Only reads of at most ``max_bytes`` are kept, ``entries``
+    of them, least recently used first out.
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20, entries: int = 4) -> None:
+        self.max_bytes = max_bytes
+        self.entries = entries
+        self._data: dict[tuple[Any, ...], list[Block]] = {}
+        self._locks: dict[tuple[Any, ...], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def fits(self, n_variants: int, n_samples: int) -> bool:
+        return n_variants * (n_samples // 4 + 1) <= self.max_bytes
+
+    def get(self, key: tuple[Any, ...], read: Callable[[], list[Block]]) -> list[Block]:
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # a second task for the same variants waits for the first one's read
+            with self._lock:
+                if key in self._data:
+                    self._data[key] = self._data.pop(key)  # most recent last
+                    return self._data[key]
+            blocks = read()
+            with self._lock:
+                self._data[key] = blocks
+                while len(self._data) > self.entries:
+                    oldest = next(iter(self._data))
+                    del self._data[oldest]
+                    self._locks.pop(oldest, None)
+            return blocks
+
+
+def block_source(
+    prepared: Prepared, on_block: Callable[[int], None] | None, cache: BlockCache | None
+) -> Callable[[Any], Any]:
+    """The task's blocks: through ``cache`` for a small full read, straight from the store otherwise."""
+    request = prepared.request
+    regions = regions_of(request)
+    if cache is None or not cache.fits(prepared.n_variants, prepared.dataset.n_samples):
+        return StationBlocks(prepared.dataset, regions, on_block=on_block, pass_only=request.pass_only)
+    plain = StationBlocks(prepared.dataset, regions, pass_only=request.pass_only)
+    key = (str(prepared.dataset.path), prepared.dataset.n_variants, tuple(map(str, regions or [])), request.pass_only)
+
+    def source(targets: Any = None) -> Any:
+        if targets is not None:
+            return plain(targets)
+        blocks = cache.get(key, lambda: list(plain(None)))
+
+        def replay() -> Any:
+            for b in blocks:
+                if on_block is not None:
+                    on_block(b.packed.shape[0])
+                yield b
+
+        return replay()
+
+    return source
+
+
 def run_task(
     prepared: Prepared,
     policy: Policy,
     on_block: Callable[[int], None] | None = None,
     compute: Any = None,
+    cache: BlockCache | None = None,
 ) -> Outcome:
     """Run a prepared task and return what the policy lets leave.
 
     ``on_block`` is called with the size of every block read (progress; it may raise to cancel).
     ``compute`` is a context manager held around the kernels (the server makes tasks take turns).
+    ``cache`` shares small reads between tasks over the same variants.
     """
     request, task = prepared.request, prepared.task
-    blocks = StationBlocks(prepared.dataset, regions_of(request), on_block=on_block, pass_only=request.pass_only)
+    blocks = block_source(prepared, on_block, cache)
     if compute is None:
         result = execute(task, prepared.design, blocks)
     else:

@@ -24,7 +24,7 @@ from genomics.store import Store
 from station_api.audit import AuditLog
 from station_api.config import StationConfig
 from station_api.policy import PolicyRefusalError, check_task
-from station_api.runner import DatasetCache, Outcome, Prepared, prepare, run_task
+from station_api.runner import BlockCache, DatasetCache, Outcome, Prepared, prepare, run_task
 from station_api.wire import TaskRequest
 
 log = logging.getLogger("better.station")
@@ -119,6 +119,7 @@ class TaskManager:
         self.audit = audit
         self.tasks: dict[str, TaskRecord] = {}
         self.datasets = DatasetCache(store)
+        self.blocks = BlockCache()
         self._lock = threading.Lock()
         self._compute = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=config.server.workers, thread_name_prefix="better-task")
@@ -219,7 +220,7 @@ class TaskManager:
 
         try:
             assert record.prepared is not None
-            outcome = run_task(record.prepared, self.config.policy, on_block, self._compute)
+            outcome = run_task(record.prepared, self.config.policy, on_block, self._compute, self.blocks)
         except TaskCancelledError:
             self._finish(record, "cancelled", None)
             self.audit.append(record.user, "task.cancelled", {"task": record.id})

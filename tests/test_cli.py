@@ -49,6 +49,19 @@ def test_cli__errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
 
 
 def test_cli__help_on_every_verb() -> None:
-    for verb in (["synth"], ["ingest"], ["demo"], ["station", "init"], ["store", "info"]):
+    verbs = (["synth"], ["ingest"], ["demo"], ["gwas"], ["query"], ["station", "init"], ["station", "token"])
+    for verb in (*verbs, ["station", "serve"], ["station", "approve"], ["station", "audit"], ["store", "info"]):
         r = better(*verb, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout, verb
+
+
+def test_demo__the_readme_main_job(tmp_path: Path) -> None:
+    """Three stations as HTTP servers, a federated GWAS of two traits, top hits beside the truth."""
+    r = better("demo", "--out", str(tmp_path / "demo"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "top hits: ldl" in r.stdout and "top hits: case" in r.stdout
+    assert "genome-wide" in r.stdout  # the simulation's strongest effects are found
+    out = tmp_path / "demo" / "gwas"
+    for name in ("report.html", "ldl.glm.linear", "case.glm.logistic", "ldl.tsv.gz", "case.manhattan.png"):
+        assert (out / name).exists(), name
+    assert "report:" in r.stderr

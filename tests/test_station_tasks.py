@@ -41,7 +41,7 @@ def test_cancel__stops_a_running_task_at_its_next_block(manager: TaskManager, mo
     started = threading.Event()
     blocks = []
 
-    def slow(prepared: Any, policy: Any, on_block: Any, compute: Any) -> None:
+    def slow(prepared: Any, policy: Any, on_block: Any, *_: Any) -> None:
         started.set()
         for _ in range(2000):
             on_block(1)

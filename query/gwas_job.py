@@ -1,0 +1,362 @@
+"""``better gwas JOB.toml``: a batch GWAS over a federation, chunk by chunk, resumable, with a report.
+
+The genome is cut into chunks (``chunk_bp`` bases of each chromosome the stations hold, or of the
+regions asked for). For every chunk, the queries of all phenotypes go out together, so each station reads
+that chunk's genotypes once for all of them (its block cache); each finished chunk is written to
+``OUT/.chunks/`` by rename, so a job stopped midway resumes from the last finished chunk and writes the
+same bytes as an uninterrupted run. At the end, per phenotype: ``PHENO.glm.linear`` or
+``PHENO.glm.logistic``, GWAS-SSF ``PHENO.tsv.gz`` with ``PHENO.tsv.gz-meta.yaml``, Manhattan and QQ plots,
+``PHENO.top_hits.tsv``, and one ``report.html`` for the job.
+
+A job file::
+
+    federation = "federation.toml"       # relative to the job file
+    out = "gwas-out"
+    covariates = ["age", "sex", "pc1", "pc2"]
+    samples = "age >= 18"                # optional sample filter (the query language's WHERE)
+    variants = "maf >= 0.01 AND call_rate >= 0.95"
+    regions = ["22"]                     # optional; default every chromosome the stations hold
+    adjust_station = false
+    chunk_bp = 5000000
+    annotation = "genes.bed"             # optional: nearest gene in the top hits
+
+    [[phenotype]]
+    name = "ldl"
+    model = "linear"
+
+    [[phenotype]]
+    name = "case"
+    model = "logistic"                    # test = "wald" (default), "score" or "firth"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import os
+import time
+import tomllib
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from engine.errors import InputError
+from genomics.regions import WHOLE, Region
+from query import report
+from query.federation import Federation
+from query.parser import parse
+from query.planner import StationCatalog
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
+FORMAT_VERSION = 1
+
+
+class Phenotype(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    model: Literal["linear", "logistic"]
+    test: Literal["wald", "score", "firth"] = "wald"
+
+
+class JobSpec(BaseModel):
+    """The job file, validated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    federation: str
+    out: str = "gwas-out"
+    title: str = "BETTER federated GWAS"
+    phenotype: list[Phenotype] = Field(min_length=1, max_length=64)
+    covariates: list[Name] = Field(min_length=1)
+    samples: str | None = None
+    variants: str | None = None
+    regions: list[str] = Field(default_factory=list)
+    adjust_station: bool = False
+    chunk_bp: int = Field(5_000_000, ge=1000)
+    annotation: str | None = None
+    genome_assembly: str = "unknown"
+    top: int = Field(20, ge=1, le=10_000)
+
+
+@dataclass
+class JobResult:
+    """What a finished job wrote and how long its parts took."""
+
+    out: Path
+    files: dict[str, list[Path]]
+    lambdas: dict[str, float]
+    tops: dict[str, pl.DataFrame]
+    seconds: float
+    chunks_run: int
+    chunks_reused: int
+    round_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def load_job(path: str | os.PathLike[str]) -> tuple[JobSpec, Path]:
+    """Read and check a job file; return it and the folder its relative paths start from."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+        spec = JobSpec.model_validate(raw)
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such job file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{p}: not valid TOML ({exc})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(f"{p}: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
+    names = [ph.name for ph in spec.phenotype]
+    if len(set(names)) != len(names):
+        raise InputError(f"{p}: a phenotype is listed twice")
+    return spec, p.resolve().parent
+
+
+def query_text(spec: JobSpec, ph: Phenotype, region: str) -> str:
+    """The query of one phenotype over one chunk."""
+    where = " AND ".join(w for w in (spec.samples, spec.variants) if w)
+    text = f"GWAS {ph.model.upper()} {ph.name} ~ {' + '.join(spec.covariates)} ON {region}"
+    if where:
+        text += f" WHERE {where}"
+    if spec.adjust_station:
+        text += " ADJUST station"
+    if ph.model == "logistic" and ph.test != "wald":
+        text += f" TEST {ph.test}"
+    return text
+
+
+def chunks_of(spec: JobSpec, catalogs: list[StationCatalog], dataset: str | None) -> list[str]:
+    """Chunks of at most ``chunk_bp`` bases over the regions asked for (or everything the stations hold)."""
+    spans: dict[str, list[int]] = {}
+    for c in catalogs:
+        name = c.dataset(dataset)
+        for chrom, (lo, hi) in c.datasets[name].get("spans", {}).items():
+            have = spans.setdefault(chrom, [lo, hi])
+            have[0], have[1] = min(have[0], lo), max(have[1], hi)
+    regions = [Region.parse(r) for r in spec.regions] or [Region(chrom) for chrom in spans]
+    out = []
+    for r in regions:
+        if r.chrom not in spans:
+            continue
+        lo = max(r.first_pos, spans[r.chrom][0])
+        hi = min(r.last_pos if r.end != WHOLE else spans[r.chrom][1], spans[r.chrom][1])
+        start = lo - (lo - 1) % spec.chunk_bp  # chunk edges fall on multiples of chunk_bp, whatever the span
+        while start <= hi:
+            out.append(f"{r.chrom}:{max(start, lo)}-{min(start + spec.chunk_bp - 1, hi)}")
+            start += spec.chunk_bp
+    return out
+
+
+class Progress:
+    """Callbacks a caller may give :func:`run_job` (the CLI draws progress bars with them)."""
+
+    def __init__(
+        self,
+        on_start: Callable[[int], None] | None = None,
+        on_chunk: Callable[[int, str, bool], None] | None = None,
+    ) -> None:
+        self.on_start = on_start or (lambda n: None)
+        self.on_chunk = on_chunk or (lambda i, region, reused: None)
+
+
+def run_job(path: str | os.PathLike[str], progress: Progress | None = None, fed: Federation | None = None) -> JobResult:
+    """Run (or resume) the job in ``path``; see the module docstring for what it writes."""
+    progress = progress or Progress()
+    t0 = time.perf_counter()
+    spec, base = load_job(path)
+    fed = fed or Federation.from_file(base / spec.federation)
+    out = (base / spec.out).resolve()
+    parts = out / ".chunks"
+    parts.mkdir(parents=True, exist_ok=True)
+    for ph in spec.phenotype:  # fail early, before any station works, on a query that cannot run
+        parse(query_text(spec, ph, "1"))
+    catalogs = asyncio.run(fed._catalogs(fed.stations))
+    chunks = chunks_of(spec, catalogs, fed.dataset)
+    if not chunks:
+        raise InputError("the job's regions hold no variants at any station")
+    manifest = {
+        "format": FORMAT_VERSION,
+        "job": spec.model_dump(),
+        "chunks": chunks,
+        "stations": [s.name for s in fed.stations],
+    }
+    _check_manifest(out / "job.json", manifest)
+    if not (out / ".created").exists():  # the metadata's date: the day the job started, not the day it ended
+        (out / ".created").write_text(str(date.today()))
+    progress.on_start(len(chunks))
+    timings: dict[str, float] = defaultdict(float)
+    run = reused = 0
+    plan_text: dict[str, str] = {}
+    for i, region in enumerate(chunks):
+        todo = [ph for ph in spec.phenotype if not _chunk_path(parts, ph.name, i).exists()]
+        if todo:
+            frames = asyncio.run(_chunk(fed, spec, todo, region, timings))
+            for ph, frame in zip(todo, frames, strict=True):
+                target = _chunk_path(parts, ph.name, i)
+                tmp = target.with_suffix(".tmp")
+                frame.write_parquet(tmp)
+                os.replace(tmp, target)  # a chunk is there whole or not at all
+            run += 1
+        else:
+            reused += 1
+        progress.on_chunk(i, region, not todo)
+    for ph in spec.phenotype:
+        plan_text[ph.name] = fed.explain(query_text(spec, ph, chunks[0]))
+    return _finish(spec, base, out, chunks, fed, catalogs, plan_text, dict(timings), run, reused, t0)
+
+
+def _chunk_path(parts: Path, phenotype: str, i: int) -> Path:
+    return parts / f"{phenotype}.{i:05d}.parquet"
+
+
+def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    text = json.dumps(manifest, sort_keys=True, indent=1)
+    if path.exists():
+        if path.read_text() != text:
+            raise InputError(
+                f"{path.parent} holds the results of a different job (or of this one with other settings or "
+                "stations); give the job another out folder, or delete that one to start again"
+            )
+        return
+    path.write_text(text)
+
+
+async def _chunk(
+    fed: Federation, spec: JobSpec, todo: list[Phenotype], region: str, timings: dict[str, float]
+) -> list[pl.DataFrame]:
+    def on_round(stage: str, _round: int, kind: str, _n: int, seconds: float) -> None:
+        timings[kind] += seconds
+
+    async def one(ph: Phenotype) -> pl.DataFrame:
+        return await fed._run(parse(query_text(spec, ph, region)), False, False, on_round)
+
+    from query.remote import gather_or_cancel
+
+    return await gather_or_cancel(*(one(ph) for ph in todo))
+
+
+def _finish(
+    spec: JobSpec,
+    base: Path,
+    out: Path,
+    chunks: list[str],
+    fed: Federation,
+    catalogs: list[StationCatalog],
+    plans: dict[str, str],
+    timings: dict[str, float],
+    run: int,
+    reused: int,
+    t0: float,
+) -> JobResult:
+    genes = report.read_bed(base / spec.annotation) if spec.annotation else None
+    created = (out / ".created").read_text().strip()
+    files: dict[str, list[Path]] = {}
+    lambdas: dict[str, float] = {}
+    tops: dict[str, pl.DataFrame] = {}
+    sections = []
+    for ph in spec.phenotype:
+        frame = pl.concat([pl.read_parquet(_chunk_path(out / ".chunks", ph.name, i)) for i in range(len(chunks))])
+        glm = out / f"{ph.name}.glm.{ph.model}"
+        report.write_glm(frame, glm)
+        ssf = out / f"{ph.name}.tsv.gz"
+        tested = report.tested(frame)
+        report.write_ssf(
+            frame,
+            ph.model,
+            ssf,
+            {
+                "date_metadata_last_modified": created,
+                "genome_assembly": spec.genome_assembly,
+                "trait_description": [ph.name],
+                "samples": [{"sample_size": int(tested["OBS_CT"].cast(pl.Int64).max() or 0) if tested.height else 0}],  # type: ignore[arg-type]
+                "analysis_software": (
+                    f"BETTER {_version()} (federated {ph.model} regression over {len(fed.stations)} stations)"
+                ),
+                "effect_statistic": "beta" if ph.model == "linear" else "odds_ratio",
+                "covariates": list(spec.covariates) + (["station"] if spec.adjust_station else []),
+            },
+        )
+        man = report.manhattan(frame, f"{ph.name} ({ph.model})")
+        qq_png, lam = report.qq(frame, ph.name)
+        (out / f"{ph.name}.manhattan.png").write_bytes(man)
+        (out / f"{ph.name}.qq.png").write_bytes(qq_png)
+        top = report.top_hits(frame, spec.top, genes)
+        (out / f"{ph.name}.top_hits.tsv").write_text(report.frame_tsv(top))
+        files[ph.name] = [
+            glm,
+            ssf,
+            Path(f"{ssf}-meta.yaml"),
+            out / f"{ph.name}.manhattan.png",
+            out / f"{ph.name}.qq.png",
+            out / f"{ph.name}.top_hits.tsv",
+        ]
+        lambdas[ph.name] = lam
+        tops[ph.name] = top
+        withheld = int(frame["WITHHELD"].sum())
+        errors = int(((frame["ERRCODE"] != ".") & ~frame["WITHHELD"]).sum())
+        sections.append(
+            f"<h2>{html.escape(ph.name)} ({ph.model}{', ' + ph.test if ph.model == 'logistic' else ''})</h2>"
+            f"<p>{frame.height} variants: {tested.height} tested, {withheld} withheld by a station's policy, "
+            f"{errors} with an error code. λGC = {lam:.3f}.</p>"
+            f"<div class='plots'>{report.img(man, 'Manhattan plot')}{report.img(qq_png, 'QQ plot')}</div>"
+            f"<h3>Top hits</h3>{report.html_table(top)}"
+            f"<h3>Query and plan (first chunk)</h3>"
+            f"<pre>{html.escape(query_text(spec, ph, chunks[0]))}\n\n{html.escape(plans[ph.name])}</pre>"
+        )
+    seconds = time.perf_counter() - t0
+    sections.append(_provenance(catalogs, fed, timings, seconds, run, reused, len(chunks)))
+    summary = (
+        f"<p>Phenotypes: {', '.join(html.escape(p.name) for p in spec.phenotype)}; covariates: "
+        f"{html.escape(', '.join(spec.covariates))}{' + station' if spec.adjust_station else ''}; sample filter: "
+        f"{html.escape(spec.samples or 'none')}; variant filter: {html.escape(spec.variants or 'none')}; "
+        f"{len(chunks)} chunks of at most {spec.chunk_bp:,} bases; {len(fed.stations)} stations.</p>"
+    )
+    (out / "report.html").write_text(report.report_html(spec.title, sections, summary))
+    return JobResult(out, files, lambdas, tops, seconds, run, reused, timings)
+
+
+def _provenance(
+    catalogs: list[StationCatalog],
+    fed: Federation,
+    timings: dict[str, float],
+    seconds: float,
+    run: int,
+    reused: int,
+    n: int,
+) -> str:
+    rows = []
+    for c, s in zip(catalogs, fed.stations, strict=True):
+        for name, d in c.datasets.items():
+            rows.append(
+                {
+                    "station": c.name,
+                    "url": s.url,
+                    "dataset": name,
+                    "samples (about)": d.get("samples_about"),
+                    "variants": d.get("variants"),
+                    "data sha256": str(d.get("source_sha256") or "")[:16],
+                    "software": c.software,
+                    "policy": ", ".join(f"{k}={v}" for k, v in c.policy.items() if k != "allowed_analyses"),
+                }
+            )
+    timing = pl.DataFrame({"round": list(timings), "seconds": [round(v, 2) for v in timings.values()]})
+    return (
+        "<h2>Stations and provenance</h2>"
+        + report.html_table(pl.DataFrame(rows))
+        + "<h2>Run time</h2>"
+        + f"<p>{seconds:.1f} s in all; {run} chunk(s) computed now, {reused} reused from an earlier run of {n}.</p>"
+        + report.html_table(timing)
+    )
+
+
+def _version() -> str:
+    from station_api import __version__
+
+    return __version__
