@@ -316,15 +316,7 @@ def query(
         raise BetterError("--format parquet needs --out FILE")
     fed = Federation.from_file(federation)
     t0 = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} rounds"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as progress:
+    with _bars("rounds", transient=True) as progress:
         bars: dict[str, TaskID] = {}
 
         def on_round(stage: str, round_no: int, kind: str, n: int, _seconds: float) -> None:
@@ -343,18 +335,23 @@ def query(
     err.print(f"[dim]{rows} row(s) from {len(fed.stations)} station(s) in {time.perf_counter() - t0:.1f} s[/dim]")
 
 
+def _bars(unit: str, transient: bool) -> Progress:
+    """Progress bars on stderr counting ``unit`` (hidden when stderr is not a terminal)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn(f"{{task.completed}}/{{task.total}} {unit}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=transient,
+        disable=not err.is_terminal,
+    )
+
+
 def _job_progress() -> tuple[Progress, object]:
     from query.gwas_job import Progress as JobProgress
 
-    bars = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} chunks"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-        disable=not err.is_terminal,
-    )
+    bars = _bars("chunks", transient=False)
     state: dict[str, TaskID] = {}
 
     def start(n: int) -> None:

@@ -7,6 +7,7 @@ import csv
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -48,6 +49,11 @@ def live(plink_cohort: PlinkCohort) -> Iterator[Live]:
             urls.append(url)
             admins.append(admin)
         yield Live(Federation(clients), urls, admins, plink_cohort)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
 
 
 def by_key(frame: pl.DataFrame) -> dict[tuple, dict]:
@@ -108,8 +114,7 @@ def test_gwas_logistic__equals_plink2_hybrid(live: Live, adjust: str, ref_name: 
 
 def test_freq__equals_plink2_freq(live: Live) -> None:
     frame = live.fed.query("FREQ")
-    with open(live.cohort.root / "freq.afreq") as f:
-        ref = list(csv.DictReader(f, delimiter="\t"))
+    ref = rows(live.cohort.root / "freq.afreq")
     assert frame.height == len(ref)
     for r, ours in zip(ref, frame.iter_rows(named=True), strict=True):
         assert (r["ID"], r["REF"], r["ALT"]) == (ours["ID"], ours["REF"], ours["ALT"])
@@ -119,8 +124,7 @@ def test_freq__equals_plink2_freq(live: Live) -> None:
 
 def test_hwe__equals_plink2_hardy(live: Live) -> None:
     frame = live.fed.query("HWE ON 22")
-    with open(live.cohort.root / "hwe.hardy") as f:
-        ref = list(csv.DictReader(f, delimiter="\t"))
+    ref = rows(live.cohort.root / "hwe.hardy")
     assert frame.height == len(ref)
     for r, ours in zip(ref, frame.iter_rows(named=True), strict=True):
         assert (r["A1"], r["AX"]) == (ours["A1"], ours["AX"])
