@@ -121,10 +121,13 @@ def linear_from_result(r: Result) -> linear.LinearStats:
     )
 
 
-def pooled_summary(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """ALT allele count, called and missing sample counts and genotype counts ``(m, 3)`` from pooled
-    ``(m, groups, 4)`` counts: what :meth:`engine.filters.VariantFilter.mask` takes."""
+def pooled_summary(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """ALT allele count, called and missing sample counts and (from genotype counts only) genotype counts
+    ``(m, 3)`` from pooled ``(m, groups, 4)`` genotype or ``(m, groups, 3)`` allele counts: what
+    :meth:`engine.filters.VariantFilter.mask` takes."""
     c = counts.sum(axis=1)
+    if counts.shape[2] == 3:  # allele counts: called, ALT alleles, missing
+        return c[:, 1], c[:, 0], c[:, 2], None
     return c[:, 1] + 2 * c[:, 2], c[:, :3].sum(axis=1), c[:, 3], c[:, :3]
 
 
@@ -138,16 +141,19 @@ def withheld_of(results: list[Result], al: Alignment) -> np.ndarray:
 
 
 def combine_counts(results: list[Result]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Pooled keys, ``(variants, groups, 4)`` counts and the withheld mask; a variant a station lacks is
-    missing there."""
+    """Pooled keys, counts and the withheld mask; a variant a station lacks is missing there.
+
+    Counts are ``(variants, groups, codes)`` with "missing" the last code: genotype counts (4 codes) or
+    the allele counts of the logistic score round (3).
+    """
     al = align([station_keys(r) for r in results])
-    groups = results[0]["counts"].shape[1]
-    total = np.zeros((al.n, groups, 4), dtype=np.int64)
+    groups, codes = results[0]["counts"].shape[1:]
+    total = np.zeros((al.n, groups, codes), dtype=np.int64)
     for r, idx in zip(results, al.index, strict=True):
         total[idx] += r["counts"]
         absent = np.ones(al.n, dtype=bool)
         absent[idx] = False
-        total[absent, :, 3] += r["group_size"]
+        total[absent, :, -1] += r["group_size"]  # the last code is "missing", in either layout
     return al.keys, total, withheld_of(results, al)
 
 
@@ -281,7 +287,7 @@ class LogisticProtocol(Protocol):
     beta_null: np.ndarray = field(default_factory=lambda: np.zeros(0))
     null_iterations: int = 0
     keys: dict[str, np.ndarray] = field(default_factory=dict)
-    counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 4), dtype=np.int64))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 3), dtype=np.int64))
     score_z: np.ndarray = field(default_factory=lambda: np.zeros(0))
     score_v: np.ndarray = field(default_factory=lambda: np.zeros(0))
     score_u: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -395,8 +401,8 @@ class LogisticProtocol(Protocol):
             v = gwg - proj
             self.score_z = np.where(v > 1e-12 * np.maximum(gwg, 1e-300), u / np.sqrt(np.maximum(v, 1e-300)), np.nan)
         self.score_u, self.score_v = u, v
-        called = self.counts[:, :, :3].sum(axis=(1, 2))
-        a1 = (self.counts[:, :, 1] + 2 * self.counts[:, :, 2]).sum(axis=1)
+        called = self.counts[:, :, 0].sum(axis=1)
+        a1 = self.counts[:, :, 1].sum(axis=1)
         const = (a1 == 0) | (a1 == 2 * called)
         self.errcode = np.where(const, "CONST_OMITTED_ALLELE", "").astype(object)
         few = called <= k + 1
@@ -543,8 +549,8 @@ class LogisticProtocol(Protocol):
         return out
 
     def _result(self) -> dict[str, np.ndarray]:
-        called = self.counts[:, :, :3].sum(axis=(1, 2))
-        a1 = (self.counts[:, :, 1] + 2 * self.counts[:, :, 2]).sum(axis=1)
+        called = self.counts[:, :, 0].sum(axis=1)
+        a1 = self.counts[:, :, 1].sum(axis=1)
         bad = self.errcode != ""
         with np.errstate(invalid="ignore", divide="ignore"):
             freq = a1 / (2.0 * called)

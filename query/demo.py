@@ -8,6 +8,7 @@ logistic) through them, and compares the top hits with the simulation's truth. N
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,7 +86,8 @@ def run_demo(out: Path, say: Callable[[str], None], progress: Progress | None = 
 
 
 def truth_table(result: DemoResult) -> pl.DataFrame:
-    """Each simulated causal variant beside what the federated GWAS found for it."""
+    """Each simulated causal variant beside what the federated GWAS found for it (effects as beta for
+    ldl, log odds ratio for case)."""
     rows = []
     for trait in result.truth["trait"].unique(maintain_order=True).to_list():
         glm = result.job.out / f"{trait}.glm.{'linear' if trait == 'ldl' else 'logistic'}"
@@ -98,12 +100,20 @@ def truth_table(result: DemoResult) -> pl.DataFrame:
                     "trait": trait,
                     "variant": f"{r['chrom']}:{r['pos']} {r['ref']}>{r['alt']}",
                     "true effect": r["effect"],
-                    "estimate": rec.get("BETA", rec.get("OR", "not tested")),
+                    "estimate": _effect(rec),
                     "P": rec.get("P", "-"),
                     "found": _verdict(rec),
                 }
             )
     return pl.DataFrame(rows)
+
+
+def _effect(rec: dict[str, str]) -> str | float:
+    """BETA, or log(OR) for a logistic row: the scale the simulation's effects are on."""
+    try:
+        return float(rec["BETA"]) if "BETA" in rec else math.log(float(rec["OR"]))
+    except (KeyError, ValueError):
+        return rec.get("BETA", rec.get("OR", "not tested"))
 
 
 def _verdict(rec: dict[str, str]) -> str:

@@ -8,8 +8,8 @@ quantities, so they are computed centrally from pooled counts:
 - FREQ / HWE: from the counts round itself.
 - GWAS LINEAR: maf, mac and call_rate from the linear round's own sums (``Σg`` over called samples and the
   missing count ride along); hwe_p needs genotype counts, so a counts round runs beside the linear one.
-- GWAS LOGISTIC: from the score round's case/control genotype counts, before the Newton rounds, so that
-  filtered-out variants cost no Newton work.
+- GWAS LOGISTIC: maf, mac and call_rate from the score round's case/control allele counts, before the
+  Newton rounds, so that filtered-out variants cost no Newton work; hwe_p needs a counts round beside it.
 
 A *naive* plan (``naive=True``) always runs a separate counts round first and filters at the end; the
 tests check that it gives the same table.
@@ -99,7 +99,7 @@ class Plan:
             )
             lines.append(
                 f"next round: `logistic_score`: per variant g'(y-p), g'Wg, C'Wg, Σ_missing wcc', Σ_missing c(y-p), "
-                f"case/control genotype counts; ~{_mb(m * (2 + 2 * k + k * k + 8) * 8)} per station"
+                f"case/control allele counts; ~{_mb(m * (2 + 2 * k + k * k + 6) * 8)} per station"
             )
             if q.test != "score":
                 lines.append(
@@ -246,8 +246,8 @@ def plan(
         source, separate = "counts", True
     elif query.model == "linear":
         source, separate = ("counts", True) if vf.needs_genotypes else ("linear", False)
-    else:
-        source, separate = "score", False
+    else:  # the score round's allele counts give maf, mac, call_rate; HWE needs genotype counts
+        source, separate = ("counts", True) if vf.needs_genotypes else ("score", False)
     k = 1 + len(query.covariates) + (len(catalogs) - 1 if query.adjust_station else 0)
     return Plan(
         query=query,

@@ -99,11 +99,11 @@ def release(kind: str, result: dict[str, np.ndarray], policy: Policy) -> tuple[d
             controls, cases = np.asarray(out["group_size"]).tolist()
             _require_total(controls, policy, "controls")
             _require_total(cases, policy, "cases")
-        counts = out["counts"]
-        called = counts[:, :, :3].sum(axis=(1, 2))
-        alt = (counts[:, :, 1] + 2 * counts[:, :, 2]).sum(axis=1)
-        withheld = _regression_withheld(alt, called, counts[:, :, 3].sum(axis=1), policy)
-        withheld = withheld | np.asarray(_small(counts, policy.min_cell_count).any(axis=(1, 2)), dtype=bool)
+        counts = out["counts"]  # case/control allele counts: called samples, ALT alleles, missing samples
+        called, alt, missing = counts[:, :, 0], counts[:, :, 1], counts[:, :, 2]
+        withheld = _regression_withheld(alt.sum(axis=1), called.sum(axis=1), missing.sum(axis=1), policy)
+        cells = np.concatenate([called, alt, 2 * called - alt, missing], axis=1)
+        withheld = withheld | np.asarray(_small(cells, policy.min_cell_count).any(axis=1), dtype=bool)
         names = (
             ("u", "gwg", "cwg", "m_cwc", "m_cr", "counts", "cg", "gg", "n_miss", "m_cc")
             if kind == "logistic_score"

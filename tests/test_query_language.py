@@ -176,8 +176,10 @@ def test_plan_shapes() -> None:
     assert (lin.counts_source, lin.separate_counts_round) == ("linear", False)
     hwe = plan(parse("GWAS LINEAR ldl ~ age WHERE hwe_p > 1e-6"), cats)
     assert (hwe.counts_source, hwe.separate_counts_round) == ("counts", True)
-    log = plan(parse("GWAS LOGISTIC case ~ age WHERE hwe_p > 1e-6"), cats)
+    log = plan(parse("GWAS LOGISTIC case ~ age WHERE maf > 0.01"), cats)
     assert (log.counts_source, log.separate_counts_round) == ("score", False)
+    log_hwe = plan(parse("GWAS LOGISTIC case ~ age WHERE hwe_p > 1e-6"), cats)
+    assert (log_hwe.counts_source, log_hwe.separate_counts_round) == ("counts", True)
     naive = plan(parse("GWAS LOGISTIC case ~ age WHERE maf > 0.1"), cats, naive=True)
     assert (naive.counts_source, naive.separate_counts_round) == ("counts", True)
     assert plan(parse("FREQ WHERE filter = 'PASS'"), cats).model.pass_only
