@@ -35,6 +35,16 @@ class Policy(BaseModel):
         600, ge=1, description="task rounds per user per minute (a logistic GWAS takes about 10 to 60 rounds)"
     )
     approval: Literal["auto", "manual"] = "auto"
+    min_cases: int = Field(5, ge=1, description="a binary trait needs this many cases here (or none)")
+    min_controls: int = Field(5, ge=1, description="and this many controls (or none)")
+    min_samples_per_parameter: int = Field(
+        10, ge=1, description="analysed samples needed per model parameter (covariates + genotype)"
+    )
+    differencing_guard: bool = Field(
+        True,
+        description="refuse a sample set that differs from one the same user queried before by 1 to "
+        "min_cell_count - 1 samples",
+    )
 
 
 class Server(BaseModel):

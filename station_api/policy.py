@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.design import Design
 from engine.errors import BetterError
 from station_api.config import Policy
 from station_api.wire import TaskRequest
@@ -52,15 +53,42 @@ def check_task(request: TaskRequest, policy: Policy, n_variants: int) -> None:
         )
 
 
+def check_design(request: TaskRequest, design: Design, policy: Policy) -> None:
+    """Refuse, before running, a model with too few samples per parameter or too few cases or controls.
+
+    The messages name the rule, not the station's numbers.
+    """
+    inc = design.include
+    n = int(inc.sum())
+    if request.phenotype is not None and request.analysis.startswith("gwas"):
+        parameters = design.k + 1  # covariates with intercept and station indicators, and the genotype
+        if 0 < n < policy.min_samples_per_parameter * parameters:
+            raise PolicyRefusalError(
+                "min_samples_per_parameter",
+                f"the model has {parameters} parameters, too many for the samples this station can analyse "
+                f"(it needs {policy.min_samples_per_parameter} per parameter); use fewer covariates or a wider "
+                "sample filter",
+            )
+    if request.binary:
+        cases = int((design.y[inc] > 0.5).sum())
+        for count, floor, what in ((cases, policy.min_cases, "cases"), (n - cases, policy.min_controls, "controls")):
+            if 0 < count < floor:
+                raise PolicyRefusalError(
+                    f"min_{what}",
+                    f"too few {what} at this station for its policy (at least {floor}); widen the sample "
+                    "filter or leave this station out",
+                )
+
+
 def _small(x: np.ndarray, floor: int) -> np.ndarray:
     """Values that are disclosive under a threshold: ``0 < x < floor``."""
     return (x > 0) & (x < floor)
 
 
-def _require_total(n: int, policy: Policy, what: str) -> None:
-    if _small(np.array(n), policy.min_cell_count):
+def _require_total(n: int, policy: Policy, what: str, floor: int | None = None) -> None:
+    if _small(np.array(n), policy.min_cell_count if floor is None else floor):
         raise PolicyRefusalError(
-            "min_cell_count",
+            "min_cell_count" if floor is None else f"min_{what}",
             f"the sample filter leaves too few {what} at this station to release anything; "
             "widen the filter or leave this station out",
         )
@@ -91,14 +119,14 @@ def release(kind: str, result: dict[str, np.ndarray], policy: Policy) -> tuple[d
     elif kind == "logistic_null":
         n, cases = int(out["n"]), int(out["n_case"])
         _require_total(n, policy, "samples")
-        _require_total(cases, policy, "cases")
-        _require_total(n - cases, policy, "controls")
+        _require_total(cases, policy, "cases", policy.min_cases)
+        _require_total(n - cases, policy, "controls", policy.min_controls)
         return out, {"kind": kind, "samples": n}
     elif kind in ("logistic_score", "logistic_newton"):
         if kind == "logistic_score":
             controls, cases = np.asarray(out["group_size"]).tolist()
-            _require_total(controls, policy, "controls")
-            _require_total(cases, policy, "cases")
+            _require_total(controls, policy, "controls", policy.min_controls)
+            _require_total(cases, policy, "cases", policy.min_cases)
         counts = out["counts"]  # case/control allele counts: called samples, ALT alleles, missing samples
         called, alt, missing = counts[:, :, 0], counts[:, :, 1], counts[:, :, 2]
         withheld = _regression_withheld(alt.sum(axis=1), called.sum(axis=1), missing.sum(axis=1), policy)

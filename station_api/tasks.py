@@ -23,7 +23,8 @@ from engine.errors import BetterError, InputError, NotFoundError
 from genomics.store import Store
 from station_api.audit import AuditLog
 from station_api.config import StationConfig
-from station_api.policy import PolicyRefusalError, check_task
+from station_api.ledger import QueryLedger
+from station_api.policy import PolicyRefusalError, check_design, check_task
 from station_api.runner import BlockCache, DatasetCache, Outcome, Prepared, prepare, run_task
 from station_api.wire import TaskRequest
 
@@ -120,6 +121,7 @@ class TaskManager:
         self.tasks: dict[str, TaskRecord] = {}
         self.datasets = DatasetCache(store)
         self.blocks = BlockCache()
+        self.ledger = QueryLedger(store)
         self._lock = threading.Lock()
         self._compute = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=config.server.workers, thread_name_prefix="better-task")
@@ -132,8 +134,12 @@ class TaskManager:
     # -- requests ---------------------------------------------------------------------------------
     def submit(self, user: str, request: TaskRequest) -> TaskRecord:
         """Check the policy and either queue the task or park it for approval."""
-        prepared = prepare(self.datasets, request, self.config.policy)
-        check_task(request, self.config.policy, prepared.n_variants)
+        policy = self.config.policy
+        prepared = prepare(self.datasets, request, policy)
+        check_task(request, policy, prepared.n_variants)
+        check_design(request, prepared.design, policy)
+        if policy.differencing_guard:
+            self.ledger.admit(user, request.dataset, prepared.design.include, policy.min_cell_count)
         record = TaskRecord(
             id=secrets.token_hex(16),
             user=user,

@@ -33,7 +33,8 @@ def federation(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     with ExitStack() as stack:
         for name in ("milano", "nijmegen", "barcelona"):
             # every variant may leave: this tests the job's outputs; withholding is tested with the server
-            st = make_station(root, name, small_cohort, policy=Policy(min_cell_count=1, min_minor_allele_count=0))
+            open_policy = Policy(min_cell_count=1, min_minor_allele_count=0, min_samples_per_parameter=1)
+            st = make_station(root, name, small_cohort, policy=open_policy)
             url = stack.enter_context(serve(st.path))
             entries.append(f'[[station]]\nname = "{name}"\nurl = "{url}"\ntoken = "{st.researcher}"\n')
         (root / "federation.toml").write_text("\n".join(entries))

@@ -29,7 +29,8 @@ FAKE_ID = "0" * 32
 
 @pytest.fixture(scope="module")
 def milano(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StationSetup, str]]:
-    st = make_station(tmp_path_factory.mktemp("stations"), "milano", small_cohort)
+    # The tests below ask for many sample sets in turn; the differencing guard has its own test.
+    st = make_station(tmp_path_factory.mktemp("stations"), "milano", small_cohort, Policy(differencing_guard=False))
     with serve(st.path) as url:
         yield st, url
 
@@ -272,6 +273,56 @@ def test_sample_count__small_counts_are_withheld(milano: tuple[StationSetup, str
     got = decode_arrays(httpx.get(f"{url}/tasks/{status['id']}/result", headers=auth(st.researcher)).content)
     assert bool(got["withheld"]) and int(got["n"]) == 0
     assert status["released"] == {"kind": "sample_count", "withheld": True, "bytes": status["released"]["bytes"]}
+
+
+def test_differencing_attack__two_counts_one_person_apart_are_refused(small_cohort: Path, tmp_path: Path) -> None:
+    st = make_station(tmp_path, "milano", small_cohort)
+    ages = Store.open(st.path).dataset("cohort").phenotypes().column("age").to_numpy(zero_copy_only=False)
+    ages = np.sort(ages[np.isfinite(ages)])
+    cut = float(ages[len(ages) // 2] + ages[len(ages) // 2 + 1]) / 2  # the median person is just below it
+    body = {"dataset": "cohort", "analysis": "count", "kind": "sample_count"}
+    with serve(st.path) as url:
+        h = auth(st.researcher)
+        first = httpx.post(
+            f"{url}/tasks", json={**body, "where": [{"column": "age", "op": ">", "value": cut}]}, headers=h
+        )
+        assert first.status_code == 202
+        one_more = {**body, "where": [{"column": "age", "op": ">=", "value": float(ages[len(ages) // 2])}]}
+        r = httpx.post(f"{url}/tasks", json=one_more, headers=h)
+        assert r.status_code == 403 and r.json()["detail"]["rule"] == "differencing_guard"
+        assert str(int(ages.size)) not in r.json()["detail"]["message"]  # the refusal gives no number away
+        again = httpx.post(
+            f"{url}/tasks", json={**body, "where": [{"column": "age", "op": ">", "value": cut}]}, headers=h
+        )
+        assert again.status_code == 202  # the same set again is fine
+        everyone = httpx.post(f"{url}/tasks", json=body, headers=h)
+        assert everyone.status_code == 202  # half the cohort apart: fine
+    # the ledger is in the catalog: a restarted station still refuses
+    with serve(st.path) as url:
+        r = httpx.post(f"{url}/tasks", json=one_more, headers=auth(st.researcher))
+        assert r.status_code == 403 and r.json()["detail"]["rule"] == "differencing_guard"
+
+
+def test_small_models__too_few_samples_per_parameter_or_cases_are_refused(small_cohort: Path, tmp_path: Path) -> None:
+    st = make_station(tmp_path, "barcelona", small_cohort, Policy(min_cases=1000, differencing_guard=False))
+    with serve(st.path) as url:
+        h = auth(st.researcher)
+        big = {"dataset": "cohort", "analysis": "gwas_linear", "kind": "linear", "phenotype": "ldl"}
+        r = httpx.post(
+            f"{url}/tasks", json={**big, "covariates": ["age", "sex", "pc1", "pc2", "pc3", "pc4", "bmi"]}, headers=h
+        )
+        assert r.status_code == 403 and r.json()["detail"]["rule"] == "min_samples_per_parameter"
+        log = {
+            "dataset": "cohort",
+            "analysis": "gwas_logistic",
+            "kind": "logistic_null",
+            "phenotype": "case",
+            "binary": True,
+            "covariates": ["age"],
+            "state": encode_state({"beta": np.zeros(2)}),
+        }
+        r = httpx.post(f"{url}/tasks", json=log, headers=h)
+        assert r.status_code == 403 and r.json()["detail"]["rule"] == "min_cases"
 
 
 def test_rate_limit__429_with_retry_after(small_cohort: Path, tmp_path: Path) -> None:
