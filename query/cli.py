@@ -101,6 +101,9 @@ def station_init(
 
     check_station_name(name)
     store = Store.create(station)
+    from station_api.signing import load_or_create_key, public_key_text
+
+    key = public_key_text(load_or_create_key(station))
     if (station / CONFIG_FILE).exists():
         existing = read_config(station)
         if existing.name != name:
@@ -109,6 +112,7 @@ def station_init(
     else:
         write_config(station, StationConfig(name=name))
         err.print(f"station {name!r} created in {store.path}")
+    err.print(f"signing key: {key} (give it to coordinators to pin as public_key in their federation file)")
     print(station)
 
 
@@ -330,9 +334,29 @@ def query(
         return
     for note in fed.notes:
         err.print(f"[yellow]{note}[/yellow]")
-    write(frame, fmt, out_file, fed.notes, out)
+    write(frame, fmt, out_file, fed.notes, out, fed.manifests)
     rows = frame.height
     err.print(f"[dim]{rows} row(s) from {len(fed.stations)} station(s) in {time.perf_counter() - t0:.1f} s[/dim]")
+
+
+@app.command()
+def verify(
+    result: Annotated[
+        Path, typer.Argument(help="a query result (--format json or parquet) or a job's provenance.json")
+    ],
+    federation: Annotated[Path, typer.Option(help="federation file with each station's pinned public_key")] = Path(
+        "federation.toml"
+    ),
+) -> None:
+    """Check the stations' signatures on the manifests of a result; exit 1 if any is missing or wrong."""
+    from query.federation import Federation
+    from query.provenance import read_manifests, verify_manifests
+
+    keys = {s.name: s.public_key for s in Federation.from_file(federation).stations}
+    problems, checked = verify_manifests(read_manifests(result), keys)
+    if problems:
+        raise BetterError(f"{result}: provenance does NOT verify:\n  " + "\n  ".join(problems))
+    err.print(f"{result}: {checked} signed manifest(s) verified ({', '.join(sorted(keys))})")
 
 
 def _bars(unit: str, transient: bool) -> Progress:
@@ -371,8 +395,8 @@ def gwas(job: Annotated[Path, typer.Argument(help="the job file (TOML); see docs
     bars, progress = _job_progress()
     with bars:
         result = run_job(job, progress)  # type: ignore[arg-type]
-    for name, files in result.files.items():
-        err.print(f"{name}: λGC {result.lambdas[name]:.3f}; " + ", ".join(f.name for f in files))
+    for name, lam in result.lambdas.items():
+        err.print(f"{name}: λGC {lam:.3f}; " + ", ".join(f.name for f in result.files[name]))
     err.print(f"report: {result.out / 'report.html'} ({result.seconds:.1f} s; {result.chunks_reused} chunk(s) reused)")
     print(result.out / "report.html")
 

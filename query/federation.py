@@ -57,6 +57,7 @@ class StationEntry(BaseModel):
     url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
     token_env: str | None = None
     token: str | None = None
+    public_key: str | None = Field(None, description="the station's signing key (ed25519:...), pinned")
     timeout: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
@@ -109,7 +110,7 @@ class Federation:
                 if not token:
                     raise InputError(f"{p}: station {s.name}: set the environment variable {s.token_env} to its token")
             assert token is not None
-            clients.append(StationClient(s.name, s.url, token, timeout=s.timeout))
+            clients.append(StationClient(s.name, s.url, token, timeout=s.timeout, public_key=s.public_key))
         return cls(clients, spec.dataset)
 
     # -- public API ---------------------------------------------------------------------------------------
@@ -124,9 +125,16 @@ class Federation:
         """Run a query and return its table (an ``EXPLAIN`` query returns the plan, one line a row)."""
         q = parse(text)
         self.notes = []
+        for s in self.stations:
+            s.manifests.clear()
         if q.explain:
             return pl.DataFrame({"plan": self.explain(text.split(None, 1)[1], naive).splitlines()})
         return asyncio.run(self._run(q, allow_partial, naive, on_round))
+
+    @property
+    def manifests(self) -> list[dict[str, object]]:
+        """The signed manifests of every release the last query received, station by station."""
+        return [m for s in self.stations for m in s.manifests]
 
     # -- internals ------------------------------------------------------------------------------------
     async def _catalogs(self, stations: list[StationClient]) -> list[StationCatalog]:

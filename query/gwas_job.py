@@ -8,6 +8,9 @@ same bytes as an uninterrupted run. At the end, per phenotype: ``PHENO.glm.linea
 ``PHENO.glm.logistic``, GWAS-SSF ``PHENO.tsv.gz`` with ``PHENO.tsv.gz-meta.yaml``, Manhattan and QQ plots,
 ``PHENO.top_hits.tsv``, and one ``report.html`` for the job.
 
+Every station release is signed; ``provenance.json`` holds the manifests of the whole job, for
+``better verify``.
+
 A job file::
 
     federation = "federation.toml"       # relative to the job file
@@ -197,7 +200,11 @@ def run_job(path: str | os.PathLike[str], progress: Progress | None = None, fed:
     for i, region in enumerate(chunks):
         todo = [ph for ph in spec.phenotype if not _chunk_path(parts, ph.name, i).exists()]
         if todo:
+            for station in fed.stations:
+                station.manifests.clear()
             frames = asyncio.run(_chunk(fed, spec, todo, region, timings))
+            signed = parts / f"manifests.{i:05d}.{'+'.join(ph.name for ph in todo)}.json"
+            signed.write_text(json.dumps(fed.manifests))  # before the chunk counts as done
             for ph, frame in zip(todo, frames, strict=True):
                 target = _chunk_path(parts, ph.name, i)
                 tmp = target.with_suffix(".tmp")
@@ -310,6 +317,9 @@ def _finish(
             f"<h3>Query and plan (first chunk)</h3>"
             f"<pre>{html.escape(query_text(spec, ph, chunks[0]))}\n\n{html.escape(plans[ph.name])}</pre>"
         )
+    manifests = [m for f in sorted((out / ".chunks").glob("manifests.*.json")) for m in json.loads(f.read_text())]
+    (out / "provenance.json").write_text(json.dumps({"provenance": manifests}, indent=1))
+    files["provenance"] = [out / "provenance.json"]
     seconds = time.perf_counter() - t0
     sections.append(_provenance(catalogs, fed, timings, seconds, run, reused, len(chunks)))
     summary = (

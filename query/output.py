@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -101,8 +102,16 @@ def rows_as_text(frame: pl.DataFrame) -> list[list[str]]:
     ]
 
 
-def write(frame: pl.DataFrame, fmt: str, out: Path | None, notes: list[str], console: Console) -> None:
-    """Write ``frame`` as ``fmt`` (table, tsv, json, parquet) to ``out`` or stdout."""
+def write(
+    frame: pl.DataFrame,
+    fmt: str,
+    out: Path | None,
+    notes: list[str],
+    console: Console,
+    provenance: list[dict[str, Any]] | None = None,
+) -> None:
+    """Write ``frame`` as ``fmt`` (table, tsv, json, parquet) to ``out`` or stdout; JSON and Parquet carry
+    the stations' signed manifests (``better verify`` checks them)."""
     cols = [c for c in frame.columns if c != "WITHHELD"]
     if fmt == "parquet":
         if out is None:
@@ -110,14 +119,19 @@ def write(frame: pl.DataFrame, fmt: str, out: Path | None, notes: list[str], con
         import pyarrow.parquet as pq
 
         t = frame.to_arrow()
-        t = t.replace_schema_metadata({**(t.schema.metadata or {}), b"better.notes": json.dumps(notes).encode()})
+        meta = {
+            b"better.notes": json.dumps(notes).encode(),
+            b"better.provenance": json.dumps(provenance or []).encode(),
+        }
+        t = t.replace_schema_metadata({**(t.schema.metadata or {}), **meta})
         pq.write_table(t, out)
         return
     text_rows = rows_as_text(frame)
     if fmt == "tsv":
         body = "\t".join(cols) + "\n" + "".join("\t".join(r) + "\n" for r in text_rows)
     elif fmt == "json":
-        body = json.dumps({"columns": cols, "rows": text_rows, "notes": notes}, indent=1) + "\n"
+        doc = {"columns": cols, "rows": text_rows, "notes": notes, "provenance": provenance or []}
+        body = json.dumps(doc, indent=1) + "\n"
     elif fmt == "table":
         t = Table(show_edge=False, header_style="bold")
         for c in cols:

@@ -79,7 +79,10 @@ class StationClient:
     token: str
     timeout: float = 600.0
     retries: int = 2
+    public_key: str | None = None
     timings: list[float] = field(default_factory=list)
+    #: Signed manifests of the releases this client received: {"station", "manifest", "signature"}.
+    manifests: list[dict[str, Any]] = field(default_factory=list)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -131,6 +134,9 @@ class StationClient:
             if on_progress is not None:
                 on_progress(float(status.get("progress", 0.0)))
             if status["status"] == "done":
+                self.manifests.append(
+                    {"station": self.name, "manifest": status.get("manifest"), "signature": status.get("signature")}
+                )
                 break
             if status["status"] in ("failed", "cancelled", "rejected", "expired"):
                 raise StationError(self.name, f"task {status['status']}: {status.get('error') or 'no reason given'}")

@@ -35,6 +35,7 @@ from station_api.audit import AuditLog
 from station_api.auth import Principal, authenticate
 from station_api.config import CONFIG_FILE, Policy, StationConfig, read_config, write_config
 from station_api.policy import PolicyRefusalError
+from station_api.signing import load_or_create_key, public_key_text
 from station_api.tasks import TaskManager, TaskRecord
 from station_api.wire import ARROW_STREAM, WIRE_VERSION, TaskRequest
 
@@ -67,6 +68,8 @@ class TaskStatus(BaseModel):
     finished_at: str | None
     error: str | None
     released: dict[str, Any] | None = Field(description="what the policy let out (counts, withheld variants)")
+    manifest: dict[str, Any] | None = Field(None, description="what was released and under what (hashes)")
+    signature: str | None = Field(None, description="the station's Ed25519 signature of the manifest, base64")
 
 
 class Decision(BaseModel):
@@ -154,7 +157,9 @@ def create_app(station_dir: Path) -> FastAPI:
     audit = AuditLog(store)
     audit.create_view()
     live = _Live(config, (Path(station_dir) / CONFIG_FILE).stat().st_mtime_ns)
-    manager = TaskManager(store, config, audit)
+    key = load_or_create_key(Path(station_dir))
+    public_key = public_key_text(key)
+    manager = TaskManager(store, config, audit, key)
     limiter = RateLimiter(config.policy.rate_limit_per_minute)
 
     @asynccontextmanager
@@ -288,6 +293,7 @@ def create_app(station_dir: Path) -> FastAPI:
             "name": config.name,
             "software": f"better {__version__}",
             "wire_version": WIRE_VERSION,
+            "public_key": public_key,
             "analyses": list(current_config().policy.allowed_analyses),
         }
 
@@ -322,6 +328,7 @@ def create_app(station_dir: Path) -> FastAPI:
         return {
             "name": config.name,
             "software": f"better {__version__}",
+            "public_key": public_key,
             "datasets": datasets,
             "policy": policy.model_dump(),
             "count_rounding": step,

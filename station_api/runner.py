@@ -129,13 +129,29 @@ class DatasetCache:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._open: dict[str, tuple[int, Dataset]] = {}
+        self._digests: dict[str, tuple[int, str]] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, name: str) -> Dataset:
+    def digest(self, name: str) -> str:
+        """SHA-256 of the dataset's source VCF, as recorded at ingest (for signed manifests)."""
+        inode = self._inode(name)
+        with self._lock:
+            hit = self._digests.get(name)
+        if hit is not None and hit[0] == inode:
+            return hit[1]
+        value = next((str(d["source_sha256"] or "") for d in self.store.summary() if d["name"] == name), "")
+        with self._lock:
+            self._digests[name] = (inode, value)
+        return value
+
+    def _inode(self, name: str) -> int:
         try:
-            inode = os.stat(self.store.path / DATASETS / name).st_ino
+            return os.stat(self.store.path / DATASETS / name).st_ino
         except OSError:
-            inode = -1
+            return -1
+
+    def __call__(self, name: str) -> Dataset:
+        inode = self._inode(name)
         with self._lock:
             hit = self._open.get(name)
             if hit is not None and hit[0] == inode != -1:

@@ -17,15 +17,20 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from engine.errors import BetterError, InputError, NotFoundError
 from genomics.store import Store
+from station_api import __version__
 from station_api.audit import AuditLog
 from station_api.config import StationConfig
 from station_api.ledger import QueryLedger
 from station_api.policy import PolicyRefusalError, check_design, check_task
 from station_api.runner import BlockCache, DatasetCache, Outcome, Prepared, prepare, run_task
+from station_api.signing import canonical, load_or_create_key, sha256, sign
 from station_api.wire import TaskRequest
 
 log = logging.getLogger("better.station")
@@ -72,6 +77,8 @@ class TaskRecord:
     finished_mono: float | None = None
     error: str | None = None
     outcome: Outcome | None = None
+    manifest: dict[str, Any] | None = None
+    signature: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future[None] | None = None
 
@@ -92,6 +99,8 @@ class TaskRecord:
             "finished_at": self.finished_at,
             "error": self.error,
             "released": self.outcome.summary if self.outcome else None,
+            "manifest": self.manifest,
+            "signature": self.signature,
         }
 
 
@@ -114,10 +123,13 @@ def request_summary(request: TaskRequest) -> dict[str, Any]:
 class TaskManager:
     """Owns the station's tasks and the worker pool."""
 
-    def __init__(self, store: Store, config: StationConfig, audit: AuditLog) -> None:
+    def __init__(
+        self, store: Store, config: StationConfig, audit: AuditLog, key: Ed25519PrivateKey | None = None
+    ) -> None:
         self.store = store
         self.config = config
         self.audit = audit
+        self.key = key or load_or_create_key(Path(store.path))
         self.tasks: dict[str, TaskRecord] = {}
         self.datasets = DatasetCache(store)
         self.blocks = BlockCache()
@@ -240,10 +252,31 @@ class TaskManager:
             self._finish(record, "failed", f"internal error in the station; tell its administrator: task {record.id}")
         else:
             record.outcome = outcome
+            record.manifest = self._manifest(record, outcome)
+            record.signature = sign(self.key, record.manifest)
             self._finish(record, "done", None)
             self.audit.append(record.user, "task.released", {"task": record.id, **outcome.summary})
             return
         self.audit.append(record.user, "task.failed", {"task": record.id, "error": record.error})
+
+    def _manifest(self, record: TaskRecord, outcome: Outcome) -> dict[str, Any]:
+        """What this release was, for the signed provenance (no data, only hashes and counts)."""
+        request = record.request
+        return {
+            "station": self.config.name,
+            "task": record.id,
+            "user": record.user,
+            "dataset": request.dataset,
+            "analysis": request.analysis,
+            "kind": request.kind,
+            "label": request.label,
+            "plan_sha256": sha256(canonical(request.model_dump(mode="json"))),
+            "data_sha256": self.datasets.digest(request.dataset),
+            "policy_sha256": sha256(canonical(self.config.policy.model_dump())),
+            "software": f"better {__version__}",
+            "result_sha256": sha256(outcome.payload),
+            "released": outcome.summary,
+        }
 
     def _finish(self, record: TaskRecord, status: Status, error: str | None) -> None:
         record.prepared = None  # the design and state arrays are not needed any more

@@ -89,3 +89,32 @@ def test_query__failures_are_one_message_and_exit_1(federation: Path) -> None:
     assert missing.returncode == 1 and "set the environment variable BETTER_TEST_TOKEN_0" in missing.stderr
     nofile = better("query", "--federation", "/nonexistent.toml", "COUNT")
     assert nofile.returncode == 1 and "no such federation file" in nofile.stderr
+
+
+def test_verify__signed_manifests_check_and_a_tampered_one_fails(federation: Path, tmp_path: Path) -> None:
+    import httpx
+
+    # pin each station's public key in a copy of the federation file
+    text = federation.read_text()
+    pinned = []
+    for block in text.split("[[station]]")[1:]:
+        url = next(line.split("=", 1)[1].strip().strip('"') for line in block.splitlines() if line.startswith("url"))
+        key = httpx.get(f"{url}/info").json()["public_key"]
+        pinned.append(f'[[station]]{block.rstrip()}\npublic_key = "{key}"\n')
+    fed = tmp_path / "pinned.toml"
+    fed.write_text("\n".join(pinned))
+    result = tmp_path / "r.json"
+    q = better("query", "--federation", str(fed), "--format", "json", "--out", str(result), "COUNT WHERE sex = 2")
+    assert q.returncode == 0, q.stderr
+    doc = json.loads(result.read_text())
+    assert {m["station"] for m in doc["provenance"]} == {"milano", "nijmegen"}
+    ok = better("verify", str(result), "--federation", str(fed))
+    assert ok.returncode == 0 and "2 signed manifest(s) verified" in " ".join(ok.stderr.split()), ok.stderr
+    doc["provenance"][0]["manifest"]["released"]["withheld"] = not doc["provenance"][0]["manifest"]["released"][
+        "withheld"
+    ]
+    result.write_text(json.dumps(doc))
+    bad = better("verify", str(result), "--federation", str(fed))
+    assert bad.returncode == 1 and "signature does not match" in " ".join(bad.stderr.split())
+    unpinned = better("verify", str(result), "--federation", str(federation))
+    assert unpinned.returncode == 1 and "no public_key pinned" in " ".join(unpinned.stderr.split())

@@ -1,0 +1,79 @@
+"""Signed provenance: each station signs (Ed25519) a manifest of every release.
+
+A manifest says what was released and under what: the station, the task, a hash of the exact request
+(the plan), a hash of the data's source file, a hash of the policy, the software version and a hash of
+the released bytes. The coordinator keeps the manifests with the result; ``better verify`` checks them
+against the stations' public keys pinned in the federation file, so a result can later be shown to come
+from those stations, under those policies, and not to have been edited.
+
+The station's key is ``station.key`` (PKCS#8 PEM, readable by its owner only), made by ``better station
+init`` or on first start.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from engine.errors import StoreError
+
+KEY_FILE = "station.key"
+PREFIX = "ed25519:"
+
+
+def canonical(obj: Any) -> bytes:
+    """The one byte form of a JSON value that is signed and hashed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_or_create_key(station: Path) -> Ed25519PrivateKey:
+    """The station's signing key, created (mode 0600) if there is none yet."""
+    path = station / KEY_FILE
+    if path.exists():
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError):
+            raise StoreError(f"{path}: not a PEM private key; move it away to have a new one made") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise StoreError(f"{path}: not an Ed25519 key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return key
+
+
+def public_key_text(key: Ed25519PrivateKey) -> str:
+    """``ed25519:<base64 of the 32 raw bytes>``, as published in station info and pinned in federations."""
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return PREFIX + base64.b64encode(raw).decode()
+
+
+def sign(key: Ed25519PrivateKey, manifest: dict[str, Any]) -> str:
+    return base64.b64encode(key.sign(canonical(manifest))).decode()
+
+
+def verify(public_key: str, manifest: dict[str, Any], signature: str) -> bool:
+    """Whether ``signature`` is the key's signature of ``manifest`` (False for any malformed input)."""
+    if not public_key.startswith(PREFIX):
+        return False
+    try:
+        pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key[len(PREFIX) :], validate=True))
+        pub.verify(base64.b64decode(signature, validate=True), canonical(manifest))
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
