@@ -129,15 +129,16 @@ class Federation:
             s.manifests.clear()
         if q.explain:
             return pl.DataFrame({"plan": self.explain(text.split(None, 1)[1], naive).splitlines()})
-        return asyncio.run(self._run(q, allow_partial, naive, on_round))
+        return asyncio.run(self.run(q, allow_partial, naive, on_round))
 
     @property
     def manifests(self) -> list[dict[str, object]]:
         """The signed manifests of every release the last query received, station by station."""
         return [m for s in self.stations for m in s.manifests]
 
-    # -- internals ------------------------------------------------------------------------------------
-    async def _catalogs(self, stations: list[StationClient]) -> list[StationCatalog]:
+    # -- the async parts ---------------------------------------------------------------------------------
+    async def catalogs(self, stations: list[StationClient]) -> list[StationCatalog]:
+        """What each station holds (``GET /station``), all asked at once."""
         async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
 
             async def one(s: StationClient) -> StationCatalog:
@@ -154,9 +155,10 @@ class Federation:
             return await gather_or_cancel(*(one(s) for s in stations))
 
     async def _plan(self, q: Query, stations: list[StationClient], naive: bool) -> Plan:
-        return plan(q, await self._catalogs(stations), self.dataset, naive)
+        return plan(q, await self.catalogs(stations), self.dataset, naive)
 
-    async def _run(self, q: Query, allow_partial: bool, naive: bool, on_round: OnRound | None) -> pl.DataFrame:
+    async def run(self, q: Query, allow_partial: bool, naive: bool, on_round: OnRound | None) -> pl.DataFrame:
+        """Plan and run a parsed query (the async form of :meth:`query`, for callers with a loop)."""
         stations = list(self.stations)
         left_out: list[str] = []
         while True:

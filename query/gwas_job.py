@@ -180,7 +180,7 @@ def run_job(path: str | os.PathLike[str], progress: Progress | None = None, fed:
     parts.mkdir(parents=True, exist_ok=True)
     for ph in spec.phenotype:  # fail early, before any station works, on a query that cannot run
         parse(query_text(spec, ph, "1"))
-    catalogs = asyncio.run(fed._catalogs(fed.stations))
+    catalogs = asyncio.run(fed.catalogs(fed.stations))
     chunks = chunks_of(spec, catalogs, fed.dataset)
     if not chunks:
         raise InputError("the job's regions hold no variants at any station")
@@ -242,7 +242,7 @@ async def _chunk(
         timings[kind] += seconds
 
     async def one(ph: Phenotype) -> pl.DataFrame:
-        return await fed._run(parse(query_text(spec, ph, region)), False, False, on_round)
+        return await fed.run(parse(query_text(spec, ph, region)), False, False, on_round)
 
     from query.remote import gather_or_cancel
 

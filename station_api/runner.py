@@ -217,7 +217,9 @@ def block_source(
     if cache is None or not cache.fits(prepared.n_variants, prepared.dataset.n_samples):
         return StationBlocks(prepared.dataset, regions, on_block=on_block, pass_only=request.pass_only)
     plain = StationBlocks(prepared.dataset, regions, pass_only=request.pass_only)
-    key = (str(prepared.dataset.path), prepared.dataset.n_variants, tuple(map(str, regions or [])), request.pass_only)
+    # the folder's inode changes when a new ingest replaces the dataset, so stale blocks are never served
+    folder = os.stat(prepared.dataset.path).st_ino
+    key = (str(prepared.dataset.path), folder, tuple(map(str, regions or [])), request.pass_only)
 
     def source(targets: Any = None) -> Any:
         if targets is not None:
