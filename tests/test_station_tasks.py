@@ -78,3 +78,27 @@ def test_many_tasks__run_concurrently_and_all_finish(manager: TaskManager) -> No
         wait_for(r, "done", 60)
     payloads = {r.outcome.payload for r in records if r.outcome is not None}
     assert len(payloads) == 1  # the same task gives the same bytes, whichever thread ran it
+
+
+def test_block_cache__tasks_over_the_same_variants_share_one_read() -> None:
+    """The phenotypes of a GWAS chunk arrive together: the station reads their genotypes once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from station_api.runner import BlockCache
+
+    cache = BlockCache(entries=2)
+    reads: list[str] = []
+
+    def read(name: str) -> list:
+        reads.append(name)
+        time.sleep(0.05)  # the second task arrives while the first still reads
+        return [name]
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: cache.get(("chunk1",), lambda: read("chunk1")), range(4)))
+    assert got == [["chunk1"]] * 4 and reads == ["chunk1"]
+    cache.get(("chunk2",), lambda: read("chunk2"))
+    cache.get(("chunk3",), lambda: read("chunk3"))  # chunk1 is the oldest of three: dropped
+    cache.get(("chunk1",), lambda: read("chunk1"))
+    assert reads == ["chunk1", "chunk2", "chunk3", "chunk1"]
+    assert cache.fits(1000, 10_000) and not cache.fits(100_000, 10_000)
