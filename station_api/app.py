@@ -41,7 +41,6 @@ from station_api.wire import ARROW_STREAM, WIRE_VERSION, TaskRequest
 
 log = logging.getLogger("better.station")
 
-OPEN_PATHS = ("/health", "/service-info", "/info", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 _UNAUDITED = ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 TaskId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="task id as returned on submission")]
 
