@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.accelerate import jit
-from engine.align import align
+from engine.align import Alignment, align
 from engine.design import Block, Design, concat_keys
 from engine.kernels.regression import linear_sums
 from engine.stats import log10_p_t
@@ -104,14 +104,17 @@ def linear_station(design: Design, blocks: Iterable[Block]) -> LinearStats:
     )
 
 
-def combine_linear(stats: list[LinearStats]) -> LinearStats:
-    """Add station statistics. A variant a station lacks counts all that station's samples as missing."""
+def combine_linear(stats: list[LinearStats], al: Alignment | None = None) -> LinearStats:
+    """Add station statistics. A variant a station lacks counts all that station's samples as missing.
+
+    ``al``, the stations' variant alignment, is computed unless the caller has it already.
+    """
     if not stats:
         raise ValueError("no station statistics to combine")
     k = stats[0].k
     if any(s.k != k for s in stats):
         raise ValueError("stations used different numbers of covariates")
-    al = align([s.keys for s in stats])
+    al = al or align([s.keys for s in stats])
     m = al.n
     out = LinearStats(
         k=k,

@@ -73,6 +73,7 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
     w = np.where(inc, p * (1 - p), 0.0)
     resid = np.where(inc, design.y - p, 0.0)
     group = _groups(design)
+    sizes = _group_sizes(design)
     k = design.k
     key_parts: list[dict[str, np.ndarray]] = []
     shapes = {
@@ -92,13 +93,14 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
         sums = {
             name: np.zeros((m, *shape), dtype=np.int64 if name == "n_miss" else float) for name, shape in shapes.items()
         }
+        alt, miss = np.zeros((m, 2), dtype=np.int64), np.zeros((m, 2), dtype=np.int64)
         packed = np.ascontiguousarray(b.packed)
         if m:
-            score_sums(packed, C, resid, w, inc, *sums.values())
+            score_sums(packed, C, resid, w, inc, **sums, group=group, alt_by_group=alt, miss_by_group=miss)
         key_parts.append(b.keys)
         for name, arr in sums.items():
             parts[name].append(arr)
-        parts["counts"].append(allele_counts(genotype_counts(packed, group, 2)))
+        parts["counts"].append(np.stack([sizes[None, :] - miss, alt, miss], axis=-1))  # allele counts
     cwc, cr = weighted_gram(C, w, resid, inc)
     out = {f"key_{c}": v for c, v in concat_keys(key_parts).items()}
     shapes["counts"] = (2, 3)

@@ -140,13 +140,15 @@ def withheld_of(results: list[Result], al: Alignment) -> np.ndarray:
     return out
 
 
-def combine_counts(results: list[Result]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def combine_counts(
+    results: list[Result], al: Alignment | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Pooled keys, counts and the withheld mask; a variant a station lacks is missing there.
 
     Counts are ``(variants, groups, codes)`` with "missing" the last code: genotype counts (4 codes) or
-    the allele counts of the logistic score round (3).
+    the allele counts of the logistic score round (3). ``al`` is computed unless given.
     """
-    al = align([station_keys(r) for r in results])
+    al = al or align([station_keys(r) for r in results])
     groups, codes = results[0]["counts"].shape[1:]
     total = np.zeros((al.n, groups, codes), dtype=np.int64)
     for r, idx in zip(results, al.index, strict=True):
@@ -383,7 +385,8 @@ class LogisticProtocol(Protocol):
                     **({"withheld": r["withheld"]} if "withheld" in r else {}),
                 }
                 for r in results
-            ]
+            ],
+            al,
         )
         for r, idx in zip(results, al.index, strict=True):
             absent = np.ones(m, dtype=bool)
@@ -408,7 +411,9 @@ class LogisticProtocol(Protocol):
         few = called <= k + 1
         self.errcode[few & ~const] = "SAMPLE_CT<=COVAR_CT"
         # PLINK 2 checks the unweighted predictors of every variant as for linear regression.
-        collinear = linear.finalize_linear(linear.combine_linear([_predictor_stats(r, k) for r in results]))["ERRCODE"]
+        collinear = linear.finalize_linear(linear.combine_linear([_predictor_stats(r, k) for r in results], al))[
+            "ERRCODE"
+        ]
         flagged = np.isin(collinear, ("CORR_TOO_HIGH", "VIF_TOO_HIGH", "INVALID_RESULT")) & (self.errcode == "")
         # A singular predictor matrix is INVALID_RESULT in PLINK 2's linear output, VIF_INFINITE in logistic.
         self.errcode[flagged] = np.where(collinear[flagged] == "INVALID_RESULT", "VIF_INFINITE", collinear[flagged])

@@ -74,10 +74,15 @@ def test_score_sums__equals_twin(c: tuple) -> None:
         "n_miss": np.zeros(m, np.int64),
         "m_cc": np.zeros((m, k, k)),
     }
-    score_sums(pack_genotypes(codes), C, resid, w, include, *got.values())
+    group = np.where(include, (y > 0).astype(np.int64), -1)
+    alt, miss = np.zeros((m, 2), np.int64), np.zeros((m, 2), np.int64)
+    score_sums(pack_genotypes(codes), C, resid, w, include, *got.values(), group, alt, miss)
     want = score_sums_twin(codes, C, resid, w, include)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12, err_msg=name)
+    genotypes = counts_twin(codes, group, 2)
+    assert np.array_equal(alt, genotypes[:, :, 1] + 2 * genotypes[:, :, 2])
+    assert np.array_equal(miss, genotypes[:, :, 3])
 
 
 @settings(max_examples=50, deadline=None)

@@ -53,6 +53,19 @@ def submit_and_wait(url: str, token: str, body: dict[str, Any], timeout: float =
         time.sleep(0.05)
 
 
+def null_round(covariates: list[str], beta: np.ndarray) -> dict[str, Any]:
+    """A logistic null-model round of ``case`` on ``covariates`` at coefficients ``beta``."""
+    return {
+        "dataset": "cohort",
+        "analysis": "gwas_logistic",
+        "kind": "logistic_null",
+        "phenotype": "case",
+        "binary": True,
+        "covariates": covariates,
+        "state": encode_state({"beta": beta}),
+    }
+
+
 def counts_body(**extra: Any) -> dict[str, Any]:
     return {"dataset": "cohort", "analysis": "freq", "kind": "counts", **extra}
 
@@ -207,17 +220,8 @@ def test_bad_requests__clear_4xx_and_never_a_traceback(milano: tuple[StationSetu
         assert r.status_code == want, (body, r.status_code, r.text)
         assert text in r.text
         assert "Traceback" not in r.text
-    # a state whose shapes do not fit this station's design fails the task with a clear message
-    wrong = {
-        "dataset": "cohort",
-        "analysis": "gwas_logistic",
-        "kind": "logistic_null",
-        "phenotype": "case",
-        "binary": True,
-        "covariates": ["age"],
-        "state": encode_state({"beta": np.zeros(5)}),
-    }
-    r = httpx.post(f"{url}/tasks", json=wrong, headers=h)
+    # a state whose shapes do not fit this station's design is refused at submission, saying why
+    r = httpx.post(f"{url}/tasks", json=null_round(["age"], np.zeros(5)), headers=h)
     assert r.status_code == 422 and "'beta' is float64 (5,)" in r.text
     r = httpx.post(f"{url}/tasks", content=b"x" * 100, headers={**h, "Content-Type": "application/json"})
     assert r.status_code == 422
@@ -314,16 +318,7 @@ def test_small_models__too_few_samples_per_parameter_or_cases_are_refused(small_
             f"{url}/tasks", json={**big, "covariates": ["age", "sex", "pc1", "pc2", "pc3", "pc4", "bmi"]}, headers=h
         )
         assert r.status_code == 403 and r.json()["detail"]["rule"] == "min_samples_per_parameter"
-        log = {
-            "dataset": "cohort",
-            "analysis": "gwas_logistic",
-            "kind": "logistic_null",
-            "phenotype": "case",
-            "binary": True,
-            "covariates": ["age"],
-            "state": encode_state({"beta": np.zeros(2)}),
-        }
-        r = httpx.post(f"{url}/tasks", json=log, headers=h)
+        r = httpx.post(f"{url}/tasks", json=null_round(["age"], np.zeros(2)), headers=h)
         assert r.status_code == 403 and r.json()["detail"]["rule"] == "min_cases"
 
 

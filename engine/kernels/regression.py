@@ -16,6 +16,15 @@ from engine.kernels.fastexp import exp_into
 from engine.kernels.packed import nonzero_codes
 
 
+@jit
+def add_outer(out: np.ndarray, c: np.ndarray, weight: float) -> None:
+    """``out += weight * c c'`` on and below the diagonal (callers mirror it once at the end)."""
+    for a in range(c.shape[0]):
+        wa = weight * c[a]
+        for b in range(a + 1):
+            out[a, b] += wa * c[b]
+
+
 @jit_parallel
 def linear_sums(
     packed: np.ndarray,
@@ -46,10 +55,8 @@ def linear_sums(
                 ys = y[s]
                 m_yy[v] += ys * ys
                 for a in range(k):
-                    ca = C[s, a]
-                    m_cy[v, a] += ca * ys
-                    for c in range(a + 1):
-                        m_cc[v, a, c] += ca * C[s, c]
+                    m_cy[v, a] += C[s, a] * ys
+                add_outer(m_cc[v], C[s], 1.0)
             else:
                 g = float(code)
                 gg[v] += g * g
@@ -97,6 +104,9 @@ def score_sums(
     gg: np.ndarray,
     n_miss: np.ndarray,
     m_cc: np.ndarray,
+    group: np.ndarray,
+    alt_by_group: np.ndarray,
+    miss_by_group: np.ndarray,
 ) -> None:
     """Score-test pieces under the null model (``resid = y - p``, ``w = p (1 - p)``): ``U = g' resid``,
     ``g'Wg``, ``C'Wg`` over called samples, and ``sum w c c'`` and ``sum c resid`` over samples with a
@@ -104,11 +114,16 @@ def score_sums(
 
     Also the unweighted ``C'g``, ``g'g`` over called samples and the count and ``sum c c'`` of samples
     with a missing genotype: the centre's collinearity checks (CORR_TOO_HIGH, VIF_TOO_HIGH) use them,
-    as PLINK 2 checks the unweighted predictors."""
+    as PLINK 2 checks the unweighted predictors. And, by ``group`` (0 controls, 1 cases), the ALT allele
+    count and the number of samples with a missing genotype, from which the case/control allele counts
+    follow without a second pass."""
     n, k = C.shape
     for v in prange(packed.shape[0]):
         idx = np.empty(n, dtype=np.int64)
         codes = np.empty(n, dtype=np.int8)
+        acc_wg = np.zeros(k)  # local accumulators: the compiler keeps them apart from the outputs
+        acc_g = np.zeros(k)
+        u_v = gwg_v = gg_v = 0.0
         for e in range(nonzero_codes(packed[v], n, idx, codes)):
             s = idx[e]
             code = codes[e]
@@ -116,22 +131,26 @@ def score_sums(
                 continue
             if code == 3:
                 n_miss[v] += 1
+                miss_by_group[v, group[s]] += 1
+                for a in range(k):
+                    m_cr[v, a] += resid[s] * C[s, a]
+                add_outer(m_cwc[v], C[s], w[s])
+                add_outer(m_cc[v], C[s], 1.0)
+            else:
+                alt_by_group[v, group[s]] += code
+                g = float(code)
+                u_v += g * resid[s]
+                wg = w[s] * g
+                gwg_v += wg * g
+                gg_v += g * g
                 for a in range(k):
                     ca = C[s, a]
-                    m_cr[v, a] += resid[s] * ca
-                    wa = w[s] * ca
-                    for c in range(a + 1):
-                        m_cwc[v, a, c] += wa * C[s, c]
-                        m_cc[v, a, c] += ca * C[s, c]
-            else:
-                g = float(code)
-                u[v] += g * resid[s]
-                wg = w[s] * g
-                gwg[v] += wg * g
-                gg[v] += g * g
-                for a in range(k):
-                    cwg[v, a] += wg * C[s, a]
-                    cg[v, a] += g * C[s, a]
+                    acc_wg[a] += wg * ca
+                    acc_g[a] += g * ca
+        u[v], gwg[v], gg[v] = u_v, gwg_v, gg_v
+        for a in range(k):
+            cwg[v, a] = acc_wg[a]
+            cg[v, a] = acc_g[a]
         for a in range(k):
             for c in range(a):
                 m_cwc[v, c, a] = m_cwc[v, a, c]
