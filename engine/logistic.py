@@ -26,7 +26,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from engine.design import Block, Design, concat_keys
-from engine.kernels.counts import genotype_counts
 from engine.kernels.regression import logistic_weights, score_sums, weighted_gram
 
 MAX_ITER = 25
@@ -133,6 +132,7 @@ class NewtonInputs:
     y: np.ndarray
     include: np.ndarray
     pairs: np.ndarray
+    group_sizes: np.ndarray  # included controls, cases
 
     @classmethod
     def of(cls, design: Design) -> NewtonInputs:
@@ -145,6 +145,7 @@ class NewtonInputs:
             y=np.where(inc, design.y, 0.0),
             include=inc,
             pairs=np.ascontiguousarray(C[:, lower[0]] * C[:, lower[1]]),
+            group_sizes=_group_sizes(design),
         )
 
 
@@ -156,9 +157,10 @@ def newton_sums(
     inv_info: np.ndarray,
     firth: np.ndarray,
     want_loglik: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``X'WX``, ``X'(y - p)`` (Firth-corrected where ``firth``) and the log-likelihood (where
-    ``want_loglik``) for the variants ``rows`` of ``packed`` at coefficients ``beta``, over called samples.
+    ``want_loglik``) for the variants ``rows`` of ``packed`` at coefficients ``beta``, over called samples;
+    and their case/control allele counts (:func:`allele_counts`), for the station's policy.
 
     The per-sample weights come from the :func:`~engine.kernels.regression.logistic_weights` kernel;
     the sums over samples are matrix products: ``W P`` for the covariate pairs of ``C'WC``, ``(W g) C``
@@ -170,6 +172,7 @@ def newton_sums(
     lower = np.tril_indices(k)
     m = rows.shape[0]
     xwx, score, loglik = np.zeros((m, kk, kk)), np.zeros((m, kk)), np.zeros(m)
+    alt, miss = np.zeros((m, 2), dtype=np.int64), np.zeros((m, 2), dtype=np.int64)
     step = min(m, max(1, NEWTON_CHUNK_VALUES // max(n, 1)))
     buffers = np.empty((4, step, n))  # reused: fresh pages for every chunk cost as much as the work
     for lo in range(0, m, step):
@@ -196,6 +199,8 @@ def newton_sums(
             gwg,
             gr,
             loglik[sl],
+            alt[sl],
+            miss[sl],
         )
         x = xwx[sl]
         x[:, lower[0], lower[1]] = w @ inputs.pairs
@@ -206,7 +211,8 @@ def newton_sums(
         x[:, k, k] = gwg
         score[sl, :k] = r @ C
         score[sl, k] = gr
-    return xwx, score, loglik
+    counts = np.stack([inputs.group_sizes[None, :] - miss, alt, miss], axis=-1)
+    return xwx, score, loglik, counts
 
 
 def newton_station(design: Design, blocks: Iterable[Block], request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -235,7 +241,7 @@ def newton_station(design: Design, blocks: Iterable[Block], request: dict[str, n
     # The kernel runs on all threads and BLAS on one: its small products come between kernel calls,
     # and its own threads would spin against Numba's.
     with threadpool_limits(limits=1, user_api="blas"):
-        _newton_blocks(blocks, where, inputs, _groups(design), request, xwx, score, loglik, counts)
+        _newton_blocks(blocks, where, inputs, request, xwx, score, loglik, counts)
     return {"xwx": xwx, "score": score, "loglik": loglik, "counts": counts}
 
 
@@ -253,7 +259,6 @@ def _newton_blocks(
     blocks: Iterable[Block],
     where: dict[tuple[Any, ...], int],
     inputs: NewtonInputs,
-    group: np.ndarray,
     request: dict[str, np.ndarray],
     xwx: np.ndarray,
     score: np.ndarray,
@@ -276,8 +281,7 @@ def _newton_blocks(
         rows = np.array([h[0] for h in hits], dtype=np.int64)
         req = np.array([h[1] for h in hits], dtype=np.int64)
         packed = np.ascontiguousarray(b.packed)
-        counts[req] = allele_counts(genotype_counts(np.ascontiguousarray(packed[rows]), group, 2))
-        xwx[req], score[req], loglik[req] = newton_sums(
+        xwx[req], score[req], loglik[req], counts[req] = newton_sums(
             packed,
             rows,
             request["beta"][req],

@@ -175,6 +175,8 @@ def logistic_weights(
     gwg: np.ndarray,
     gr: np.ndarray,
     loglik: np.ndarray,
+    alt_by_group: np.ndarray,
+    miss_by_group: np.ndarray,
 ) -> None:
     """Per-sample weights of one Newton step for the variants ``rows`` of ``packed``.
 
@@ -186,7 +188,9 @@ def logistic_weights(
     Firth's ``y - p + h (1/2 - p)`` with ``h = w x' inv_info[i] x`` where ``firth[i]``; and per variant
     ``gwg = sum w g^2``, ``gr = sum r g`` and, where ``want_loglik[i]``, ``loglik = sum y log p +
     (1 - y) log(1 - p)``. The covariate sums ``C'WC``, ``C'Wg`` and ``C'r`` are then matrix products of
-    these rows, left to BLAS. ``gwg``, ``gr`` and ``loglik`` must be zeroed.
+    these rows, left to BLAS. Also, by group (``y`` 0 controls, 1 cases), the ALT allele count and the
+    number of included samples with a missing genotype. ``gwg``, ``gr``, ``loglik`` and the counts must be
+    zeroed.
     """
     k, n = Ct.shape
     kk = k + 1
@@ -204,6 +208,12 @@ def logistic_weights(
             called[s] = ok
             g[s] = float(code) if ok else 0.0
             neg_eta[s] = -(eta_c[i, s] + g[s] * bg)
+            if include[s]:
+                case = 1 if y[s] > 0.5 else 0
+                if ok:
+                    alt_by_group[i, case] += code
+                else:
+                    miss_by_group[i, case] += 1
         exp_into(neg_eta, e, scratch)
         for s in range(n):
             p = 1.0 / (1.0 + e[s])
