@@ -99,7 +99,7 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
         key_parts.append(b.keys)
         for name, arr in sums.items():
             parts[name].append(arr)
-        parts["counts"].append(np.stack([sizes[None, :] - miss, alt, miss], axis=-1))  # allele counts
+        parts["counts"].append(allele_counts(sizes, alt, miss))
     cwc, cr = weighted_gram(C, w, resid, inc)
     out = {f"key_{c}": v for c, v in concat_keys(key_parts).items()}
     shapes["counts"] = (2, 3)
@@ -211,8 +211,7 @@ def newton_sums(
         x[:, k, k] = gwg
         score[sl, :k] = r @ C
         score[sl, k] = gr
-    counts = np.stack([inputs.group_sizes[None, :] - miss, alt, miss], axis=-1)
-    return xwx, score, loglik, counts
+    return xwx, score, loglik, allele_counts(inputs.group_sizes, alt, miss)
 
 
 def newton_station(design: Design, blocks: Iterable[Block], request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -311,18 +310,17 @@ def null_step(beta: np.ndarray, results: list[dict[str, np.ndarray]]) -> tuple[n
     return beta + step, float(np.max(np.abs(step)))
 
 
-def allele_counts(genotypes: np.ndarray) -> np.ndarray:
-    """Per variant and group, ``(called samples, ALT alleles, missing samples)`` from genotype counts
-    ``(variants, groups, 4)`` (hom-ref, het, hom-alt, missing): all logistic regression needs to know.
+def allele_counts(group_sizes: np.ndarray, alt: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Per variant and group, ``(called samples, ALT alleles, missing samples)``: all logistic regression
+    needs to know, coarser than genotype counts. ``alt`` and ``missing`` are ``(variants, groups)``,
+    ``group_sizes`` the included samples per group.
 
     Examples
     --------
-    >>> allele_counts(np.array([[[5, 3, 1, 2]]])).tolist()
+    >>> allele_counts(np.array([11]), np.array([[5]]), np.array([[2]])).tolist()
     [[[9, 5, 2]]]
     """
-    return np.stack(
-        [genotypes[..., :3].sum(axis=-1), genotypes[..., 1] + 2 * genotypes[..., 2], genotypes[..., 3]], axis=-1
-    )
+    return np.stack([group_sizes[None, :] - missing, alt, missing], axis=-1)
 
 
 def zero_cell(counts: np.ndarray) -> np.ndarray:
