@@ -4,7 +4,8 @@ The cohort of bench/gwas.py (10,000 samples x 50,000 variants from ../shared/ben
 split 50/30/20 into three station stores) is served by three ``better station serve`` processes; the
 coordinator runs ``GWAS LINEAR q ~ age + sex + pc1 + pc2 + pc3 + pc4`` through them (HTTP, Arrow IPC,
 the policy, combine, finalize, the PLINK-style table), timed from the query to the table. PLINK 2 runs
-``--glm`` on the pooled .pgen with the same threads. Stations share the machine's cores with each other:
+``--glm`` on the pooled .pgen with the same threads. The query runs with secure aggregation (the default
+with three stations) and without, to show what the masking costs. Stations share the machine's cores with each other:
 each gets ``--threads`` kernel threads, and they work at the same time.
 
 Usage::
@@ -58,22 +59,27 @@ def main() -> None:
             write_config(path, config.model_copy(update={"tokens": [record]}))
             url = stack.enter_context(station_process(path, threads=args.threads))
             clients.append(StationClient(f"station{k}", url, token))
-        fed = Federation(clients)
-        fed.query(QUERY + " ON 1:1-200000")  # warm-up: the servers compile their kernels
-        times = []
+        masked = Federation(clients)  # secure aggregation: on with three stations
+        plain = Federation(clients, secure_aggregation="off")
+        masked.query(QUERY + " ON 1:1-200000")  # warm-up: the servers compile their kernels
+        times: dict[str, list[float]] = {"masked": [], "plain": []}
         for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            frame = fed.query(QUERY)
-            times.append(time.perf_counter() - t0)
-    ours = statistics.median(times)
+            for name, fed in (("masked", masked), ("plain", plain)):
+                t0 = time.perf_counter()
+                frame = fed.query(QUERY)
+                times[name].append(time.perf_counter() - t0)
+        assert masked.last_plan is not None and masked.last_plan.secure
+    ours = statistics.median(times["masked"])
+    clear = statistics.median(times["plain"])
     work = args.cohort / "plink_out"
     work.mkdir(exist_ok=True)
     theirs = plink_time(args.cohort, "q", args.threads, work)
     withheld = int(frame["WITHHELD"].sum())
     print(
-        f"federated linear GWAS, 3 stations over HTTP: BETTER {ours:.2f} s (median of {args.repeat}; "
-        f"{frame.height} variants, {withheld} withheld by policy) | plink2 --glm {theirs:.2f} s | "
-        f"ratio {ours / theirs:.2f} (goal <= 0.5)"
+        f"federated linear GWAS, 3 stations over HTTP: BETTER {ours:.2f} s with secure aggregation, "
+        f"{clear:.2f} s without (medians of {args.repeat}; {frame.height} variants, {withheld} withheld by "
+        f"policy) | plink2 --glm {theirs:.2f} s | ratio {ours / theirs:.2f} masked, {clear / theirs:.2f} plain "
+        "(goal <= 0.5)"
     )
 
 

@@ -94,6 +94,20 @@ def genotype_blocks(
         yield Block(keys, b.packed)
 
 
+def variant_keys(
+    dataset: Dataset, regions: Sequence[Region] | None = None, pass_only: bool = False
+) -> dict[str, np.ndarray]:
+    """Key and label columns of the variants :func:`genotype_blocks` would yield, without genotypes."""
+    parts = []
+    for region in regions if regions is not None else [None]:
+        table = dataset.variants(region, columns=[*KEY_COLUMNS, *LABEL_COLUMNS], pass_only=pass_only)
+        keys = {c: table.column(c).to_numpy(zero_copy_only=False) for c in KEY_COLUMNS}
+        for c in LABEL_COLUMNS:
+            keys[c] = pc.fill_null(table.column(c), ".").to_numpy(zero_copy_only=False)
+        parts.append(keys)
+    return {c: np.concatenate([p[c] for p in parts]) for c in (*KEY_COLUMNS, *LABEL_COLUMNS)}
+
+
 class StationBlocks:
     """A station's :data:`~engine.design.BlockSource` for one analysis over a dataset (and region).
 

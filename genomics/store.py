@@ -156,10 +156,12 @@ class Dataset:
             f = at if f is None else f & at
         return f
 
-    def variants(self, region: Region | None = None, columns: list[str] | None = None) -> pa.Table:
-        """Variant metadata (no genotypes) of the whole dataset or a region."""
+    def variants(
+        self, region: Region | None = None, columns: list[str] | None = None, pass_only: bool = False
+    ) -> pa.Table:
+        """Variant metadata (no genotypes) of the whole dataset or a region (PASS records only, if asked)."""
         cols = columns or list(VARIANT_META_COLUMNS)
-        return pads.dataset(self.variants_path).to_table(columns=cols, filter=self._filter(region))
+        return pads.dataset(self.variants_path).to_table(columns=cols, filter=self._filter(region, None, pass_only))
 
     def blocks(
         self,

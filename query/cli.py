@@ -101,9 +101,11 @@ def station_init(
 
     check_station_name(name)
     store = Store.create(station)
+    from station_api.secure_agg import agreement_key_text, load_or_create_agreement_key
     from station_api.signing import load_or_create_key, public_key_text
 
     key = public_key_text(load_or_create_key(station))
+    agreement = agreement_key_text(load_or_create_agreement_key(station))
     if (station / CONFIG_FILE).exists():
         existing = read_config(station)
         if existing.name != name:
@@ -113,6 +115,7 @@ def station_init(
         write_config(station, StationConfig(name=name))
         err.print(f"station {name!r} created in {store.path}")
     err.print(f"signing key: {key} (give it to coordinators to pin as public_key in their federation file)")
+    err.print(f"agreement key: {agreement} (pinned as agreement_key, for secure aggregation)")
     print(station)
 
 
@@ -309,6 +312,10 @@ def query(
     allow_partial: Annotated[
         bool, typer.Option(help="if a station refuses or fails, run on the others and say so in the result")
     ] = False,
+    secure_aggregation: Annotated[
+        str | None,
+        typer.Option(help="auto (on with 3+ stations), on or off; default: the federation file's setting"),
+    ] = None,
 ) -> None:
     """Run a query over the federation's stations (EXPLAIN QUERY shows the plan instead)."""
     from query.federation import Federation
@@ -319,6 +326,10 @@ def query(
     if fmt == "parquet" and out_file is None:
         raise BetterError("--format parquet needs --out FILE")
     fed = Federation.from_file(federation)
+    if secure_aggregation is not None:
+        if secure_aggregation not in ("auto", "on", "off"):
+            raise BetterError(f"--secure-aggregation {secure_aggregation}: use auto, on or off")
+        fed.secure_aggregation = secure_aggregation
     t0 = time.perf_counter()
     with _bars("rounds", transient=True) as progress:
         bars: dict[str, TaskID] = {}

@@ -23,6 +23,8 @@ from query.gwas_job import JobResult, Progress, run_job
 from station_api.auth import new_token
 from station_api.config import StationConfig, write_config
 from station_api.launch import station_processes
+from station_api.secure_agg import agreement_key_text, load_or_create_agreement_key
+from station_api.signing import load_or_create_key, public_key_text
 
 COVARIATES = ["age", "sex", "pc1", "pc2", "pc3", "pc4"]
 
@@ -65,10 +67,16 @@ def run_demo(out: Path, say: Callable[[str], None], progress: Progress | None = 
     say("stations: starting three servers on 127.0.0.1")
     with station_processes(paths, threads=1) as urls:
         fed = out / "federation.toml"
+        # The stations' keys, pinned: signing keys for `better verify`, agreement keys for the masks.
+        pins = [
+            (public_key_text(load_or_create_key(p)), agreement_key_text(load_or_create_agreement_key(p))) for p in paths
+        ]
         fed.write_text(
-            "".join(
-                f'[[station]]\nname = "{n}"\nurl = "{u}"\ntoken = "{t}"\n\n'
-                for n, u, t in zip(stations, urls, tokens, strict=True)
+            'secure_aggregation = "on"\n\n'
+            + "".join(
+                f'[[station]]\nname = "{n}"\nurl = "{u}"\ntoken = "{t}"\n'
+                f'public_key = "{pk}"\nagreement_key = "{ak}"\n\n'
+                for n, u, t, (pk, ak) in zip(stations, urls, tokens, pins, strict=True)
             )
         )
         fed.chmod(0o600)

@@ -8,9 +8,13 @@
     print(fed.explain("GWAS LOGISTIC case ~ age + sex ADJUST station"))
 
 The federation file lists stations (``[[station]]`` with ``name``, ``url`` and ``token_env`` or
-``token``; optional ``timeout`` and ``dataset``). Each round goes to every station at once; a station
-that refuses or fails stops the query with its name and reason, unless ``allow_partial``: then the
-query restarts without it and the result says which stations were left out and why.
+``token``; optional ``timeout``, ``dataset``, ``public_key`` and ``agreement_key``) and may set
+``secure_aggregation`` to ``"auto"`` (the default: on with three or more stations), ``"on"`` or
+``"off"``. Each round goes to every station at once; a station that refuses or fails stops the query
+with its name and reason, unless ``allow_partial``: then the query restarts without it and the result
+says which stations were left out and why. With secure aggregation on, a station that drops out
+(unreachable, too slow, its task failed) makes the query restart without it in any case, with fresh
+masks, as long as three stations remain.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import httpx
 import numpy as np
@@ -43,6 +47,7 @@ from query import output
 from query.parser import Query, parse
 from query.planner import Plan, StationCatalog, plan
 from query.remote import Model, StationClient, StationError, gather_or_cancel, run_remote_async
+from query.secure import MIN_STATIONS, SecureSession
 
 #: Called as each round ends: (stage, round number, task kind, stations, seconds).
 OnRound = Callable[[str, int, str, int, float], None]
@@ -58,6 +63,11 @@ class StationEntry(BaseModel):
     token_env: str | None = None
     token: str | None = None
     public_key: str | None = Field(None, description="the station's signing key (ed25519:...), pinned")
+    agreement_key: str | None = Field(
+        None,
+        pattern=r"^x25519:[A-Za-z0-9+/]{43}=$",
+        description="the station's key for secure aggregation (x25519:...), pinned",
+    )
     timeout: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
@@ -71,6 +81,7 @@ class FederationFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str | None = None
+    secure_aggregation: Literal["auto", "on", "off"] = "auto"
     station: list[StationEntry] = Field(min_length=1)
 
 
@@ -80,6 +91,8 @@ class Federation:
 
     stations: list[StationClient]
     dataset: str | None = None
+    #: "auto" (on with three or more stations), "on" or "off".
+    secure_aggregation: str = "auto"
     notes: list[str] = field(default_factory=list)
     last_plan: Plan | None = None
 
@@ -110,14 +123,18 @@ class Federation:
                 if not token:
                     raise InputError(f"{p}: station {s.name}: set the environment variable {s.token_env} to its token")
             assert token is not None
-            clients.append(StationClient(s.name, s.url, token, timeout=s.timeout, public_key=s.public_key))
-        return cls(clients, spec.dataset)
+            clients.append(
+                StationClient(
+                    s.name, s.url, token, timeout=s.timeout, public_key=s.public_key, agreement_key=s.agreement_key
+                )
+            )
+        return cls(clients, spec.dataset, spec.secure_aggregation)
 
     # -- public API ---------------------------------------------------------------------------------------
     def explain(self, text: str, naive: bool = False) -> str:
         """The plan of a query, in words (nothing runs at the stations)."""
         q = parse(text)
-        return asyncio.run(self._plan(q, self.stations, naive)).explain()
+        return asyncio.run(self._plan(q, self.stations, naive))[0].explain()
 
     def query(
         self, text: str, allow_partial: bool = False, naive: bool = False, on_round: OnRound | None = None
@@ -150,25 +167,64 @@ class Federation:
                     {d["name"]: d for d in info["datasets"]},
                     software=str(info.get("software", "")),
                     policy=dict(info.get("policy", {})),
+                    agreement_key=info.get("agreement_key"),
                 )
 
             return await gather_or_cancel(*(one(s) for s in stations))
 
-    async def _plan(self, q: Query, stations: list[StationClient], naive: bool) -> Plan:
-        return plan(q, await self.catalogs(stations), self.dataset, naive)
+    async def _plan(self, q: Query, stations: list[StationClient], naive: bool) -> tuple[Plan, SecureSession | None]:
+        catalogs = await self.catalogs(stations)
+        secure = self._secure_session(stations, catalogs)
+        p = plan(q, catalogs, self.dataset, naive)
+        p.secure = secure is not None
+        return p, secure
+
+    def _secure_session(self, stations: list[StationClient], catalogs: list[StationCatalog]) -> SecureSession | None:
+        """Secure aggregation for this run, or None when it is off (or "auto" with too few stations).
+
+        Each station's agreement key is the one pinned in the federation file, which must match what the
+        station reports; an unpinned key is taken from the station (and the run notes that).
+        """
+        mode = self.secure_aggregation
+        if mode == "off" or (mode == "auto" and len(stations) < MIN_STATIONS):
+            return None
+        if len(stations) < MIN_STATIONS:
+            raise InputError(
+                f"secure aggregation needs at least {MIN_STATIONS} stations and {len(stations)} take part; "
+                'add stations or set secure_aggregation = "off"'
+            )
+        participants = []
+        for s, cat in zip(stations, catalogs, strict=True):
+            reported = cat.agreement_key
+            if reported is None:
+                if mode == "auto":
+                    self.notes.append(f"secure aggregation off: station {s.name} does not offer it")
+                    return None
+                raise InputError(f"station {s.name} does not offer secure aggregation (its software is too old)")
+            if s.agreement_key is not None and s.agreement_key != reported:
+                raise InputError(
+                    f"station {s.name} reports the agreement key {reported}, but the federation file pins "
+                    f"{s.agreement_key}; if the station's key was replaced, update the pin after checking with it"
+                )
+            if s.agreement_key is None:
+                self.notes.append(f"station {s.name}: agreement key not pinned in the federation file; used {reported}")
+            participants.append((s.name, reported))
+        return SecureSession(participants)
 
     async def run(self, q: Query, allow_partial: bool, naive: bool, on_round: OnRound | None) -> pl.DataFrame:
         """Plan and run a parsed query (the async form of :meth:`query`, for callers with a loop)."""
         stations = list(self.stations)
         left_out: list[str] = []
         while True:
+            secure = None
             try:
-                p = await self._plan(q, stations, naive)
+                p, secure = await self._plan(q, stations, naive)
                 self.last_plan = p
-                frame = await _execute(p, stations, on_round)
+                frame = await _execute(p, stations, on_round, secure)
                 break
             except StationError as exc:
-                if not allow_partial or len(stations) <= 1:
+                restart = allow_partial or (secure is not None and exc.dropout and len(stations) > MIN_STATIONS)
+                if not restart or len(stations) <= 1:
                     raise
                 stations = [s for s in stations if s.name != exc.station]
                 left_out.append(f"{exc.station} ({exc})")
@@ -178,7 +234,9 @@ class Federation:
         return frame
 
 
-async def _execute(p: Plan, stations: list[StationClient], on_round: OnRound | None) -> pl.DataFrame:
+async def _execute(
+    p: Plan, stations: list[StationClient], on_round: OnRound | None, secure: SecureSession | None = None
+) -> pl.DataFrame:
     """Run a plan: its protocols over the stations, the central filter, the PLINK-style table."""
     q, model = p.query, p.model
     ids: dict[tuple, str] = {}
@@ -188,7 +246,9 @@ async def _execute(p: Plan, stations: list[StationClient], on_round: OnRound | N
             if on_round is not None:
                 on_round(stage, round_no, kind, len(stations), seconds)
 
-        return await run_remote_async(protocol, stations, m, on_round=seen, on_results=lambda r: _collect_ids(r, ids))
+        return await run_remote_async(
+            protocol, stations, m, on_round=seen, on_results=lambda r: _collect_ids(r, ids), secure=secure
+        )
 
     if q.verb == "count":
         res = await drive("count", SampleCountProtocol(), model)

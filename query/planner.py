@@ -35,6 +35,7 @@ class StationCatalog:
     datasets: dict[str, dict[str, Any]]
     software: str = ""
     policy: dict[str, Any] = field(default_factory=dict)
+    agreement_key: str | None = None
 
     def dataset(self, wanted: str | None) -> str:
         if wanted is not None:
@@ -61,6 +62,8 @@ class Plan:
     stations: list[str]
     variants_per_station: dict[str, int] = field(default_factory=dict)
     k: int = 1
+    #: Secure aggregation: stations mask their releases and the centre sees only their sum.
+    secure: bool = False
 
     def explain(self) -> str:
         """The plan in words: rounds, station tasks, what each station releases, estimated bytes."""
@@ -111,6 +114,14 @@ class Plan:
         if self.pass_only:
             lines.append("stations use only records whose FILTER is PASS (or '.') at that station")
         lines.append("each station withholds what its policy forbids (small cells, rare variants): shown as withheld")
+        if self.secure:
+            lines.append(
+                "secure aggregation: on. A `variant_keys` round first lists each station's variants; every "
+                "later release is laid on their union and masked, 16 bytes per number (uncompressed), so the "
+                "coordinator sees only the sum over stations"
+            )
+        else:
+            lines.append("secure aggregation: off (each station's release is seen by the coordinator)")
         return "\n".join(lines)
 
     def _central(self) -> str:

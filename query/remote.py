@@ -17,20 +17,29 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 
+from engine.design import KEY_COLUMNS
 from engine.errors import BetterError
-from engine.protocol import Protocol, Task
-from station_api.wire import Adjust, Condition, TaskRequest, decode_arrays, encode_state
+from engine.frame import FRAME_KINDS
+from engine.protocol import Protocol, Result, Task
+from query.secure import SecureSession
+from station_api.secure_agg import unmask_sum
+from station_api.wire import Adjust, Condition, Secure, TaskRequest, decode_arrays, encode_state
 
 T = TypeVar("T")
 
 
 class StationError(BetterError):
-    """A station refused or failed a task; the message names the station and its reason."""
+    """A station refused or failed a task; the message names the station and its reason.
 
-    def __init__(self, station: str, message: str, status: int | None = None) -> None:
+    ``dropout``: the station did not answer (unreachable, too slow, its task failed or was cancelled),
+    as opposed to refusing the task.
+    """
+
+    def __init__(self, station: str, message: str, status: int | None = None, dropout: bool = False) -> None:
         super().__init__(f"station {station}: {message}")
         self.station = station
         self.status = status
+        self.dropout = dropout
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,9 @@ class Model:
     pass_only: bool = False
 
 
-def to_request(task: Task, model: Model, station_index: int, n_stations: int) -> TaskRequest:
+def to_request(
+    task: Task, model: Model, station_index: int, n_stations: int, secure: Secure | None = None
+) -> TaskRequest:
     """The wire request carrying engine ``task`` to station ``station_index`` of ``n_stations``."""
     state = {k: np.asarray(v) for k, v in task.items() if k not in ("kind", "groups")}
     n_rows = int(state["key_pos"].shape[0]) if "key_pos" in state else None
@@ -67,6 +78,7 @@ def to_request(task: Task, model: Model, station_index: int, n_stations: int) ->
         pass_only=model.pass_only,
         state=encode_state(state, n_rows) if state else None,
         label=model.label,
+        secure=secure,
     )
 
 
@@ -80,6 +92,8 @@ class StationClient:
     timeout: float = 600.0
     retries: int = 2
     public_key: str | None = None
+    #: The station's X25519 key for secure aggregation, as pinned in the federation file.
+    agreement_key: str | None = None
     timings: list[float] = field(default_factory=list)
     #: Signed manifests of the releases this client received: {"station", "manifest", "signature"}.
     manifests: list[dict[str, Any]] = field(default_factory=list)
@@ -94,7 +108,9 @@ class StationClient:
                 return await client.request(method, self.url.rstrip("/") + path, headers=self._headers(), **kw)
             except httpx.TransportError as exc:
                 if attempt == self.retries:
-                    raise StationError(self.name, f"unreachable at {self.url} ({type(exc).__name__}: {exc})") from None
+                    raise StationError(
+                        self.name, f"unreachable at {self.url} ({type(exc).__name__}: {exc})", dropout=True
+                    ) from None
                 await asyncio.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -109,7 +125,9 @@ class StationClient:
             detail = f"refused by its policy ({detail['rule']}): {detail.get('message', '')}"
         elif isinstance(detail, list):
             detail = "; ".join(f"{d.get('where', '?')}: {d.get('problem', d)}" for d in detail if isinstance(d, dict))
-        raise StationError(self.name, f"{what} failed with HTTP {r.status_code}: {detail}", r.status_code)
+        raise StationError(
+            self.name, f"{what} failed with HTTP {r.status_code}: {detail}", r.status_code, dropout=r.status_code >= 500
+        )
 
     async def run(
         self, client: httpx.AsyncClient, request: TaskRequest, on_progress: Callable[[float], None] | None = None
@@ -139,10 +157,15 @@ class StationClient:
                 )
                 break
             if status["status"] in ("failed", "cancelled", "rejected", "expired"):
-                raise StationError(self.name, f"task {status['status']}: {status.get('error') or 'no reason given'}")
+                refused = status["status"] == "rejected" or str(status.get("error", "")).startswith("refused")
+                raise StationError(
+                    self.name,
+                    f"task {status['status']}: {status.get('error') or 'no reason given'}",
+                    dropout=not refused,
+                )
             if time.monotonic() > deadline:
                 await self._call(client, "DELETE", f"/tasks/{task_id}")
-                raise StationError(self.name, f"no answer within {self.timeout:.0f} s (task cancelled)")
+                raise StationError(self.name, f"no answer within {self.timeout:.0f} s (task cancelled)", dropout=True)
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 0.25)
         r = await self._call(client, "GET", f"/tasks/{task_id}/result")
@@ -170,21 +193,46 @@ async def run_remote_async(
     model: Model,
     on_round: Callable[[int, str, float], None] | None = None,
     on_results: Callable[[list[dict[str, np.ndarray]]], None] | None = None,
+    secure: SecureSession | None = None,
 ) -> dict[str, np.ndarray]:
     """Drive ``protocol`` over ``stations``: each round goes to every station at once.
 
-    ``on_results(results)`` sees what came back, ``on_round(round, kind, seconds)`` is called as each
-    round ends.
+    ``on_results(results)`` sees what came back in the clear (with ``secure``, only the variant lists),
+    ``on_round(round, kind, seconds)`` is called as each round ends. With ``secure``, every station
+    masks its release and the protocol receives only their sum.
     """
     limits = httpx.Limits(max_connections=4 * max(1, len(stations)))
     timeout = httpx.Timeout(max(s.timeout for s in stations), connect=10.0)
+    n = len(stations)
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+
+        async def everywhere(task: Task, spec: Secure | None = None) -> list[Result]:
+            requests = [to_request(task, model, i, n, spec) for i in range(n)]
+            return await gather_or_cancel(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
+
+        async def variant_lists() -> list[Result]:
+            found = await everywhere({"kind": "variant_keys"})
+            if on_results is not None:
+                on_results(found)
+            return found
+
         while (task := protocol.next_task()) is not None:
             t0 = time.perf_counter()
-            requests = [to_request(task, model, i, len(stations)) for i in range(len(stations))]
-            results = await gather_or_cancel(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
-            if on_results is not None:
-                on_results(results)
+            if secure is None:
+                results = await everywhere(task)
+                if on_results is not None:
+                    on_results(results)
+            else:
+                frame = None
+                if task["kind"] in FRAME_KINDS:
+                    scope = (model.dataset, model.regions, model.pass_only)
+                    frame = await secure.frame(scope, variant_lists)
+                    task = {**task, **{f"key_{c}": frame[c] for c in KEY_COLUMNS}}
+                masked = await everywhere(task, secure.next_round())
+                total = unmask_sum(masked, [s.name for s in stations])
+                if frame is not None:
+                    total.update({f"key_{c}": frame[c] for c in KEY_COLUMNS})
+                results = [total]
             protocol.receive(results)
             if on_round is not None:
                 on_round(protocol.rounds, str(task["kind"]), time.perf_counter() - t0)

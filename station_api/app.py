@@ -293,6 +293,7 @@ def create_app(station_dir: Path) -> FastAPI:
             "software": f"better {__version__}",
             "wire_version": WIRE_VERSION,
             "public_key": public_key,
+            "agreement_key": manager.masking.public_text,
             "analyses": list(current_config().policy.allowed_analyses),
         }
 
@@ -328,6 +329,7 @@ def create_app(station_dir: Path) -> FastAPI:
             "name": config.name,
             "software": f"better {__version__}",
             "public_key": public_key,
+            "agreement_key": manager.masking.public_text,
             "datasets": datasets,
             "policy": policy.model_dump(),
             "count_rounding": step,

@@ -45,6 +45,16 @@ class Policy(BaseModel):
         description="refuse a sample set that differs from one the same user queried before by 1 to "
         "min_cell_count - 1 samples",
     )
+    require_secure_aggregation: bool = Field(
+        False, description="release statistics only masked for secure aggregation (never in the clear)"
+    )
+    min_secure_participants: int = Field(
+        3, ge=2, le=64, description="stations a securely aggregated round needs, this one included"
+    )
+    secure_peers: dict[str, str] = Field(
+        default_factory=dict,
+        description="if set, the only stations (name = agreement key) this station masks together with",
+    )
 
 
 class Server(BaseModel):

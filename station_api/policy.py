@@ -53,6 +53,43 @@ def check_task(request: TaskRequest, policy: Policy, n_variants: int) -> None:
         )
 
 
+def check_secure(request: TaskRequest, policy: Policy, name: str, agreement_key: str) -> None:
+    """Refuse a round whose secure aggregation this station cannot take part in safely.
+
+    ``name`` and ``agreement_key`` are this station's own.
+    """
+    spec = request.secure
+    if spec is None:
+        if policy.require_secure_aggregation and request.kind != "variant_keys":
+            raise PolicyRefusalError(
+                "require_secure_aggregation",
+                "this station releases statistics only masked for secure aggregation; run the query with "
+                "secure aggregation on (three or more stations)",
+            )
+        return
+    participants = {p.name: p.agreement_key for p in spec.participants}
+    if participants.get(name) != agreement_key:
+        raise PolicyRefusalError(
+            "secure_participants",
+            f"this station ({name}) is not among the round's participants with its own agreement key; pin the "
+            "key its /info shows in the federation file",
+        )
+    if len(participants) < policy.min_secure_participants:
+        raise PolicyRefusalError(
+            "min_secure_participants",
+            f"secure aggregation here needs at least {policy.min_secure_participants} stations; the round "
+            f"names {len(participants)}",
+        )
+    if policy.secure_peers:
+        strangers = sorted(n for n, k in participants.items() if n != name and policy.secure_peers.get(n) != k)
+        if strangers:
+            raise PolicyRefusalError(
+                "secure_peers",
+                f"this station masks only together with the peers its policy lists; not with {', '.join(strangers)} "
+                "(or their keys differ from the pinned ones)",
+            )
+
+
 def check_design(request: TaskRequest, design: Design, policy: Policy) -> None:
     """Refuse, before running, a model with too few samples per parameter or too few cases or controls.
 
@@ -104,6 +141,8 @@ def release(kind: str, result: dict[str, np.ndarray], policy: Policy) -> tuple[d
             out["n"] = np.array(0)
         out["withheld"] = np.array(hide)
         return out, {"kind": kind, "withheld": hide}
+    if kind == "variant_keys":  # the variant list, as FREQ results have always shown it
+        return out, {"kind": kind, "variants": int(np.asarray(out["key_pos"]).shape[0])}
     if kind == "counts":
         for size in np.asarray(out["group_size"]).tolist():
             _require_total(size, policy, "samples in a group")

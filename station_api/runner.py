@@ -17,13 +17,15 @@ import numpy as np
 
 from engine.design import KEY_COLUMNS, Block, Design
 from engine.errors import InputError
+from engine.frame import FRAME_KINDS, conform
 from engine.protocol import execute
-from genomics.design import StationBlocks, build_design
+from genomics.design import StationBlocks, build_design, variant_keys
 from genomics.regions import Region, merge_regions
 from genomics.selection import Condition
 from genomics.store import DATASETS, Dataset, Store
 from station_api.config import Policy
 from station_api.policy import release
+from station_api.secure_agg import StationSecrets, participants_of
 from station_api.wire import TaskRequest, decode_state, encode_arrays
 
 #: Result arrays with one row per variant, by round; they form the Arrow table.
@@ -52,9 +54,9 @@ def variants_in_scope(dataset: Dataset, request: TaskRequest, task: dict[str, An
     if request.kind in ("sample_count", "logistic_null"):
         return 0
     regions = regions_of(request)
-    if regions is None:
-        return dataset.n_variants
-    return sum(dataset.variants(r, columns=["pos"]).num_rows for r in regions)
+    own = dataset.n_variants if regions is None else sum(dataset.variants(r, ["pos"]).num_rows for r in regions)
+    frame = task.get("frame")
+    return max(own, int(frame["pos"].shape[0])) if frame is not None else own
 
 
 def design_of(dataset: Dataset, request: TaskRequest) -> Design:
@@ -82,17 +84,26 @@ def engine_task(request: TaskRequest, design: Design, max_variants: int) -> dict
     task: dict[str, Any] = {"kind": request.kind, "groups": request.groups}
     if request.kind in ("logistic_null", "logistic_score"):
         task["beta"] = _array(state, "beta", np.float64, (k,), finite=True)
+    if request.kind in FRAME_KINDS and request.secure is not None:
+        task["frame"] = _keys(state, max_variants)
     elif request.kind == "logistic_newton":
-        a = int(np.asarray(state.get("key_pos", np.zeros(0))).shape[0])
-        if a > max_variants:
-            raise InputError(f"task state: {a} variants, over the station's cap of {max_variants}")
-        for c in KEY_COLUMNS:
-            task[f"key_{c}"] = _array(state, f"key_{c}", np.int64 if c == "pos" else str, (a,))
+        task.update({f"key_{c}": v for c, v in _keys(state, max_variants).items()})
+        a = int(task["key_pos"].shape[0])
         task["beta"] = _array(state, "beta", np.float64, (a, k + 1), finite=True)
         task["firth"] = _array(state, "firth", np.bool_, (a,))
         task["loglik"] = _array(state, "loglik", np.bool_, (a,))
         task["inv"] = _array(state, "inv", np.float64, (a, k + 1, k + 1), finite=True)
     return task
+
+
+def _keys(state: dict[str, np.ndarray], max_variants: int) -> dict[str, np.ndarray]:
+    """The variant key columns a round's state names (``key_*``), within the station's variant cap."""
+    if "key_pos" not in state:
+        raise InputError("task state: the round names no variants (key_pos is missing)")
+    a = int(np.asarray(state["key_pos"]).shape[0])
+    if a > max_variants:
+        raise InputError(f"task state: {a} variants, over the station's cap of {max_variants}")
+    return {c: _array(state, f"key_{c}", np.int64 if c == "pos" else str, (a,)) for c in KEY_COLUMNS}
 
 
 def _array(
@@ -243,27 +254,42 @@ def run_task(
     on_block: Callable[[int], None] | None = None,
     compute: Any = None,
     cache: BlockCache | None = None,
+    secrets: StationSecrets | None = None,
 ) -> Outcome:
     """Run a prepared task and return what the policy lets leave.
 
     ``on_block`` is called with the size of every block read (progress; it may raise to cancel).
     ``compute`` is a context manager held around the kernels (the server makes tasks take turns).
-    ``cache`` shares small reads between tasks over the same variants.
+    ``cache`` shares small reads between tasks over the same variants. ``secrets`` mask the release
+    when the request asks for secure aggregation.
     """
     request, task = prepared.request, prepared.task
-    blocks = block_source(prepared, on_block, cache)
-    if compute is None:
-        result = execute(task, prepared.design, blocks)
+    if request.kind == "variant_keys":
+        found = variant_keys(prepared.dataset, regions_of(request), request.pass_only)
+        result = {f"key_{c}": v for c, v in found.items()}
     else:
-        with compute:
+        blocks = block_source(prepared, on_block, cache)
+        if compute is None:
             result = execute(task, prepared.design, blocks)
+        else:
+            with compute:
+                result = execute(task, prepared.design, blocks)
     released, summary = release(request.kind, result, policy)
-    if _ROWS_KEY in released:
-        n_rows: int | None = int(released[_ROWS_KEY].shape[0])
-    elif request.kind == "logistic_newton":
-        n_rows = int(task["beta"].shape[0])
+    if request.kind == "logistic_newton":
+        n_rows: int | None = int(task["beta"].shape[0])
+    elif request.secure is not None and "frame" in task:
+        n_rows = int(task["frame"]["pos"].shape[0])
     else:
-        n_rows = None
-    payload = encode_arrays(released, n_rows)
+        n_rows = int(released[_ROWS_KEY].shape[0]) if _ROWS_KEY in released else None
+    if request.secure is None:
+        payload = encode_arrays(released, n_rows)
+    else:
+        if secrets is None:
+            raise InputError("this station has no key-agreement key, so it cannot take part in secure aggregation")
+        if "frame" in task:
+            released = conform(request.kind, released, task["frame"])
+        masked = secrets.mask(released, request.secure.session, request.secure.round, participants_of(request.secure))
+        payload = encode_arrays(masked, n_rows, compress=False)
+        summary["secure_round"] = request.secure.round
     summary["bytes"] = len(payload)
     return Outcome(payload, summary)

@@ -28,8 +28,15 @@ from station_api import __version__
 from station_api.audit import AuditLog
 from station_api.config import StationConfig
 from station_api.ledger import QueryLedger
-from station_api.policy import PolicyRefusalError, check_design, check_task
+from station_api.policy import PolicyRefusalError, check_design, check_secure, check_task
 from station_api.runner import BlockCache, DatasetCache, Outcome, Prepared, prepare, run_task
+from station_api.secure_agg import (
+    ContextRegistry,
+    StationSecrets,
+    context_digest,
+    load_or_create_agreement_key,
+    participants_of,
+)
 from station_api.signing import canonical, load_or_create_key, sha256, sign
 from station_api.wire import TaskRequest
 
@@ -130,6 +137,8 @@ class TaskManager:
         self.config = config
         self.audit = audit
         self.key = key or load_or_create_key(Path(store.path))
+        self.masking = StationSecrets(config.name, load_or_create_agreement_key(Path(store.path)))
+        self.contexts = ContextRegistry(Path(store.path) / "secure_contexts.txt")
         self.tasks: dict[str, TaskRecord] = {}
         self.datasets = DatasetCache(store)
         self.blocks = BlockCache()
@@ -149,9 +158,19 @@ class TaskManager:
         policy = self.config.policy
         prepared = prepare(self.datasets, request, policy)
         check_task(request, policy, prepared.n_variants)
+        check_secure(request, policy, self.config.name, self.masking.public_text)
         check_design(request, prepared.design, policy)
         if policy.differencing_guard:
             self.ledger.admit(user, request.dataset, prepared.design.include, policy.min_cell_count)
+        if request.secure is not None:
+            spec = request.secure
+            digest = context_digest(spec.session, spec.round, participants_of(spec)).hex()
+            if not self.contexts.claim(digest):
+                raise PolicyRefusalError(
+                    "secure_context_reused",
+                    f"secure-aggregation round {spec.round} of session {spec.session} was masked here before; a "
+                    "mask is never reused (start a new session)",
+                )
         record = TaskRecord(
             id=secrets.token_hex(16),
             user=user,
@@ -238,7 +257,7 @@ class TaskManager:
 
         try:
             assert record.prepared is not None
-            outcome = run_task(record.prepared, self.config.policy, on_block, self._compute, self.blocks)
+            outcome = run_task(record.prepared, self.config.policy, on_block, self._compute, self.blocks, self.masking)
         except TaskCancelledError:
             self._finish(record, "cancelled", None)
             self.audit.append(record.user, "task.cancelled", {"task": record.id})

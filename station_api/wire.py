@@ -31,12 +31,14 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 #: Analyses a station may allow, and the rounds (engine task kinds) each one runs.
 ANALYSIS_KINDS: dict[str, tuple[str, ...]] = {
     "count": ("sample_count",),
-    "freq": ("counts",),
-    "hwe": ("counts",),
-    "gwas_linear": ("counts", "linear"),  # counts: the pooled genotype counts an hwe_p filter needs
-    "gwas_logistic": ("counts", "logistic_null", "logistic_score", "logistic_newton"),
+    "freq": ("variant_keys", "counts"),
+    "hwe": ("variant_keys", "counts"),
+    # counts: the pooled genotype counts an hwe_p filter needs; variant_keys: the variant list that
+    # secure aggregation lays every station's arrays on
+    "gwas_linear": ("variant_keys", "counts", "linear"),
+    "gwas_logistic": ("variant_keys", "counts", "logistic_null", "logistic_score", "logistic_newton"),
 }
-KINDS = ("sample_count", "counts", "linear", "logistic_null", "logistic_score", "logistic_newton")
+KINDS = ("sample_count", "variant_keys", "counts", "linear", "logistic_null", "logistic_score", "logistic_newton")
 
 #: Hard ceilings on what a payload may declare, whatever the HTTP layer let through.
 MAX_PAYLOAD_BYTES = 512 << 20
@@ -81,6 +83,35 @@ class Adjust(BaseModel):
         return self
 
 
+class Participant(BaseModel):
+    """A station taking part in a securely aggregated round, with its key-agreement key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+    agreement_key: Annotated[str, StringConstraints(pattern=r"^x25519:[A-Za-z0-9+/]{43}=$")]
+
+
+class Secure(BaseModel):
+    """Secure aggregation of this round: the station masks its release (see :mod:`station_api.secure_agg`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] = Field(
+        description="the query's random session id (128 bits, hex)"
+    )
+    round: int = Field(ge=0, le=1_000_000, description="the round's number within the session, never reused")
+    participants: list[Participant] = Field(min_length=2, max_length=64)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Secure:
+        names = [p.name for p in self.participants]
+        keys = [p.agreement_key for p in self.participants]
+        if len(set(names)) != len(names) or len(set(keys)) != len(keys):
+            raise ValueError("a participant (name or key) appears twice")
+        return self
+
+
 class TaskRequest(BaseModel):
     """One round of one analysis, as a station receives it."""
 
@@ -89,7 +120,9 @@ class TaskRequest(BaseModel):
     wire_version: Literal[1] = Field(1, description="wire protocol version")
     dataset: Name
     analysis: Literal["count", "freq", "hwe", "gwas_linear", "gwas_logistic"]
-    kind: Literal["sample_count", "counts", "linear", "logistic_null", "logistic_score", "logistic_newton"]
+    kind: Literal[
+        "sample_count", "variant_keys", "counts", "linear", "logistic_null", "logistic_score", "logistic_newton"
+    ]
     phenotype: Name | None = None
     covariates: list[Name] = Field(default_factory=list, max_length=64)
     binary: bool = False
@@ -102,6 +135,7 @@ class TaskRequest(BaseModel):
     label: Annotated[str, StringConstraints(max_length=128)] | None = Field(
         None, description="the coordinator's name for the query this round belongs to (for the audit log)"
     )
+    secure: Secure | None = Field(None, description="mask the release for secure aggregation")
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskRequest:
@@ -117,13 +151,16 @@ class TaskRequest(BaseModel):
             raise ValueError(f"a {self.kind} round needs its state")
         if len(set(self.covariates)) != len(self.covariates):
             raise ValueError("a covariate is named twice")
+        if self.kind == "variant_keys" and self.secure is not None:
+            raise ValueError("the variant_keys round lists variants in the clear; it takes no secure block")
         return self
 
 
 # -- arrays <-> Arrow IPC --------------------------------------------------------------------------------
-def encode_arrays(arrays: dict[str, np.ndarray], n_rows: int | None = None) -> bytes:
+def encode_arrays(arrays: dict[str, np.ndarray], n_rows: int | None = None, compress: bool = True) -> bytes:
     """Named arrays as an Arrow IPC stream. Arrays whose first dimension is ``n_rows`` form the table;
-    the others go in the schema metadata."""
+    the others go in the schema metadata. ``compress=False`` for data that does not compress (masked
+    words)."""
     columns: list[pa.Array] = []
     fields: list[pa.Field] = []
     extra: dict[str, dict[str, object]] = {}
@@ -145,7 +182,8 @@ def encode_arrays(arrays: dict[str, np.ndarray], n_rows: int | None = None) -> b
     schema = pa.schema(fields, metadata={"better.wire": str(WIRE_VERSION), "better.extra": json.dumps(extra)})
     table = pa.Table.from_arrays(columns, schema=schema) if columns else schema.empty_table()
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+    options = pa.ipc.IpcWriteOptions(compression="zstd" if compress else None)
+    with pa.ipc.new_stream(sink, schema, options=options) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())
 

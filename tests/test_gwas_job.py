@@ -131,7 +131,8 @@ def test_job__killed_midway_and_resumed__writes_the_same_bytes(federation: Path)
     chunks = federation / "resumed" / ".chunks"
     proc = subprocess.Popen([sys.executable, "-c", "from query.cli import main; main()", "gwas", str(job)])
     deadline = time.monotonic() + 120
-    while not (chunks.exists() and any(chunks.glob("*.parquet"))):
+    # the first chunk is done when both phenotypes' parts are there (they are written one after the other)
+    while not (chunks.exists() and all((chunks / f"{ph}.00000.parquet").exists() for ph in ("ldl", "case"))):
         assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be stopped"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)

@@ -4,6 +4,7 @@ the pooled VCF (the cohort and the reference commands are in conftest.py)."""
 from __future__ import annotations
 
 import csv
+import secrets
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -13,7 +14,10 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from genomics.ingest import ingest_vcf
+from genomics.store import Store
 from query.federation import Federation
 from query.parser import QueryError
 from query.remote import StationClient, StationError
@@ -219,3 +223,80 @@ def test_errors__name_the_token_and_the_station(live: Live) -> None:
     assert frame["LEFT_OUT"].to_list()[0].startswith("zagreb")
     assert frame["COUNT"].to_list() == live.fed.query("COUNT")["COUNT"].to_list()
     assert "ran again without station zagreb" in fed.notes[0]
+
+
+# -- secure aggregation (on by default: three stations) -------------------------------------------------
+def test_secure_aggregation__is_on_and_equals_the_unmasked_run(live: Live) -> None:
+    """The comparisons above ran masked; the unmasked run gives the same table within the fixed-point
+    precision (the masks cancel exactly; only the rounding of each station's numbers to 2^-40 remains)."""
+    plain = Federation(live.fed.stations, secure_aggregation="off")
+    for text in (f"GWAS LINEAR ldl ~ {FORMULA}", f"GWAS LOGISTIC case ~ {FORMULA}", "HWE"):
+        masked = live.fed.query(text)
+        assert live.fed.last_plan is not None and live.fed.last_plan.secure
+        clear = plain.query(text)
+        assert plain.last_plan is not None and not plain.last_plan.secure
+        assert masked.columns == clear.columns and masked.height == clear.height
+        for c in masked.columns:
+            a, b = masked[c], clear[c]
+            if a.dtype == pl.Float64:
+                np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-8, atol=1e-12, equal_nan=True, err_msg=c)
+            else:
+                assert a.to_list() == b.to_list(), c
+    assert "secure aggregation: on" in live.fed.explain("FREQ")
+
+
+def _secure_count(live: Live, station: int, participants: list[dict[str, str]], session: str) -> httpx.Response:
+    s = live.fed.stations[station]
+    body = {
+        "dataset": "c",
+        "analysis": "count",
+        "kind": "sample_count",
+        "secure": {"session": session, "round": 0, "participants": participants},
+    }
+    return httpx.post(f"{s.url}/tasks", json=body, headers={"Authorization": f"Bearer {s.token}"}, timeout=30)
+
+
+def test_secure_aggregation__stations_refuse_unsafe_rounds(live: Live) -> None:
+    from station_api.secure_agg import StationSecrets
+    from tests.secure_local import station_secrets
+
+    me = live.fed.stations[0]
+    mine = httpx.get(f"{me.url}/info").json()["agreement_key"]
+    others = [{"name": s.name, "agreement_key": s.public_text} for s in station_secrets(2)]
+    ok = [{"name": me.name, "agreement_key": mine}, *others]
+    session = secrets.token_hex(16)
+    assert _secure_count(live, 0, ok, session).status_code == 202
+    replay = _secure_count(live, 0, ok, session)  # the same mask twice would leak a difference
+    assert replay.status_code == 403 and replay.json()["detail"]["rule"] == "secure_context_reused"
+    impostor = [{"name": me.name, "agreement_key": StationSecrets("x", X25519PrivateKey.generate()).public_text}]
+    r = _secure_count(live, 0, impostor + others, secrets.token_hex(16))
+    assert r.status_code == 403 and r.json()["detail"]["rule"] == "secure_participants"
+    r = _secure_count(live, 0, ok[:2], secrets.token_hex(16))
+    assert r.status_code == 403 and r.json()["detail"]["rule"] == "min_secure_participants"
+
+
+def test_secure_aggregation__a_station_that_drops_out_makes_the_query_restart_without_it(
+    live: Live, tmp_path: Path
+) -> None:
+    extra = Store.create(tmp_path / "extra")
+    ingest_vcf(extra, "c", str(live.cohort.out / "milano.vcf.gz"), str(live.cohort.out / "milano.pheno.tsv"))
+    researcher, record = new_token("ana", "researcher")
+    write_config(extra.path, StationConfig(name="extra", policy=OPEN, tokens=[record]))
+    text = f"GWAS LOGISTIC case ~ {FORMULA}"
+    with ExitStack() as stack:
+        url = stack.enter_context(station_process(extra.path, threads=1))
+        fed = Federation([*live.fed.stations, StationClient("extra", url, researcher, retries=0)])
+
+        def drop_after_first_round(stage: str, round_no: int, kind: str, stations: int, seconds: float) -> None:
+            if stations == 4 and round_no == 1 and stage == "gwas":
+                stack.close()  # the extra station's server stops in the middle of the query
+
+        frame = fed.query(text, on_round=drop_after_first_round)
+    assert frame["LEFT_OUT"].to_list()[0].startswith("extra")
+    assert any("ran again without station extra" in n for n in fed.notes)
+    expected = live.fed.query(text)
+    for c in expected.columns:
+        assert frame[c].to_list() == expected[c].to_list() or (
+            expected[c].dtype == pl.Float64
+            and np.allclose(frame[c].to_numpy(), expected[c].to_numpy(), rtol=1e-12, equal_nan=True)
+        ), c

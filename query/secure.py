@@ -1,0 +1,58 @@
+"""The coordinator's part of secure aggregation: one session per query run, its rounds and variant lists.
+
+A :class:`SecureSession` numbers the query's rounds (every round gets fresh masks), names the
+participants with their agreement keys, and holds the variant lists ("frames"): before the first
+round with per-variant arrays, a ``variant_keys`` round asks each station for its variants, and every
+later round of that query lays its arrays on their union. Stations that leave the query (a dropout)
+start a new session: masks are never shared across participant sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.align import align
+from engine.design import KEY_COLUMNS
+from station_api.wire import Participant, Secure
+
+#: Stations secure aggregation needs at the least: with two, each could subtract its own share from the
+#: sum and read the other's.
+MIN_STATIONS = 3
+
+Frame = dict[str, np.ndarray]
+
+
+@dataclass
+class SecureSession:
+    """Masks for one run of one query over fixed participants ``(name, agreement key)``."""
+
+    participants: list[tuple[str, str]]
+    session: str = field(default_factory=lambda: secrets.token_hex(16))
+    rounds: int = 0
+    _frames: dict[tuple[object, ...], Frame] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def next_round(self) -> Secure:
+        """The ``secure`` block of the next round (a new round number, so new masks)."""
+        spec = Secure(
+            session=self.session,
+            round=self.rounds,
+            participants=[Participant(name=n, agreement_key=k) for n, k in self.participants],
+        )
+        self.rounds += 1
+        return spec
+
+    async def frame(
+        self, scope: tuple[object, ...], fetch: Callable[[], Awaitable[list[dict[str, np.ndarray]]]]
+    ) -> Frame:
+        """The union of the stations' variants over ``scope`` (dataset, regions, PASS only), fetched once."""
+        async with self._lock:
+            if scope not in self._frames:
+                keys = await fetch()
+                self._frames[scope] = align([{c: r[f"key_{c}"] for c in KEY_COLUMNS} for r in keys]).keys
+            return self._frames[scope]
