@@ -23,7 +23,6 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass
-from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine import fixedpoint
-from engine.errors import InputError, StoreError
-from station_api.signing import canonical
+from engine.errors import InputError
+from engine.kernels.words import add_into, subtract_into
+from station_api.signing import canonical, load_or_create_pem_key
 
 AGREEMENT_KEY_FILE = "agreement.key"
 PREFIX = "x25519:"
@@ -47,21 +47,7 @@ _INFO = b"better secure aggregation v1 pair mask"
 # -- keys ------------------------------------------------------------------------------------------------
 def load_or_create_agreement_key(station: Path) -> X25519PrivateKey:
     """The station's X25519 key-agreement key, created (mode 0600) if there is none yet."""
-    path = station / AGREEMENT_KEY_FILE
-    if path.exists():
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (ValueError, TypeError):
-            raise StoreError(f"{path}: not a PEM private key; move it away to have a new one made") from None
-        if not isinstance(key, X25519PrivateKey):
-            raise StoreError(f"{path}: not an X25519 key")
-        return key
-    key = X25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    return key
+    return load_or_create_pem_key(station / AGREEMENT_KEY_FILE, X25519PrivateKey)  # type: ignore[type-abstract]
 
 
 def agreement_key_text(key: X25519PrivateKey) -> str:
@@ -125,23 +111,20 @@ class StationSecrets:
         """
         context = context_digest(session, round_no, participants)
         names = sorted(arrays)
-        words = [fixedpoint.encode(np.asarray(arrays[n])) for n in names]
-        sizes = [w.size // 2 for w in words]
-        total = sum(sizes)
-        mask = np.zeros((total, 2), dtype=np.uint64)
+        values = [np.asarray(arrays[n]) for n in names]
+        # every field's words in one buffer, masked in place: one pass per peer
+        words = fixedpoint.encode(np.concatenate([v.reshape(-1).astype(np.float64) for v in values]))
         for peer_name, peer_text in participants:
             if peer_name == self.name:
                 continue
-            stream = keystream(
-                pair_key(self.key, parse_agreement_key(peer_text, f"participant {peer_name}"), context), total
-            )
-            mask = fixedpoint.add(mask, stream if self.name < peer_name else fixedpoint.negate(stream))
+            peer = parse_agreement_key(peer_text, f"participant {peer_name}")
+            stream = keystream(pair_key(self.key, peer, context), words.shape[0])
+            (add_into if self.name < peer_name else subtract_into)(words, stream)
         out: dict[str, np.ndarray] = {}
         start = 0
-        for name, w, size in zip(names, words, sizes, strict=True):
-            part = mask[start : start + size].reshape(w.shape)
-            out[name] = fixedpoint.add(w, part).view(np.int64)
-            start += size
+        for name, v in zip(names, values, strict=True):
+            out[name] = words[start : start + v.size].reshape((*v.shape, 2)).view(np.int64)
+            start += v.size
         out[LAYOUT_FIELD] = np.array([f"{n}:{_type_code(np.asarray(arrays[n]))}" for n in names])
         return out
 
@@ -170,7 +153,9 @@ def unmask_sum(payloads: list[dict[str, np.ndarray]], stations: list[str]) -> di
             )
     out: dict[str, np.ndarray] = {}
     for name, (code, shape) in first.items():
-        total = reduce(fixedpoint.add, (np.ascontiguousarray(p[name]).view(np.uint64) for p in payloads))
+        total = np.array(payloads[0][name], dtype=np.int64, order="C", copy=True).view(np.uint64)
+        for p in payloads[1:]:
+            add_into(total.reshape(-1, 2), np.ascontiguousarray(p[name]).view(np.uint64).reshape(-1, 2))
         value = fixedpoint.decode(total)
         if code == "b":
             out[name] = value > 0.5

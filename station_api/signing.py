@@ -17,11 +17,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from engine.errors import StoreError
 
@@ -38,23 +39,30 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_or_create_key(station: Path) -> Ed25519PrivateKey:
-    """The station's signing key, created (mode 0600) if there is none yet."""
-    path = station / KEY_FILE
+K = TypeVar("K", Ed25519PrivateKey, X25519PrivateKey)
+
+
+def load_or_create_pem_key(path: Path, kind: type[K]) -> K:
+    """The private key in ``path`` (PKCS#8 PEM), of type ``kind``; made (mode 0600) if there is none yet."""
     if path.exists():
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (ValueError, TypeError):
             raise StoreError(f"{path}: not a PEM private key; move it away to have a new one made") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise StoreError(f"{path}: not an Ed25519 key")
+        if not isinstance(key, kind):
+            raise StoreError(f"{path}: not an {kind.__name__.removesuffix('PrivateKey')} key")
         return key
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    new = kind.generate()
+    pem = new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    return key
+    return new
+
+
+def load_or_create_key(station: Path) -> Ed25519PrivateKey:
+    """The station's signing key, created (mode 0600) if there is none yet."""
+    return load_or_create_pem_key(station / KEY_FILE, Ed25519PrivateKey)  # type: ignore[type-abstract]
 
 
 def public_key_text(key: Ed25519PrivateKey) -> str:

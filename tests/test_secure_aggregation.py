@@ -4,6 +4,7 @@ and federated results that equal the unmasked ones within the fixed-point precis
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from engine import fixedpoint
 from engine.errors import InputError
 from engine.frame import conform
 from engine.protocol import CountsProtocol, LinearProtocol, LogisticProtocol, SampleCountProtocol, run_local
+from station_api.config import Policy
+from station_api.policy import PolicyRefusalError, check_secure
 from station_api.secure_agg import (
     LAYOUT_FIELD,
     ContextRegistry,
@@ -26,6 +29,7 @@ from station_api.secure_agg import (
     parse_agreement_key,
     unmask_sum,
 )
+from station_api.wire import TaskRequest
 from tests.secure_local import run_secure_local, station_secrets
 from tests.test_federation import aligned, close, split_cohorts, stations_of
 
@@ -41,7 +45,7 @@ STEP = 2.0**-fixedpoint.FRACTION_BITS
 )
 def test_fixedpoint__sum_of_encodings_is_the_sum_within_the_stated_bound(values: list[list[float]]) -> None:
     arrays = [np.array(v) for v in values]
-    total = arrays and fixedpoint.encode(arrays[0])
+    total = fixedpoint.encode(arrays[0])
     for a in arrays[1:]:
         total = fixedpoint.add(total, fixedpoint.encode(a))
     got = fixedpoint.decode(total)
@@ -57,6 +61,24 @@ def test_fixedpoint__integers_are_exact_and_negation_inverts(values: list[int]) 
     words = fixedpoint.encode(a)
     assert np.all(np.rint(fixedpoint.decode(words)) == a.astype(float))
     assert np.all(fixedpoint.add(words, fixedpoint.negate(words)) == 0)
+
+
+def _words_of(n: list[int]) -> np.ndarray:
+    return np.array([[v % 2**64, (v % 2**128) >> 64] for v in n], dtype=np.uint64)
+
+
+@given(st.lists(FINITE | st.floats(min_value=-1.8e19, max_value=1.8e19), min_size=1, max_size=20))
+def test_fixedpoint__encode_kernel_equals_its_python_integer_twin(values: list[float]) -> None:
+    """The twin: exact rational arithmetic, round half to even, reduce modulo 2^128."""
+    twin = [round(Fraction(v) * 2**fixedpoint.FRACTION_BITS) % 2**128 for v in values]
+    assert np.array_equal(fixedpoint.encode(np.array(values)), _words_of(twin))
+
+
+@given(st.lists(st.integers(-(2**100), 2**100), min_size=1, max_size=20))
+def test_fixedpoint__decode_kernel_is_within_two_roundings_of_the_exact_value(values: list[int]) -> None:
+    got = fixedpoint.decode(_words_of(values))
+    exact = np.array([v / 2**fixedpoint.FRACTION_BITS for v in values])  # correctly rounded
+    np.testing.assert_allclose(got, exact, rtol=2.0**-51, atol=0)
 
 
 def test_fixedpoint__infinity_survives_a_sum_and_nan_or_huge_values_are_refused() -> None:
@@ -239,3 +261,33 @@ def test_secure__logistic_equals_the_unmasked_run(c: dict, test: str) -> None:
     assert list(masked["FIRTH?"]) == list(plain["FIRTH?"])
     for col in ("OBS_CT", "OR", "LOG(OR)_SE", "Z_STAT", "A1_FREQ"):
         close(masked[col], plain[col], 1e-6)
+
+
+# -- the station's rules ---------------------------------------------------------------------------------
+def _request(participants: list[StationSecrets] | None, kind: str = "sample_count") -> TaskRequest:
+    secure = None
+    if participants is not None:
+        secure = {
+            "session": "12" * 16,
+            "round": 0,
+            "participants": [{"name": s.name, "agreement_key": s.public_text} for s in participants],
+        }
+    return TaskRequest.model_validate({"dataset": "d", "analysis": "count", "kind": kind, "secure": secure})
+
+
+def test_policy__secure_rounds_follow_the_stations_rules() -> None:
+    me, b, c = station_secrets(3)
+    check_secure(_request([me, b, c]), Policy(), me.name, me.public_text)
+    with pytest.raises(PolicyRefusalError) as refusal:
+        check_secure(_request(None), Policy(require_secure_aggregation=True), me.name, me.public_text)
+    assert refusal.value.rule == "require_secure_aggregation"
+    check_secure(_request(None), Policy(), me.name, me.public_text)  # optional by default
+    peers = Policy(secure_peers={b.name: b.public_text})
+    with pytest.raises(PolicyRefusalError, match=c.name) as refusal:
+        check_secure(_request([me, b, c]), peers, me.name, me.public_text)
+    assert refusal.value.rule == "secure_peers"
+    with pytest.raises(PolicyRefusalError) as refusal:
+        check_secure(_request([b, c, *station_secrets(1)]), Policy(), me.name, me.public_text)
+    assert refusal.value.rule == "secure_participants"
+    with pytest.raises(ValueError, match="appears twice"):
+        _request([me, me, b])
