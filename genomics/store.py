@@ -5,7 +5,9 @@ Layout::
     STATION/
       station.toml                 name, policies, hashed tokens (station_api.config)
       catalog.duckdb               datasets, ingest provenance, views over the Parquet files
-      datasets/<name>/variants.parquet, samples.parquet, phenotypes.parquet
+      datasets/<name>/variants.parquet, samples.parquet, phenotypes.parquet       (kind "variants")
+      datasets/<name>/reads.parquet, mapq.parquet, coverage.parquet, targets.parquet,
+                      samples.parquet, phenotypes.parquet                        (kind "reads")
 
 A dataset is written into a hidden temporary folder and renamed into place together with its catalog
 rows, so a failed ingest leaves nothing behind and a re-ingest replaces a dataset only on success.
@@ -52,6 +54,7 @@ CREATE TABLE IF NOT EXISTS datasets (
     phenotype_columns VARCHAR NOT NULL,
     created_at TIMESTAMPTZ NOT NULL
 );
+ALTER TABLE datasets ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'variants';
 CREATE SEQUENCE IF NOT EXISTS ingest_id;
 CREATE TABLE IF NOT EXISTS ingests (
     id BIGINT PRIMARY KEY DEFAULT nextval('ingest_id'),
@@ -101,10 +104,19 @@ class GenotypeBlock:
 class Dataset:
     """Read access to one ingested dataset, streaming: nothing is loaded whole."""
 
-    def __init__(self, path: Path, name: str, n_samples: int) -> None:
+    def __init__(self, path: Path, name: str, n_samples: int, kind: str = "variants") -> None:
         self.path = path
         self.name = name
         self.n_samples = n_samples
+        #: "variants" (a VCF's genotypes) or "reads" (metrics and depth of aligned-read files).
+        self.kind = kind
+
+    def table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """One of the dataset's Parquet tables, e.g. ``coverage`` of a reads dataset."""
+        path = self.path / f"{name}.parquet"
+        if not path.exists():
+            raise NotFoundError(f"dataset {self.name!r} ({self.kind}) has no {name} table")
+        return pq.read_table(path, columns=columns)
 
     @property
     def variants_path(self) -> Path:
@@ -236,14 +248,17 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Store:
-        """Open an existing store, refusing a folder that is not one."""
+        """Open an existing store, refusing a folder that is not one (an older catalog is brought up to date)."""
         p = Path(path)
         if not (p / CATALOG).is_file():
             raise StoreError(
                 f"{p}: not a station store (no {CATALOG}); create it with "
                 f"`better station init --station {p} --name NAME`"
             )
-        return cls(p)
+        store = cls(p)
+        with store.catalog() as con:
+            con.execute(_SCHEMA_SQL)
+        return store
 
     @contextmanager
     def catalog(self, read_only: bool = False, wait_seconds: float = 15.0) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -300,7 +315,7 @@ class Store:
     def dataset(self, name: str) -> Dataset:
         """Open a dataset by name."""
         with self.catalog() as con:
-            row = con.execute("SELECT n_samples FROM datasets WHERE name = ?", [name]).fetchone()
+            row = con.execute("SELECT n_samples, kind FROM datasets WHERE name = ?", [name]).fetchone()
             if row is None:
                 names = [r[0] for r in con.execute("SELECT name FROM datasets").fetchall()]
                 from genomics.selection import suggest
@@ -309,18 +324,18 @@ class Store:
                     f"no dataset {name!r} at this station{suggest(name, names)}; "
                     f"datasets: {', '.join(sorted(names)) or 'none'}"
                 )
-        return Dataset(self.path / DATASETS / name, name, int(row[0]))
+        return Dataset(self.path / DATASETS / name, name, int(row[0]), str(row[1]))
 
     def summary(self) -> list[dict[str, Any]]:
         """One dict per dataset with its counts and latest provenance, for ``better store info``."""
         with self.catalog() as con:
             rows = con.execute(
-                """SELECT d.name, d.n_samples, d.n_variants, d.n_records, d.n_phenotyped, d.chromosomes,
+                """SELECT d.name, d.kind, d.n_samples, d.n_variants, d.n_records, d.n_phenotyped, d.chromosomes,
                           d.phenotype_columns, d.created_at, i.source_path, i.source_sha256, i.seconds
                    FROM datasets d LEFT JOIN ingests i
-                     ON i.dataset = d.name AND i.source_kind = 'variants'
+                     ON i.dataset = d.name AND i.source_kind = d.kind
                      AND i.id = (SELECT max(id) FROM ingests j WHERE j.dataset = d.name
-                                 AND j.source_kind = 'variants')
+                                 AND j.source_kind = d.kind)
                    ORDER BY d.name"""
             ).fetchall()
             cols = [c[0] for c in con.description]
@@ -356,7 +371,8 @@ class Store:
                 try:
                     con.execute("DELETE FROM datasets WHERE name = ?", [name])
                     con.execute(
-                        "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, now())",
+                        """INSERT INTO datasets (name, n_samples, n_variants, n_records, n_phenotyped, chromosomes,
+                           phenotype_columns, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?)""",
                         [
                             name,
                             row["n_samples"],
@@ -365,6 +381,7 @@ class Store:
                             row["n_phenotyped"],
                             json.dumps(row["chromosomes"]),
                             json.dumps(row["phenotype_columns"]),
+                            row.get("kind", "variants"),
                         ],
                     )
                     for ing in ingests:
@@ -389,7 +406,7 @@ class Store:
                         moved_old = True
                     tmp.rename(final)
                     moved_new = True
-                    self._create_views(con, name, final, has_pheno=(final / "phenotypes.parquet").exists())
+                    self._create_views(con, name, final)
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
@@ -405,10 +422,13 @@ class Store:
                 shutil.rmtree(old, ignore_errors=True)
 
     @staticmethod
-    def _create_views(con: duckdb.DuckDBPyConnection, name: str, final: Path, has_pheno: bool) -> None:
+    def _create_views(con: duckdb.DuckDBPyConnection, name: str, final: Path) -> None:
+        """A view ``<table>_<dataset>`` over each of the dataset's Parquet tables; stale views dropped."""
         safe = name.replace("-", "_")
-        for table in ("variants", "samples", *(("phenotypes",) if has_pheno else ())):
-            path = str((final / f"{table}.parquet").resolve()).replace("'", "''")
-            con.execute(f"CREATE OR REPLACE VIEW \"{table}_{safe}\" AS SELECT * FROM read_parquet('{path}')")
-        if not has_pheno:
-            con.execute(f'DROP VIEW IF EXISTS "phenotypes_{safe}"')
+        for table in ("variants", "samples", "phenotypes", "reads", "mapq", "coverage", "targets"):
+            path = final / f"{table}.parquet"
+            if not path.exists():
+                con.execute(f'DROP VIEW IF EXISTS "{table}_{safe}"')
+                continue
+            text = str(path.resolve()).replace("'", "''")
+            con.execute(f"CREATE OR REPLACE VIEW \"{table}_{safe}\" AS SELECT * FROM read_parquet('{text}')")

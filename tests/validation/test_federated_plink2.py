@@ -52,7 +52,8 @@ def live(plink_cohort: PlinkCohort) -> Iterator[Live]:
             clients.append(StationClient(name, url, researcher, timeout=300))
             urls.append(url)
             admins.append(admin)
-        yield Live(Federation(clients), urls, admins, plink_cohort)
+        # secure aggregation on: every comparison with PLINK 2 below runs on masked releases
+        yield Live(Federation(clients, secure_aggregation="on"), urls, admins, plink_cohort)
 
 
 def rows(path: Path) -> list[dict[str, str]]:
