@@ -291,7 +291,7 @@ def ingest_bams(
                     "min_mapq": min_mapq,
                     "reference": reference,
                 },
-            }  # fmt: skip
+            }
             for r in results
         ]
         if pheno is not None and phenotypes is not None:

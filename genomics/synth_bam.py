@@ -61,7 +61,7 @@ def synthesize_bams(cohort: Path, stations: list[str], cfg: BamConfig | None = N
     efficiency = rng.uniform(0.3, 1.5, len(targets))
     snps = _snps_in(cohort / f"{stations[0]}.vcf.gz", targets)
     for pos, ref, _ in snps.values():
-        reference[pos - 1] = int(np.flatnonzero(BASES == ref)[0])
+        reference[pos - 1] = "ACGT".index(ref)
     decoy = rng.integers(0, 4, DECOY[1]).astype(np.int8)
     fasta = out / "reference.fa"
     with open(fasta, "w") as f:
@@ -92,14 +92,18 @@ def synthesize_bams(cohort: Path, stations: list[str], cfg: BamConfig | None = N
     return out
 
 
+def _is_snp(v: object) -> bool:
+    ref, alt = v.REF, v.ALT  # type: ignore[attr-defined]
+    return len(ref) == 1 and ref in "ACGT" and len(alt) == 1 and len(alt[0]) == 1 and alt[0] in "ACGT"
+
+
 def _snps_in(vcf_path: Path, targets: list[tuple[int, int]]) -> dict[int, tuple[int, str, str]]:
     """Biallelic SNPs inside the targets: position -> (position, REF, ALT)."""
     vcf = VCF(str(vcf_path))
     out = {}
     for v in vcf:
-        if len(v.REF) == 1 and len(v.ALT) == 1 and len(v.ALT[0]) == 1 and v.ALT[0] in "ACGT" and v.REF in "ACGT":
-            if any(s < v.POS <= e for s, e in targets):
-                out[v.POS] = (v.POS, v.REF, v.ALT[0])
+        if _is_snp(v) and any(s < v.POS <= e for s, e in targets):
+            out[v.POS] = (v.POS, v.REF, v.ALT[0])
     vcf.close()
     return out
 
@@ -108,9 +112,7 @@ def _genotypes(vcf: VCF, targets: list[tuple[int, int]], n: int) -> dict[int, tu
     """Per SNP position in the targets: its ALT base and the first ``n`` samples' two alleles (1 = ALT)."""
     out = {}
     for v in vcf:
-        if not (len(v.REF) == 1 and len(v.ALT) == 1 and len(v.ALT[0]) == 1 and v.ALT[0] in "ACGT"):
-            continue
-        if not any(s < v.POS <= e for s, e in targets):
+        if not (_is_snp(v) and any(s < v.POS <= e for s, e in targets)):
             continue
         gt = np.array([g[:2] for g in v.genotypes[:n]], dtype=np.int64)
         out[v.POS] = (v.ALT[0], np.where(gt < 0, 0, gt))
@@ -145,7 +147,7 @@ def _sample_reads(
     n = 0
     for (t_start, t_end), d in zip(targets, depth, strict=True):
         span = t_end - t_start + 2 * READ_LENGTH
-        fragments = int(round(d * span / (2 * READ_LENGTH)))
+        fragments = round(float(d) * span / (2 * READ_LENGTH))
         for _ in range(fragments):
             n += 1
             frag = int(np.clip(rng.normal(FRAGMENT_MEAN, 30), READ_LENGTH + 20, 500))

@@ -61,6 +61,14 @@ OK, TRUNCATED, UNSORTED, SPAN_TOO_LONG, CIGAR_IN_TAG, BAD_RECORD = 0, 1, 2, 3, 4
 
 
 @jit
+def _u32(buf: np.ndarray, i: int) -> np.uint32:
+    """The little-endian unsigned 32-bit integer at ``buf[i:i + 4]``."""
+    return (
+        np.uint32(buf[i]) | (np.uint32(buf[i + 1]) << 8) | (np.uint32(buf[i + 2]) << 16) | (np.uint32(buf[i + 3]) << 24)
+    )
+
+
+@jit
 def parse_records(
     buf: np.ndarray,
     start: int,
@@ -84,50 +92,27 @@ def parse_records(
     cap = tid.shape[0]
     cap_ops = cigar.shape[0]
     while n < cap and off + 4 <= end:
-        size = np.int64(buf[off]) | (np.int64(buf[off + 1]) << 8) | (np.int64(buf[off + 2]) << 16)
-        size |= np.int64(buf[off + 3]) << 24
+        size = int(_u32(buf, off))
         if size < 32 or size > (1 << 28):
             return n, n_ops, off, BAD_RECORD
         if off + 4 + size > end:
             break
         b = off + 4
-        ref = np.int32(
-            np.uint32(buf[b])
-            | (np.uint32(buf[b + 1]) << 8)
-            | (np.uint32(buf[b + 2]) << 16)
-            | (np.uint32(buf[b + 3]) << 24)
-        )
-        p = np.int32(
-            np.uint32(buf[b + 4])
-            | (np.uint32(buf[b + 5]) << 8)
-            | (np.uint32(buf[b + 6]) << 16)
-            | (np.uint32(buf[b + 7]) << 24)
-        )
-        l_name = np.int64(buf[b + 8])
+        ref = np.int32(_u32(buf, b))
+        p = np.int32(_u32(buf, b + 4))
+        l_name = int(buf[b + 8])
         q = buf[b + 9]
-        k = np.int64(buf[b + 12]) | (np.int64(buf[b + 13]) << 8)
+        k = int(buf[b + 12]) | (int(buf[b + 13]) << 8)
         f = np.uint16(np.uint16(buf[b + 14]) | (np.uint16(buf[b + 15]) << 8))
-        l_seq = np.int64(buf[b + 16]) | (np.int64(buf[b + 17]) << 8) | (np.int64(buf[b + 18]) << 16)
-        l_seq |= np.int64(buf[b + 19]) << 24
-        mref = np.int32(
-            np.uint32(buf[b + 20])
-            | (np.uint32(buf[b + 21]) << 8)
-            | (np.uint32(buf[b + 22]) << 16)
-            | (np.uint32(buf[b + 23]) << 24)
-        )
+        l_seq = int(_u32(buf, b + 16))
+        mref = np.int32(_u32(buf, b + 20))
         c0 = b + 32 + l_name
         if c0 + 4 * k > off + 4 + size:
             return n, n_ops, off, BAD_RECORD
         if n_ops + k > cap_ops:
             break
         for j in range(k):
-            c = c0 + 4 * j
-            cigar[n_ops + j] = (
-                np.uint32(buf[c])
-                | (np.uint32(buf[c + 1]) << 8)
-                | (np.uint32(buf[c + 2]) << 16)
-                | (np.uint32(buf[c + 3]) << 24)
-            )
+            cigar[n_ops + j] = _u32(buf, c0 + 4 * j)
         if k == 2 and (cigar[n_ops] & 0xF) == 4 and (cigar[n_ops] >> 4) == l_seq and (cigar[n_ops + 1] & 0xF) == 3:
             return n, n_ops, off, CIGAR_IN_TAG  # the real CIGAR is in the CG tag (over 65535 operations)
         n_ops += k
@@ -274,8 +259,8 @@ def accumulate(
         if f & DUP:
             flagstat[w, 4] += 1
         # coordinate order: contigs ascending, positions ascending within one, unplaced reads (-1) last
-        t = np.int64(tid[i])
-        p = np.int64(pos[i])
+        t = int(tid[i])
+        p = int(pos[i])
         if t < 0:
             state[6] = 1
             continue
@@ -298,7 +283,7 @@ def accumulate(
         c_start = cigar_end[i - 1] if i > 0 else 0
         for j in range(c_start, cigar_end[i]):
             op = cigar[j] & 0xF
-            length = np.int64(cigar[j] >> 4)
+            length = int(cigar[j] >> 4)
             if op == 0 or op == 7 or op == 8:  # M, =, X: aligned bases
                 if r + length - state[1] > ring.shape[0]:
                     return SPAN_TOO_LONG
