@@ -23,11 +23,18 @@ class Alignment:
 
     @property
     def n(self) -> int:
-        return int(self.keys["pos"].shape[0])
+        return int(next(iter(self.keys.values())).shape[0])
 
 
-def align(station_keys: list[dict[str, np.ndarray]]) -> Alignment:
-    """Union of the stations' variant keys, and each station's row positions in it.
+#: Integer key columns (positions); the other key columns are text.
+INTEGER_KEYS = ("pos", "start", "end")
+
+
+def align(station_keys: list[dict[str, np.ndarray]], columns: tuple[str, ...] = KEY_COLUMNS) -> Alignment:
+    """Union of the stations' keys (variant keys by default), and each station's row positions in it.
+
+    The first of ``columns`` is the contig, the second the position the union is sorted by within a
+    contig (contigs in order of first appearance).
 
     Examples
     --------
@@ -40,25 +47,28 @@ def align(station_keys: list[dict[str, np.ndarray]]) -> Alignment:
     """
     frames = []
     for s, keys in enumerate(station_keys):
-        columns = {c: pl.Series(c, np.asarray(keys[c]).astype(str), dtype=pl.String) for c in ("chrom", "ref", "alt")}
-        columns["pos"] = pl.Series("pos", np.asarray(keys["pos"], dtype=np.int64))
+        series = [
+            pl.Series(c, np.asarray(keys[c], dtype=np.int64))
+            if c in INTEGER_KEYS
+            else pl.Series(c, np.asarray(keys[c]).astype(str), dtype=pl.String)
+            for c in columns
+        ]
         frames.append(
-            pl.DataFrame([columns[c] for c in KEY_COLUMNS]).with_columns(
-                pl.lit(s).alias("_station"), pl.int_range(pl.len()).alias("_row")
-            )
+            pl.DataFrame(series).with_columns(pl.lit(s).alias("_station"), pl.int_range(pl.len()).alias("_row"))
         )
     allk = pl.concat(frames).with_row_index("_order")
-    chrom_rank = allk.group_by("chrom").agg(pl.col("_order").min().alias("_crank"))
+    contig, position = columns[0], columns[1]
+    chrom_rank = allk.group_by(contig).agg(pl.col("_order").min().alias("_crank"))
     union = (
-        allk.unique(subset=list(KEY_COLUMNS), keep="first", maintain_order=True)
-        .join(chrom_rank, on="chrom")
-        .sort(["_crank", "pos", "_order"])
+        allk.unique(subset=list(columns), keep="first", maintain_order=True)
+        .join(chrom_rank, on=contig)
+        .sort(["_crank", position, "_order"])
         .with_row_index("_union")
     )
-    mapped = allk.join(union.select([*KEY_COLUMNS, "_union"]), on=list(KEY_COLUMNS))
+    mapped = allk.join(union.select([*columns, "_union"]), on=list(columns))
     index = []
     for s in range(len(station_keys)):
         part = mapped.filter(pl.col("_station") == s).sort("_row")
         index.append(part.get_column("_union").to_numpy().astype(np.int64))
-    keys = {c: union.get_column(c).to_numpy() for c in KEY_COLUMNS}
+    keys = {c: union.get_column(c).to_numpy() for c in columns}
     return Alignment(keys, index)

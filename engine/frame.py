@@ -1,4 +1,4 @@
-"""Put a station's per-variant result on a shared list of variants (the round's *frame*).
+"""Put a station's per-variant (or per-target) result on a shared list of keys (the round's *frame*).
 
 Secure aggregation adds the stations' arrays element by element, so every station must release arrays
 over the same variants in the same order. A variant the station does not hold is filled in as if all its
@@ -9,29 +9,57 @@ So a sum of conformed results equals the plain combination, variant for variant.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from engine.align import align
 from engine.design import KEY_COLUMNS
 from engine.errors import InputError
 
-#: Round kinds whose results have one row per variant of the station (and so need a frame).
-FRAME_KINDS = ("counts", "linear", "logistic_score")
+#: Key columns of a coverage target (0-based, half-open, and its name).
+TARGET_COLUMNS = ("chrom", "start", "end", "name")
 
-#: Per kind: the arrays with one row per variant, and for a variant the station lacks, the total each
-#: takes (all samples missing there; the others are zero). ``counts`` gets the group sizes in its last,
-#: "missing", code.
-_PER_VARIANT: dict[str, dict[str, str | None]] = {
-    "counts": {"counts": None, "withheld": None},
-    "linear": {
-        **dict.fromkeys(("cg", "gg", "gy", "withheld")),
-        **{"n_miss": "n", "m_cc": "cc", "m_cy": "cy", "m_yy": "yy"},
-    },
-    "logistic_score": {
-        **dict.fromkeys(("u", "gwg", "cwg", "cg", "gg", "counts", "withheld")),
-        **{"n_miss": "n", "m_cc": "cc", "m_cwc": "cwc", "m_cr": "cr"},
-    },
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """How one kind of round is laid on a frame.
+
+    ``keys_round``: the round that lists each station's rows (in the clear); ``columns``: the key
+    columns; ``per_row``: the arrays with one row per key and, for a row the station lacks, the total
+    it takes there (``None``: zero). ``counts`` arrays get the group sizes in their last, "missing",
+    code instead.
+    """
+
+    keys_round: str
+    columns: tuple[str, ...]
+    per_row: dict[str, str | None]
+
+
+FRAMES: dict[str, FrameSpec] = {
+    "counts": FrameSpec("variant_keys", KEY_COLUMNS, {"counts": None, "withheld": None}),
+    "linear": FrameSpec(
+        "variant_keys",
+        KEY_COLUMNS,
+        {**dict.fromkeys(("cg", "gg", "gy", "withheld")), "n_miss": "n", "m_cc": "cc", "m_cy": "cy", "m_yy": "yy"},
+    ),
+    "logistic_score": FrameSpec(
+        "variant_keys",
+        KEY_COLUMNS,
+        {
+            **dict.fromkeys(("u", "gwg", "cwg", "cg", "gg", "counts", "withheld")),
+            **{"n_miss": "n", "m_cc": "cc", "m_cwc": "cwc", "m_cr": "cr"},
+        },
+    ),
+    # a target the station did not measure: no samples, no bases
+    "coverage": FrameSpec(
+        "target_keys",
+        TARGET_COLUMNS,
+        dict.fromkeys(("samples", "bases", "sum_depth", "bases_ge", "samples_ge", "withheld")),
+    ),
 }
+#: Round kinds whose results have one row per key of the station (and so need a frame).
+FRAME_KINDS = tuple(FRAMES)
 
 
 def conform(kind: str, result: dict[str, np.ndarray], frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -49,20 +77,21 @@ def conform(kind: str, result: dict[str, np.ndarray], frame: dict[str, np.ndarra
     >>> conform("counts", mine, frame)["counts"].tolist()
     [[[0, 0, 0, 6]], [[3, 2, 0, 1]]]
     """
-    if kind not in _PER_VARIANT:
-        raise ValueError(f"a {kind!r} result has no per-variant rows to conform")
-    mine = {c: np.asarray(result[f"key_{c}"]) for c in KEY_COLUMNS}
-    m = int(np.asarray(frame["pos"]).shape[0])
-    al = align([frame, mine])
+    if kind not in FRAMES:
+        raise ValueError(f"a {kind!r} result has no per-row keys to conform")
+    spec = FRAMES[kind]
+    mine = {c: np.asarray(result[f"key_{c}"]) for c in spec.columns}
+    m = int(np.asarray(frame[spec.columns[1]]).shape[0])
+    al = align([frame, mine], spec.columns)
     if al.n != m:
         raise InputError(
-            f"this station holds {al.n - m} variant(s) that the round's variant list lacks; the coordinator "
-            "must send the union of every station's variants (run the variant_keys round again)"
+            f"this station holds {al.n - m} row(s) that the round's list lacks; the coordinator must send the "
+            f"union of every station's rows (run the {spec.keys_round} round again)"
         )
     rows = al.index[1]
     absent = np.ones(m, dtype=bool)
     absent[rows] = False
-    per_variant = _PER_VARIANT[kind]
+    per_variant = spec.per_row
     out: dict[str, np.ndarray] = {}
     for name, value in result.items():
         a = np.asarray(value)

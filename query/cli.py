@@ -60,9 +60,12 @@ def synth(
     variants: Annotated[int, typer.Option(help="VCF records (sites) to simulate")] = 8000,
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 42,
     fully_called: Annotated[float, typer.Option(help="share of variants with no missing genotype")] = 0.0,
+    bam: Annotated[bool, typer.Option(help="also simulate indexed BAMs of some samples per station")] = False,
+    bam_samples: Annotated[int, typer.Option(help="samples per station that get a BAM")] = 6,
 ) -> None:
     """Generate a synthetic cohort split across stations (msprime genealogies, traits with known causes)."""
     from genomics.synth import SynthConfig, synthesize
+    from genomics.synth_bam import BamConfig, synthesize_bams
 
     t0 = time.perf_counter()
     r = synthesize(
@@ -87,6 +90,9 @@ def synth(
         f"{r.n_records} records ({r.n_multiallelic} multi-allelic) -> {r.n_variants} biallelic variants; "
         f"truth in truth.tsv; {time.perf_counter() - t0:.1f} s"
     )
+    if bam:
+        where = synthesize_bams(r.out, list(r.stations), BamConfig(samples_per_station=bam_samples))
+        err.print(f"BAMs: {where}/STATION/SAMPLE.bam (+ .bai), reference.fa, targets.bed")
     print(r.out)
 
 
@@ -267,6 +273,52 @@ def ingest(
         if report.n_phenotype_rows_unmatched:
             msg += f"; {report.n_phenotype_rows_unmatched} phenotype rows match no VCF sample and were left out"
         err.print(msg)
+
+
+@app.command("ingest-bam")
+def ingest_bam(
+    station: Annotated[Path, typer.Option(help="station directory")],
+    dataset: Annotated[str, typer.Option(help="dataset name (replaced if it exists, only on success)")],
+    bam: Annotated[list[Path], typer.Option(help="coordinate-sorted, indexed BAM or CRAM, one per sample; repeat")],
+    targets: Annotated[Path | None, typer.Option(help="BED of capture targets (default: fixed-size bins)")] = None,
+    reference: Annotated[Path | None, typer.Option(help="reference FASTA (needed for CRAM)")] = None,
+    phenotypes: Annotated[Path | None, typer.Option(help="tab-separated table, sample ID first")] = None,
+    sample_map: Annotated[Path | None, typer.Option(help="FILE<TAB>SAMPLE_ID lines, instead of read groups")] = None,
+    bin_size: Annotated[int, typer.Option(help="bin length in bases when there is no BED")] = 100_000,
+    min_mapq: Annotated[int, typer.Option(help="reads below this mapping quality do not count towards depth")] = 0,
+    more: Annotated[list[Path] | None, typer.Argument(help="more files: `--bam a.bam b.bam` works too")] = None,
+) -> None:
+    """Index aligned reads: per sample flagstat metrics, MAPQ histogram, depth per target or bin."""
+    from genomics.ingest_bam import ingest_bams
+    from genomics.store import Store
+    from station_api.config import read_config
+
+    read_config(station)
+    store = Store.open(station)
+    bam = [*bam, *(more or [])]
+    with _progress() as progress:
+        task = progress.add_task("ingest-bam", total=len(bam))
+
+        def on_file(k: int, path: str) -> None:
+            progress.update(task, completed=k, description=f"ingest-bam {Path(path).name}")
+
+        report = ingest_bams(
+            store,
+            dataset,
+            [str(b) for b in bam],
+            targets_bed=str(targets) if targets else None,
+            reference=str(reference) if reference else None,
+            phenotypes=str(phenotypes) if phenotypes else None,
+            sample_map=str(sample_map) if sample_map else None,
+            bin_size=bin_size,
+            min_mapq=min_mapq,
+            on_file=on_file,
+        )
+        progress.update(task, completed=len(bam))
+    err.print(
+        f"dataset [bold]{dataset}[/bold] (reads): {report.n_samples} samples, {report.n_reads:,} reads, "
+        f"{report.n_targets} targets, {report.n_phenotyped} with phenotypes, in {report.seconds:.1f} s"
+    )
 
 
 @store_app.command("info")

@@ -43,6 +43,7 @@ from engine.protocol import (
     SampleCountProtocol,
     pooled_summary,
 )
+from engine.reads import CoverageProtocol, PileupProtocol, ReadsProtocol
 from query import output
 from query.parser import Query, parse
 from query.planner import Plan, StationCatalog, plan
@@ -253,6 +254,20 @@ async def _execute(
     if q.verb == "count":
         res = await drive("count", SampleCountProtocol(), model)
         return output.table("count", None, res, ids)
+    if q.verb in ("coverage", "reads", "pileup"):
+        reads_protocol: Protocol = {
+            "coverage": CoverageProtocol,
+            "reads": ReadsProtocol,
+        }.get(
+            q.verb,
+            lambda: PileupProtocol(
+                chrom=[r.chrom for r in q.regions],
+                pos=[r.end for r in q.regions],
+                min_base_quality=q.min_base_quality,
+                min_mapping_quality=q.min_mapping_quality,
+            ),
+        )()
+        return output.read_table(await drive(q.verb, reads_protocol, model))
     if q.verb in ("freq", "hwe"):
         proto = CountsProtocol(groups=1)
         res = await drive(q.verb, proto, model)

@@ -69,6 +69,18 @@ def table(verb: str, model: str | None, res: dict[str, np.ndarray], ids: dict[tu
     return frame.with_columns([pl.when(pl.col("WITHHELD")).then(None).otherwise(pl.col(c)).alias(c) for c in numbers])
 
 
+def read_table(res: dict[str, np.ndarray]) -> pl.DataFrame:
+    """A COVERAGE, READS or PILEUP result as a DataFrame (contig column as ``#CHROM``); withheld rows keep
+    their labels and lose their numbers."""
+    cols = {("#CHROM" if c == "CHROM" else c): v for c, v in res.items()}
+    frame = pl.DataFrame([_series(c, v) for c, v in cols.items() if c != "WITHHELD"])
+    withheld = np.asarray(res.get("WITHHELD", np.zeros(frame.height, dtype=bool)), dtype=bool)
+    frame = frame.with_columns(pl.Series("WITHHELD", withheld))
+    labels = {"#CHROM", "POS", "START", "END", "NAME", "WITHHELD"}
+    numbers = [c for c in frame.columns if c not in labels]
+    return frame.with_columns([pl.when(pl.col("WITHHELD")).then(None).otherwise(pl.col(c)).alias(c) for c in numbers])
+
+
 def _series(name: str, values: object) -> pl.Series:
     arr = np.asarray(values)
     if arr.dtype.kind == "f":

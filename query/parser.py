@@ -21,6 +21,8 @@ from genomics.regions import Region
 #: Pooled variant quantities usable in WHERE; anything else names a phenotype column.
 VARIANT_FILTERS = ("maf", "mac", "call_rate", "hwe_p", "filter")
 MAX_QUERY_CHARS = 10_000
+#: Statements over aligned reads (a "reads" dataset) rather than variants.
+READ_VERBS = ("coverage", "reads", "pileup")
 
 _FRIENDLY = {
     "NAME": "a name",
@@ -34,6 +36,8 @@ _FRIENDLY = {
     "COMMA": "','",
     "MODEL": "LINEAR or LOGISTIC",
     "TEST_KIND": "WALD, SCORE or FIRTH",
+    "MIN_BQ": "MIN_BASE_QUALITY",
+    "MIN_MQ": "MIN_MAPPING_QUALITY",
     "$END": "the end of the query",
 }
 
@@ -75,7 +79,7 @@ class Query:
     """A parsed query: what to compute, over which samples and variants."""
 
     text: str
-    verb: Literal["count", "freq", "hwe", "gwas"]
+    verb: Literal["count", "freq", "hwe", "gwas", "coverage", "reads", "pileup"]
     explain: bool = False
     model: Literal["linear", "logistic"] | None = None
     phenotype: Name | None = None
@@ -85,6 +89,9 @@ class Query:
     variant_conditions: tuple[Condition, ...] = ()
     adjust_station: bool = False
     test: Literal["wald", "score", "firth"] = "wald"
+    #: PILEUP: bases below this quality, reads below this mapping quality are not counted.
+    min_base_quality: int = 13
+    min_mapping_quality: int = 0
     names_used: tuple[Name, ...] = field(default=(), compare=False)
 
     def error(self, at: Name | tuple[int, int], message: str) -> QueryError:
@@ -111,7 +118,9 @@ def parse(text: str) -> Query:
     if len(text) > MAX_QUERY_CHARS:
         raise QueryError(text[:80], 0, 1, f"a query of {len(text)} characters is over the {MAX_QUERY_CHARS} limit")
     if not text.strip():
-        raise QueryError(text, 0, 1, "empty query: start with COUNT, FREQ, HWE, GWAS or EXPLAIN")
+        raise QueryError(
+            text, 0, 1, "empty query: start with COUNT, FREQ, HWE, GWAS, COVERAGE, READS, PILEUP or EXPLAIN"
+        )
     try:
         tree = _parser().parse(text)
         return _Build(text).transform(tree)
@@ -252,6 +261,35 @@ class _Build(Transformer):
 
     def hwe(self, items: list) -> Query:
         return self._query("hwe", items)
+
+    def coverage(self, items: list) -> Query:
+        return self._query("coverage", items)
+
+    def reads(self, items: list) -> Query:
+        return self._query("reads", items)
+
+    def min_bq(self, items: list[Token]) -> tuple[str, int]:
+        return "min_base_quality", self._quality(items[1], 93)
+
+    def min_mq(self, items: list[Token]) -> tuple[str, int]:
+        return "min_mapping_quality", self._quality(items[1], 255)
+
+    def _quality(self, tok: Token, top: int) -> int:
+        value = int(str(tok))
+        if value > top:
+            start = int(tok.start_pos or 0)
+            raise QueryError(self.text, start, start + len(str(tok)), f"a quality between 0 and {top}")
+        return value
+
+    def pileup(self, items: list) -> Query:
+        q = self._query("pileup", items)
+        for r in q.regions:
+            if r.end - r.start != 1:
+                raise QueryError(self.text, 0, len(self.text), f"PILEUP takes positions (chrom:pos), not {r}")
+        if len(q.regions) > 256:
+            raise QueryError(self.text, 0, len(self.text), "PILEUP takes at most 256 positions at a time")
+        quality = dict(i for i in items if isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str))
+        return Query(**{**q.__dict__, **quality})
 
     def gwas(self, items: list) -> Query:
         model = next(str(t).lower() for t in items if isinstance(t, Token) and t.type == "MODEL")

@@ -22,7 +22,7 @@ from typing import Any
 
 from engine.filters import VariantCondition, VariantFilter
 from genomics.selection import suggest
-from query.parser import Condition, Name, Query
+from query.parser import READ_VERBS, Condition, Name, Query
 from query.remote import Model
 from station_api.wire import Condition as WireCondition
 
@@ -37,13 +37,17 @@ class StationCatalog:
     policy: dict[str, Any] = field(default_factory=dict)
     agreement_key: str | None = None
 
-    def dataset(self, wanted: str | None) -> str:
-        if wanted is not None:
+    def dataset(self, wanted: str | None, kind: str = "variants") -> str:
+        """The dataset to query: ``wanted`` if it is of ``kind``, else the station's only one of that kind."""
+        if wanted is not None and self.datasets.get(wanted, {}).get("kind", "variants") == kind:
             return wanted
-        if len(self.datasets) == 1:
-            return next(iter(self.datasets))
+        fitting = sorted(n for n, d in self.datasets.items() if d.get("kind", "variants") == kind)
+        if len(fitting) == 1:
+            return fitting[0]
+        if wanted is not None and not fitting:
+            return wanted  # the check names what is wrong with it
         raise ValueError(
-            f"station {self.name} holds {len(self.datasets)} datasets ({', '.join(sorted(self.datasets)) or 'none'}); "
+            f"station {self.name} holds {len(fitting)} datasets of {kind} ({', '.join(fitting) or 'none'}); "
             'name one with dataset = "..." in the federation file'
         )
 
@@ -82,6 +86,24 @@ class Plan:
             round_no += 1
         if q.verb == "count":
             lines.append(f"round {round_no}: `sample_count` task at every station: one count (withheld if 1..4)")
+        elif q.verb == "coverage":
+            lines.append(
+                f"round {round_no}: `coverage` task at every station: per target of {scope}, over the selected "
+                "samples: samples, bases, summed depth, bases and samples at >= 10x, 20x, 30x (a target with 1..4 "
+                "such samples is withheld)"
+            )
+        elif q.verb == "reads":
+            lines.append(
+                f"round {round_no}: `reads` task at every station: the samtools flagstat counters and the MAPQ "
+                "histogram, summed over the selected samples"
+            )
+        elif q.verb == "pileup":
+            lines.append(
+                f"round {round_no}: `pileup` task at every station: read counts of A, C, G, T, N and deletions at "
+                f"{len(q.regions)} position(s), read from the indexed files (base quality >= "
+                f"{q.min_base_quality}, mapping quality >= {q.min_mapping_quality}); withheld where 1..4 samples "
+                "carry a base"
+            )
         elif q.verb in ("freq", "hwe"):
             lines.append(
                 f"round {round_no}: `counts` task at every station: genotype counts (hom-ref, het, hom-alt, "
@@ -128,6 +150,9 @@ class Plan:
         q = self.query
         steps = {
             "count": "add the counts",
+            "coverage": "add the sums by target; mean depth and fractions",
+            "reads": "add the counters; percentages and MAPQ summary",
+            "pileup": "add the read counts",
             "freq": "add the counts; ALT_FREQS, OBS_CT",
             "hwe": "add the counts; HWE exact test",
         }
@@ -189,8 +214,8 @@ def check(query: Query, catalogs: list[StationCatalog], datasets: dict[str, str]
         if k == "text" and cond.op not in ("=", "!="):
             raise query.error(cond.column, f"text column {cond.column.text!r} takes only = or !=")
     for cond in query.variant_conditions:
-        if query.verb == "count":
-            raise query.error(cond.column, f"{cond.column.text} filters variants; COUNT counts samples")
+        if query.verb == "count" or query.verb in READ_VERBS:
+            raise query.error(cond.column, f"{cond.column.text} filters variants; {query.verb.upper()} has none")
         if cond.column.text == "filter":
             if cond.op != "=" or not isinstance(cond.value, str) or cond.value.upper() != "PASS":
                 raise query.error(cond.column, "the only FILTER condition is filter = 'PASS'")
@@ -208,8 +233,9 @@ def plan(
     label: str | None = None,
 ) -> Plan:
     """Check ``query`` against the stations and choose its rounds."""
+    reads = query.verb in READ_VERBS
     try:
-        datasets = {c.name: c.dataset(dataset) for c in catalogs}
+        datasets = {c.name: c.dataset(dataset, "reads" if reads else "variants") for c in catalogs}
     except ValueError as exc:
         raise query.error((0, len(query.text)), str(exc)) from None
     for c in catalogs:
@@ -217,6 +243,15 @@ def plan(
             raise query.error(
                 (0, len(query.text)),
                 f"station {c.name} has no dataset {datasets[c.name]!r}{suggest(datasets[c.name], list(c.datasets))}",
+            )
+    for c in catalogs:
+        have = c.datasets[datasets[c.name]].get("kind", "variants")
+        if have != ("reads" if reads else "variants"):
+            verb = query.verb.upper()
+            raise query.error(
+                (0, len(query.text)),
+                f"station {c.name}'s dataset {datasets[c.name]!r} holds {have}; {verb} needs "
+                + ("aligned reads (better ingest-bam)" if reads else "variants (better ingest)"),
             )
     check(query, catalogs, datasets)
     names = {datasets[c.name] for c in catalogs}
@@ -236,6 +271,9 @@ def plan(
         "freq": "freq",
         "hwe": "hwe",
         "gwas": f"gwas_{query.model}",
+        "coverage": "coverage",
+        "reads": "reads",
+        "pileup": "pileup",
     }[query.verb]
     model = Model(
         dataset=names.pop(),

@@ -12,14 +12,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 
-from engine.design import KEY_COLUMNS
 from engine.errors import BetterError
-from engine.frame import FRAME_KINDS
+from engine.frame import FRAMES
 from engine.protocol import Protocol, Result, Task
 from query.secure import SecureSession
 from station_api.secure_agg import unmask_sum
@@ -210,8 +210,8 @@ async def run_remote_async(
             requests = [to_request(task, model, i, n, spec) for i in range(n)]
             return await gather_or_cancel(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
 
-        async def variant_lists() -> list[Result]:
-            found = await everywhere({"kind": "variant_keys"})
+        async def key_lists(kind: str) -> list[Result]:
+            found = await everywhere({"kind": kind})
             if on_results is not None:
                 on_results(found)
             return found
@@ -224,14 +224,15 @@ async def run_remote_async(
                     on_results(results)
             else:
                 frame = None
-                if task["kind"] in FRAME_KINDS:
-                    scope = (model.dataset, model.regions, model.pass_only)
-                    frame = await secure.frame(scope, variant_lists)
-                    task = {**task, **{f"key_{c}": frame[c] for c in KEY_COLUMNS}}
+                spec = FRAMES.get(str(task["kind"]))
+                if spec is not None:
+                    scope = (model.dataset, model.regions, model.pass_only, spec.keys_round)
+                    frame = await secure.frame(scope, partial(key_lists, spec.keys_round), spec.columns)
+                    task = {**task, **{f"key_{c}": v for c, v in frame.items()}}
                 masked = await everywhere(task, secure.next_round())
                 total = unmask_sum(masked, [s.name for s in stations])
                 if frame is not None:
-                    total.update({f"key_{c}": frame[c] for c in KEY_COLUMNS})
+                    total.update({f"key_{c}": v for c, v in frame.items()})
                 results = [total]
             protocol.receive(results)
             if on_round is not None:

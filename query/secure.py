@@ -48,11 +48,14 @@ class SecureSession:
         return spec
 
     async def frame(
-        self, scope: tuple[object, ...], fetch: Callable[[], Awaitable[list[dict[str, np.ndarray]]]]
+        self,
+        scope: tuple[object, ...],
+        fetch: Callable[[], Awaitable[list[dict[str, np.ndarray]]]],
+        columns: tuple[str, ...] = KEY_COLUMNS,
     ) -> Frame:
-        """The union of the stations' variants over ``scope`` (dataset, regions, PASS only), fetched once."""
+        """The union of the stations' rows (variants or targets) over ``scope``, fetched once."""
         async with self._lock:
             if scope not in self._frames:
                 keys = await fetch()
-                self._frames[scope] = align([{c: r[f"key_{c}"] for c in KEY_COLUMNS} for r in keys]).keys
+                self._frames[scope] = align([{c: r[f"key_{c}"] for c in columns} for r in keys], columns).keys
             return self._frames[scope]

@@ -307,14 +307,24 @@ def create_app(station_dir: Path) -> FastAPI:
         for d in store.summary():
             ds = store.dataset(d["name"])
             schema = ds.phenotypes().schema
-            positions = pl.from_arrow(ds.variants(columns=["chrom", "pos"]))
-            assert isinstance(positions, pl.DataFrame)
+            if ds.kind == "reads":  # the span of its targets (or bins)
+                positions = pl.from_arrow(ds.table("targets", ["chrom", "start", "end"]))
+                assert isinstance(positions, pl.DataFrame)
+                positions = positions.select("chrom", (pl.col("start") + 1).alias("pos"), pl.col("end"))
+                extra = {"targets": positions.height}
+            else:
+                positions = pl.from_arrow(ds.variants(columns=["chrom", "pos"]))
+                assert isinstance(positions, pl.DataFrame)
+                positions = positions.with_columns(pl.col("pos").alias("end"))
+                extra = {}
             spans = positions.group_by("chrom", maintain_order=True).agg(
-                pl.col("pos").min().alias("lo"), pl.col("pos").max().alias("hi")
+                pl.col("pos").min().alias("lo"), pl.col("end").max().alias("hi")
             )
             datasets.append(
                 {
                     "name": d["name"],
+                    "kind": ds.kind,
+                    **extra,
                     "samples_about": int(round(d["n_samples"] / step) * step),
                     "variants": int(d["n_variants"]),
                     "chromosomes": d["chromosomes"],

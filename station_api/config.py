@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engine.errors import StoreError
 
 CONFIG_FILE = "station.toml"
-ANALYSES = ("count", "freq", "hwe", "gwas_linear", "gwas_logistic")
+ANALYSES = ("count", "freq", "hwe", "gwas_linear", "gwas_logistic", "coverage", "reads", "pileup")
 ROLES = ("researcher", "admin")
 
 
@@ -27,7 +27,9 @@ class Policy(BaseModel):
 
     min_cell_count: int = Field(5, ge=1, description="counts below this are withheld")
     min_minor_allele_count: int = Field(5, ge=0, description="local MAC needed for per-variant statistics")
-    allowed_analyses: list[Literal["count", "freq", "hwe", "gwas_linear", "gwas_logistic"]] = Field(
+    allowed_analyses: list[
+        Literal["count", "freq", "hwe", "gwas_linear", "gwas_logistic", "coverage", "reads", "pileup"]
+    ] = Field(
         default_factory=lambda: list(ANALYSES)  # type: ignore[arg-type]
     )
     max_variants_per_task: int = Field(1_000_000, ge=1)

@@ -60,7 +60,7 @@ def check_secure(request: TaskRequest, policy: Policy, name: str, agreement_key:
     """
     spec = request.secure
     if spec is None:
-        if policy.require_secure_aggregation and request.kind != "variant_keys":
+        if policy.require_secure_aggregation and request.kind not in ("variant_keys", "target_keys"):
             raise PolicyRefusalError(
                 "require_secure_aggregation",
                 "this station releases statistics only masked for secure aggregation; run the query with "
@@ -143,6 +143,27 @@ def release(kind: str, result: dict[str, np.ndarray], policy: Policy) -> tuple[d
         return out, {"kind": kind, "withheld": hide}
     if kind == "variant_keys":  # the variant list, as FREQ results have always shown it
         return out, {"kind": kind, "variants": int(np.asarray(out["key_pos"]).shape[0])}
+    if kind == "target_keys":  # the capture design (or bins), which is not about anyone
+        return out, {"kind": kind, "targets": int(np.asarray(out["key_start"]).shape[0])}
+    if kind == "reads":
+        _require_total(int(out["n"]), policy, "samples")
+        return out, {"kind": kind, "samples": int(out["n"])}
+    if kind == "coverage":
+        _require_total(int(out["n"]), policy, "samples")
+        people = np.concatenate([out["samples"][:, None], out["samples_ge"]], axis=1)
+        withheld = np.asarray(_small(people, policy.min_cell_count).any(axis=1), dtype=bool)
+        for name in ("samples", "bases", "sum_depth", "bases_ge", "samples_ge"):
+            out[name] = np.where(_rows(withheld, out[name]), 0, out[name])
+        out["withheld"] = withheld
+        return out, {"kind": kind, "targets": int(withheld.size), "withheld": int(withheld.sum())}
+    if kind == "pileup":
+        # the people behind the reads: a base seen in 1..min_cell_count-1 samples, or so few samples covered
+        people = np.concatenate([out["samples"][:, None], out.pop("carriers")], axis=1)
+        withheld = np.asarray(_small(people, policy.min_cell_count).any(axis=1), dtype=bool)
+        for name in ("counts", "samples"):
+            out[name] = np.where(_rows(withheld, out[name]), 0, out[name])
+        out["withheld"] = withheld
+        return out, {"kind": kind, "positions": int(withheld.size), "withheld": int(withheld.sum())}
     if kind == "counts":
         for size in np.asarray(out["group_size"]).tolist():
             _require_total(size, policy, "samples in a group")

@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from engine.align import INTEGER_KEYS
 from engine.design import KEY_COLUMNS, Block, Design
 from engine.errors import InputError
-from engine.frame import FRAME_KINDS, conform
+from engine.frame import FRAMES, conform
 from engine.protocol import execute
+from genomics import reads_tasks
 from genomics.design import StationBlocks, build_design, variant_keys
 from genomics.regions import Region, merge_regions
 from genomics.selection import Condition
@@ -26,7 +28,7 @@ from genomics.store import DATASETS, Dataset, Store
 from station_api.config import Policy
 from station_api.policy import release
 from station_api.secure_agg import StationSecrets, participants_of
-from station_api.wire import TaskRequest, decode_state, encode_arrays
+from station_api.wire import READ_ANALYSES, TaskRequest, decode_state, encode_arrays
 
 #: Result arrays with one row per variant, by round; they form the Arrow table.
 _ROWS_KEY = "key_pos"
@@ -49,14 +51,18 @@ def regions_of(request: TaskRequest) -> list[Region] | None:
 
 def variants_in_scope(dataset: Dataset, request: TaskRequest, task: dict[str, Any]) -> int:
     """How many variants the task reads (for the variant cap and for progress)."""
-    if request.kind == "logistic_newton":
+    if request.kind in ("logistic_newton", "pileup"):
         return int(task["key_pos"].shape[0])
-    if request.kind in ("sample_count", "logistic_null"):
+    if request.kind in ("sample_count", "logistic_null", "reads"):
         return 0
     regions = regions_of(request)
+    if request.kind in ("target_keys", "coverage"):
+        own = int(reads_tasks.targets_in(dataset, regions)[1].shape[0])
+        frame = task.get("frame")
+        return max(own, len(next(iter(frame.values())))) if frame is not None else own
     own = dataset.n_variants if regions is None else sum(dataset.variants(r, ["pos"]).num_rows for r in regions)
     frame = task.get("frame")
-    return max(own, int(frame["pos"].shape[0])) if frame is not None else own
+    return max(own, len(next(iter(frame.values())))) if frame is not None else own
 
 
 def design_of(dataset: Dataset, request: TaskRequest) -> Design:
@@ -84,8 +90,19 @@ def engine_task(request: TaskRequest, design: Design, max_variants: int) -> dict
     task: dict[str, Any] = {"kind": request.kind, "groups": request.groups}
     if request.kind in ("logistic_null", "logistic_score"):
         task["beta"] = _array(state, "beta", np.float64, (k,), finite=True)
-    if request.kind in FRAME_KINDS and request.secure is not None:
-        task["frame"] = _keys(state, max_variants)
+    if request.kind in FRAMES and request.secure is not None:
+        task["frame"] = _keys(state, max_variants, FRAMES[request.kind].columns)
+    elif request.kind == "pileup":
+        a = int(np.asarray(state.get("key_pos", np.zeros(0))).shape[0])
+        if not 1 <= a <= 256:
+            raise InputError(f"task state: a pileup round takes 1 to 256 positions, not {a}")
+        task["key_chrom"] = _array(state, "key_chrom", str, (a,))
+        task["key_pos"] = _array(state, "key_pos", np.int64, (a,))
+        for name, top in (("min_base_quality", 93), ("min_mapping_quality", 255)):
+            value = _array(state, name, np.int64, ())
+            if not 0 <= int(value) <= top:
+                raise InputError(f"task state: {name} must be between 0 and {top}")
+            task[name] = int(value)
     elif request.kind == "logistic_newton":
         task.update({f"key_{c}": v for c, v in _keys(state, max_variants).items()})
         a = int(task["key_pos"].shape[0])
@@ -96,14 +113,17 @@ def engine_task(request: TaskRequest, design: Design, max_variants: int) -> dict
     return task
 
 
-def _keys(state: dict[str, np.ndarray], max_variants: int) -> dict[str, np.ndarray]:
-    """The variant key columns a round's state names (``key_*``), within the station's variant cap."""
-    if "key_pos" not in state:
-        raise InputError("task state: the round names no variants (key_pos is missing)")
-    a = int(np.asarray(state["key_pos"]).shape[0])
+def _keys(
+    state: dict[str, np.ndarray], max_variants: int, columns: tuple[str, ...] = KEY_COLUMNS
+) -> dict[str, np.ndarray]:
+    """The key columns a round's state names (``key_*``: variants, or targets), within the station's cap."""
+    first = f"key_{columns[1]}"
+    if first not in state:
+        raise InputError(f"task state: the round names no rows ({first} is missing)")
+    a = int(np.asarray(state[first]).shape[0])
     if a > max_variants:
-        raise InputError(f"task state: {a} variants, over the station's cap of {max_variants}")
-    return {c: _array(state, f"key_{c}", np.int64 if c == "pos" else str, (a,)) for c in KEY_COLUMNS}
+        raise InputError(f"task state: {a} rows, over the station's cap of {max_variants} variants per task")
+    return {c: _array(state, f"key_{c}", np.int64 if c in INTEGER_KEYS else str, (a,)) for c in columns}
 
 
 def _array(
@@ -176,6 +196,13 @@ class DatasetCache:
 def prepare(datasets: Callable[[str], Dataset], request: TaskRequest, policy: Policy) -> Prepared:
     """Check a request against the store (dataset, columns, regions, state shapes); raise a clear error."""
     dataset = datasets(request.dataset)
+    wanted = "reads" if request.analysis in READ_ANALYSES else "variants"
+    if dataset.kind != wanted:
+        how = "`better ingest-bam`" if wanted == "reads" else "`better ingest` from a VCF"
+        raise InputError(
+            f"dataset {request.dataset!r} holds {dataset.kind}; a {request.analysis} analysis needs a dataset of "
+            f"{wanted} (made by {how})"
+        )
     regions_of(request)
     design = design_of(dataset, request)
     task = engine_task(request, design, policy.max_variants_per_task)
@@ -264,9 +291,26 @@ def run_task(
     when the request asks for secure aggregation.
     """
     request, task = prepared.request, prepared.task
+    dataset, include = prepared.dataset, prepared.design.include
     if request.kind == "variant_keys":
-        found = variant_keys(prepared.dataset, regions_of(request), request.pass_only)
+        found = variant_keys(dataset, regions_of(request), request.pass_only)
         result = {f"key_{c}": v for c, v in found.items()}
+    elif request.kind == "target_keys":
+        result = reads_tasks.target_keys(dataset, regions_of(request))
+    elif request.kind == "coverage":
+        result = reads_tasks.coverage(dataset, regions_of(request), include)
+    elif request.kind == "reads":
+        result = reads_tasks.reads(dataset, include)
+    elif request.kind == "pileup":
+        result = reads_tasks.pileup(
+            dataset,
+            include,
+            task["key_chrom"].tolist(),
+            task["key_pos"].tolist(),
+            task["min_base_quality"],
+            task["min_mapping_quality"],
+            on_block,
+        )
     else:
         blocks = block_source(prepared, on_block, cache)
         if compute is None:
@@ -277,8 +321,10 @@ def run_task(
     released, summary = release(request.kind, result, policy)
     if request.kind == "logistic_newton":
         n_rows: int | None = int(task["beta"].shape[0])
+    elif request.kind == "pileup":
+        n_rows = int(task["key_pos"].shape[0])
     elif request.secure is not None and "frame" in task:
-        n_rows = int(task["frame"]["pos"].shape[0])
+        n_rows = len(next(iter(task["frame"].values())))
     else:
         n_rows = int(released[_ROWS_KEY].shape[0]) if _ROWS_KEY in released else None
     if request.secure is None:

@@ -37,8 +37,14 @@ ANALYSIS_KINDS: dict[str, tuple[str, ...]] = {
     # secure aggregation lays every station's arrays on
     "gwas_linear": ("variant_keys", "counts", "linear"),
     "gwas_logistic": ("variant_keys", "counts", "logistic_null", "logistic_score", "logistic_newton"),
+    # over a "reads" dataset (aligned-read files)
+    "coverage": ("target_keys", "coverage"),
+    "reads": ("reads",),
+    "pileup": ("pileup",),
 }
-KINDS = ("sample_count", "variant_keys", "counts", "linear", "logistic_null", "logistic_score", "logistic_newton")
+#: Analyses over a dataset of aligned reads; the others need a dataset of variants.
+READ_ANALYSES = ("coverage", "reads", "pileup")
+KINDS = tuple(dict.fromkeys(k for kinds in ANALYSIS_KINDS.values() for k in kinds))
 
 #: Hard ceilings on what a payload may declare, whatever the HTTP layer let through.
 MAX_PAYLOAD_BYTES = 512 << 20
@@ -119,9 +125,19 @@ class TaskRequest(BaseModel):
 
     wire_version: Literal[1] = Field(1, description="wire protocol version")
     dataset: Name
-    analysis: Literal["count", "freq", "hwe", "gwas_linear", "gwas_logistic"]
+    analysis: Literal["count", "freq", "hwe", "gwas_linear", "gwas_logistic", "coverage", "reads", "pileup"]
     kind: Literal[
-        "sample_count", "variant_keys", "counts", "linear", "logistic_null", "logistic_score", "logistic_newton"
+        "sample_count",
+        "variant_keys",
+        "counts",
+        "linear",
+        "logistic_null",
+        "logistic_score",
+        "logistic_newton",
+        "target_keys",
+        "coverage",
+        "reads",
+        "pileup",
     ]
     phenotype: Name | None = None
     covariates: list[Name] = Field(default_factory=list, max_length=64)
@@ -151,8 +167,10 @@ class TaskRequest(BaseModel):
             raise ValueError(f"a {self.kind} round needs its state")
         if len(set(self.covariates)) != len(self.covariates):
             raise ValueError("a covariate is named twice")
-        if self.kind == "variant_keys" and self.secure is not None:
-            raise ValueError("the variant_keys round lists variants in the clear; it takes no secure block")
+        if self.kind in ("variant_keys", "target_keys") and self.secure is not None:
+            raise ValueError(f"the {self.kind} round lists keys in the clear; it takes no secure block")
+        if self.kind == "pileup" and self.state is None:
+            raise ValueError("a pileup round needs its positions in the state")
         return self
 
 
