@@ -140,7 +140,7 @@ def _array(
         )
     if finite and not np.all(np.isfinite(a)):
         raise InputError(f"task state: {name!r} holds NaN or infinity")
-    return np.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else a.copy(order="C")  # (ascontiguousarray would make a scalar 1-d)
 
 
 @dataclass(frozen=True)

@@ -35,3 +35,14 @@ def bgzip(src: Path, dst: Path) -> Path:
 
     pysam.tabix_compress(str(src), str(dst), force=True)
     return dst
+
+
+@pytest.fixture(scope="session")
+def bam_cohort(small_cohort: Path) -> Path:
+    """Indexed BAMs of 6 samples per station of the small cohort (``small_cohort/bam``)."""
+    from genomics.synth_bam import BamConfig, synthesize_bams
+
+    out = small_cohort / "bam"
+    if not (out / "targets.bed").exists():
+        synthesize_bams(small_cohort, ["milano", "nijmegen", "barcelona"], BamConfig(samples_per_station=6))
+    return out

@@ -1,0 +1,285 @@
+"""Aligned reads against samtools on the synthetic BAMs: flagstat, depth -a, bedcov, mpileup; then the
+same numbers through three station servers (COVERAGE, READS, PILEUP, secure aggregation on)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from engine.kernels.reads import FLAGSTAT_FIELDS, THRESHOLDS
+from genomics.ingest_bam import ingest_bams
+from genomics.pileup import pileup_counts
+from genomics.store import Store
+from query.federation import Federation
+from query.remote import StationClient, StationError
+from station_api.auth import new_token
+from station_api.config import Policy, StationConfig, write_config
+from station_api.launch import station_process
+
+pytestmark = [
+    pytest.mark.validation,
+    pytest.mark.skipif(shutil.which("samtools") is None, reason="samtools is needed (apt-get install samtools)"),
+]
+STATIONS = ("milano", "nijmegen", "barcelona")
+#: samtools flagstat -O tsv line names, in FLAGSTAT_FIELDS order
+FLAGSTAT_LINES = (
+    "total (QC-passed reads + QC-failed reads)",
+    "primary",
+    "secondary",
+    "supplementary",
+    "duplicates",
+    "primary duplicates",
+    "mapped",
+    "primary mapped",
+    "paired in sequencing",
+    "read1",
+    "read2",
+    "properly paired",
+    "with itself and mate mapped",
+    "singletons",
+    "with mate mapped to a different chr",
+    "with mate mapped to a different chr (mapQ>=5)",
+)
+
+
+def samtools(*args: str) -> str:
+    return subprocess.run(["samtools", *args], check=True, capture_output=True, text=True).stdout
+
+
+def all_bams(bam_cohort: Path) -> list[Path]:
+    return sorted(p for s in STATIONS for p in (bam_cohort / s).glob("*.bam"))
+
+
+def targets(bam_cohort: Path) -> list[tuple[str, int, int]]:
+    return [
+        (c, int(s), int(e))
+        for c, s, e, _ in (line.split("\t") for line in (bam_cohort / "targets.bed").read_text().splitlines())
+    ]
+
+
+@pytest.fixture(scope="module")
+def stores(bam_cohort: Path, small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Store]:
+    root = tmp_path_factory.mktemp("reads")
+    out = {}
+    for s in STATIONS:
+        store = Store.create(root / s)
+        files = sorted(str(p) for p in (bam_cohort / s).glob("*.bam"))
+        ingest_bams(
+            store,
+            "reads",
+            files,
+            targets_bed=str(bam_cohort / "targets.bed"),
+            phenotypes=str(small_cohort / f"{s}.pheno.tsv"),
+        )
+        out[s] = store
+    return out
+
+
+def test_flagstat__equals_samtools_flagstat(stores: dict[str, Store], bam_cohort: Path) -> None:
+    for s, store in stores.items():
+        table = store.dataset("reads").table("reads").to_pylist()
+        for row in table:
+            lines = {
+                name: (int(p), int(f))
+                for p, f, name in (
+                    line.split("\t") for line in samtools("flagstat", "-O", "tsv", row["file"]).splitlines()
+                )
+                if "%" not in p
+            }
+            for field, line in zip(FLAGSTAT_FIELDS, FLAGSTAT_LINES, strict=True):
+                assert (row[field], row[f"qcfail_{field}"]) == lines[line], (s, row["sample_id"], field)
+
+
+def test_depth__equals_samtools_depth_and_bedcov(stores: dict[str, Store], bam_cohort: Path) -> None:
+    bed = targets(bam_cohort)
+    for store in stores.values():
+        ds = store.dataset("reads")
+        files = ds.table("reads").column("file").to_pylist()
+        cov = pl.from_arrow(ds.table("coverage"))
+        assert isinstance(cov, pl.DataFrame)
+        for k, f in enumerate(files):
+            mine = cov.filter(pl.col("sample_index") == k).sort("target")
+            depth_out = samtools("depth", "-a", "-b", str(bam_cohort / "targets.bed"), f)
+            depth = {(c, int(p)): int(d) for c, p, d in (line.split("\t") for line in depth_out.splitlines())}
+            bedcov = samtools("bedcov", "-j", "-d", "20", str(bam_cohort / "targets.bed"), f).splitlines()
+            for t, ((chrom, start, end), row, bc) in enumerate(
+                zip(bed, mine.iter_rows(named=True), bedcov, strict=True)
+            ):
+                d = np.array([depth[(chrom, p)] for p in range(start + 1, end + 1)])
+                assert row["sum_depth"] == d.sum() == int(bc.split("\t")[4]), (f, t)
+                assert row["bases_ge_20x"] == int(bc.split("\t")[5])
+                assert [row[f"bases_ge_{th}x"] for th in THRESHOLDS] == [int((d >= th).sum()) for th in THRESHOLDS]
+                assert row["mean_depth"] == pytest.approx(d.mean(), rel=1e-12)
+
+
+def mpileup_counts(path: str, chrom: str, pos: int, bq: int, mq: int, reference: Path) -> list[int]:
+    """A, C, G, T, N, deletions from ``samtools mpileup -B -A -x`` at one position."""
+    out = samtools(
+        "mpileup", "-B", "-A", "-x", "--ff", "UNMAP,SECONDARY,QCFAIL,DUP", "-q", str(mq), "-Q", str(bq),
+        "-f", str(reference), "-r", f"{chrom}:{pos}-{pos}", path,
+    )  # fmt: skip
+    counts = [0] * 6
+    if not out.strip():
+        return counts
+    _, _, ref, depth, bases, *_ = out.rstrip("\n").split("\t")
+    if int(depth) == 0:
+        return counts
+    i = 0
+    while i < len(bases):
+        ch = bases[i]
+        if ch == "^":
+            i += 2
+            continue
+        if ch == "$":
+            i += 1
+            continue
+        if ch in "+-":
+            m = re.match(r"[+-](\d+)", bases[i:])
+            assert m is not None
+            i += len(m.group(0)) + int(m.group(1))
+            continue
+        if ch in "*#":
+            counts[5] += 1
+        else:
+            b = ref.upper() if ch in ".," else ch.upper()
+            counts["ACGT".index(b) if b in "ACGT" else 4] += 1
+        i += 1
+    return counts
+
+
+def pileup_positions(bam_cohort: Path) -> list[int]:
+    """Positions in the targets, SNPs of the cohort among them."""
+    bed = targets(bam_cohort)
+    return [start + off for _, start, _ in bed[::4] for off in (1, 57, 203)]
+
+
+@pytest.mark.parametrize(("bq", "mq"), [(13, 0), (25, 20)])
+def test_pileup__equals_samtools_mpileup(bam_cohort: Path, bq: int, mq: int) -> None:
+    files = all_bams(bam_cohort)[::3]
+    positions = pileup_positions(bam_cohort)
+    chrom = targets(bam_cohort)[0][0]
+    for f in files:
+        got = pileup_counts(str(f), None, [chrom] * len(positions), positions, bq, mq)
+        for p, g in zip(positions, got, strict=True):
+            assert g.tolist() == mpileup_counts(str(f), chrom, p, bq, mq, bam_cohort / "reference.fa"), (f, p)
+
+
+# -- through the station servers -------------------------------------------------------------------------
+@dataclass
+class LiveReads:
+    fed: Federation
+    stores: dict[str, Store]
+
+
+@pytest.fixture(scope="module")
+def live_reads(stores: dict[str, Store]) -> Iterator[LiveReads]:
+    clients = []
+    with ExitStack() as stack:
+        for name, store in stores.items():
+            token, record = new_token("ana", "researcher")
+            write_config(store.path, StationConfig(name=name, policy=Policy(min_cell_count=1), tokens=[record]))
+            url = stack.enter_context(station_process(store.path, threads=1))
+            clients.append(StationClient(name, url, token, timeout=120))
+        yield LiveReads(Federation(clients, secure_aggregation="on"), stores)
+
+
+def test_federated_coverage__equals_samtools_depth_over_all_samples(live_reads: LiveReads, bam_cohort: Path) -> None:
+    bed = targets(bam_cohort)
+    region = f"{bed[0][0]}:{bed[2][1] + 1}-{bed[5][2]}"
+    frame = live_reads.fed.query(f"COVERAGE {region}")
+    assert live_reads.fed.last_plan is not None and live_reads.fed.last_plan.secure
+    wanted = bed[2:6]
+    assert [(r["#CHROM"], r["START"] - 1, r["END"]) for r in frame.iter_rows(named=True)] == wanted
+    files = all_bams(bam_cohort)
+    for (chrom, start, end), row in zip(wanted, frame.iter_rows(named=True), strict=True):
+        per_sample = []
+        for f in files:
+            out = samtools("depth", "-a", "-r", f"{chrom}:{start + 1}-{end}", str(f))
+            per_sample.append(np.array([int(line.split("\t")[2]) for line in out.splitlines()]))
+        d = np.stack(per_sample)
+        assert row["SAMPLES"] == len(files)
+        assert row["MEAN_DEPTH"] == pytest.approx(d.mean(), rel=1e-9)
+        for th in THRESHOLDS:
+            assert row[f"FRAC_BASES_GE_{th}X"] == pytest.approx((d >= th).mean(), rel=1e-9)
+            assert row[f"FRAC_SAMPLES_GE_{th}X"] == pytest.approx((d.mean(axis=1) >= th).mean(), rel=1e-9)
+
+
+def test_federated_reads__equals_summed_samtools_flagstat(live_reads: LiveReads, bam_cohort: Path) -> None:
+    frame = live_reads.fed.query("READS")
+    files = all_bams(bam_cohort)
+    total = {line: 0 for line in FLAGSTAT_LINES}
+    for f in files:
+        for p, _, name in (line.split("\t") for line in samtools("flagstat", "-O", "tsv", str(f)).splitlines()):
+            if name in total:
+                total[name] += int(p)
+    row = frame.row(0, named=True)
+    assert row["SAMPLES"] == len(files)
+    for field, line in zip(FLAGSTAT_FIELDS, FLAGSTAT_LINES, strict=True):
+        assert row[field.upper()] == total[line], field
+    assert row["MAPPED_PCT"] == pytest.approx(100 * total["mapped"] / total[FLAGSTAT_LINES[0]])
+
+
+def test_federated_pileup__equals_summed_samtools_mpileup(live_reads: LiveReads, bam_cohort: Path) -> None:
+    positions = pileup_positions(bam_cohort)[:6]
+    chrom = targets(bam_cohort)[0][0]
+    text = "PILEUP " + ", ".join(f"{chrom}:{p}" for p in positions) + " MIN_BASE_QUALITY 20 MIN_MAPPING_QUALITY 10"
+    frame = live_reads.fed.query(text)
+    files = all_bams(bam_cohort)
+    for p, row in zip(positions, frame.iter_rows(named=True), strict=True):
+        expected = np.sum(
+            [mpileup_counts(str(f), chrom, p, 20, 10, bam_cohort / "reference.fa") for f in files], axis=0
+        )
+        assert [row[c] for c in ("A", "C", "G", "T", "N", "DEL")] == expected.tolist(), p
+        assert row["DEPTH"] == expected.sum()
+
+
+def test_federated_reads__sample_filter_and_withholding(live_reads: LiveReads) -> None:
+    everyone = live_reads.fed.query("READS").row(0, named=True)
+    women = live_reads.fed.query("READS WHERE sex = 0").row(0, named=True)
+    men = live_reads.fed.query("READS WHERE sex = 1").row(0, named=True)
+    assert women["SAMPLES"] + men["SAMPLES"] == everyone["SAMPLES"]
+    assert women["TOTAL"] + men["TOTAL"] == everyone["TOTAL"]
+
+
+def test_federated_pileup_and_reads__withhold_and_refuse_under_the_min_count(
+    live_reads: LiveReads, bam_cohort: Path
+) -> None:
+    """With min_cell_count 5, a position where some station sees a base in 1..4 of its samples is withheld
+    (and the others are not); a sample filter leaving a station 1..4 samples is refused."""
+    chrom = targets(bam_cohort)[0][0]
+    positions = pileup_positions(bam_cohort)
+    carriers = {}
+    for s in STATIONS:
+        files = sorted(str(p) for p in (bam_cohort / s).glob("*.bam"))
+        per_sample = np.stack([pileup_counts(f, None, [chrom] * len(positions), positions, 13, 0) for f in files])
+        carriers[s] = np.concatenate(
+            [(per_sample.sum(axis=2) > 0).sum(axis=0)[:, None], (per_sample > 0).sum(axis=0)], 1
+        )
+    small = np.any([((c > 0) & (c < 5)).any(axis=1) for c in carriers.values()], axis=0)
+    assert small.any()
+    try:
+        for name, store in live_reads.stores.items():  # the servers pick policy edits up without a restart
+            write_config(store.path, StationConfig(name=name, policy=Policy(min_cell_count=5), tokens=_tokens(store)))
+        frame = live_reads.fed.query("PILEUP " + ", ".join(f"{chrom}:{p}" for p in positions))
+        assert frame["WITHHELD"].to_list() == small.tolist()
+        assert frame.filter(pl.col("WITHHELD"))["DEPTH"].null_count() == int(small.sum())
+        with pytest.raises(StationError, match="refused by its policy"):
+            live_reads.fed.query("READS WHERE age > 60")
+    finally:
+        for name, store in live_reads.stores.items():
+            write_config(store.path, StationConfig(name=name, policy=Policy(min_cell_count=1), tokens=_tokens(store)))
+
+
+def _tokens(store: Store) -> list:
+    from station_api.config import read_config
+
+    return read_config(store.path).tokens
