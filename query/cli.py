@@ -330,11 +330,12 @@ def store_info(station: Annotated[Path, typer.Option(help="station directory")])
     config = read_config(station)
     rows = Store.open(station).summary()
     table = Table(title=f"station {config.name} ({station})")
-    for c in ("dataset", "samples", "records", "variants", "phenotyped", "chromosomes", "source sha256"):
+    for c in ("dataset", "kind", "samples", "records", "variants", "phenotyped", "chromosomes", "source sha256"):
         table.add_column(c)
     for r in rows:
         table.add_row(
             r["name"],
+            r["kind"],
             str(r["n_samples"]),
             str(r["n_records"]),
             str(r["n_variants"]),

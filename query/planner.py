@@ -44,10 +44,15 @@ class StationCatalog:
         fitting = sorted(n for n, d in self.datasets.items() if d.get("kind", "variants") == kind)
         if len(fitting) == 1:
             return fitting[0]
-        if wanted is not None and not fitting:
-            return wanted  # the check names what is wrong with it
+        if not fitting:
+            have = ", ".join(f"{n} ({d.get('kind', 'variants')})" for n, d in sorted(self.datasets.items()))
+            how = "better ingest-bam" if kind == "reads" else "better ingest"
+            raise ValueError(
+                f"station {self.name} holds no dataset of {kind} (it holds: {have or 'nothing'}); "
+                f"one is made with {how}"
+            )
         raise ValueError(
-            f"station {self.name} holds {len(fitting)} datasets of {kind} ({', '.join(fitting) or 'none'}); "
+            f"station {self.name} holds {len(fitting)} datasets of {kind} ({', '.join(fitting)}); "
             'name one with dataset = "..." in the federation file'
         )
 
@@ -214,8 +219,10 @@ def check(query: Query, catalogs: list[StationCatalog], datasets: dict[str, str]
         if k == "text" and cond.op not in ("=", "!="):
             raise query.error(cond.column, f"text column {cond.column.text!r} takes only = or !=")
     for cond in query.variant_conditions:
-        if query.verb == "count" or query.verb in READ_VERBS:
-            raise query.error(cond.column, f"{cond.column.text} filters variants; {query.verb.upper()} has none")
+        if query.verb == "count":
+            raise query.error(cond.column, f"{cond.column.text} filters variants; COUNT counts samples")
+        if query.verb in READ_VERBS:
+            raise query.error(cond.column, f"{cond.column.text} filters variants; {query.verb.upper()} has no variants")
         if cond.column.text == "filter":
             if cond.op != "=" or not isinstance(cond.value, str) or cond.value.upper() != "PASS":
                 raise query.error(cond.column, "the only FILTER condition is filter = 'PASS'")

@@ -15,12 +15,13 @@ from query.planner import StationCatalog, plan
 VARIABLES = {"age": "number", "sex": "integer", "ldl": "number", "case": "integer", "smoking": "text", "pc1": "number"}
 
 
-def catalogs(extra: dict[str, dict[str, str]] | None = None) -> list[StationCatalog]:
+def catalogs(extra: dict[str, dict[str, str]] | None = None, kind: str = "variants") -> list[StationCatalog]:
     out = []
     for name in ("milano", "nijmegen", "barcelona"):
         variables = dict(VARIABLES)
         variables.update((extra or {}).get(name, {}))
-        out.append(StationCatalog(name, {"cohort": {"name": "cohort", "variables": variables, "variants": 8000}}))
+        dataset = {"name": "cohort", "kind": kind, "variables": variables, "variants": 8000}
+        out.append(StationCatalog(name, {"cohort": dataset}))
     return out
 
 
@@ -59,7 +60,7 @@ def caret(text: str, token: str, rfind: bool = False) -> str:
         ("FREQ 22:9-1", "start must not exceed end", "22:9-1"),
         ("COUNT WHERE age >> 3", "unexpected '>'", ">"),
         ("COUNT WHERE age > 3 OR sex = 1", "unexpected 'OR'", "OR"),
-        ("SELECT * FROM t", "expected COUNT, EXPLAIN, FREQ, GWAS or HWE", "SELECT"),
+        ("SELECT * FROM t", "expected COUNT, COVERAGE, EXPLAIN, FREQ, GWAS, HWE, PILEUP or READS", "SELECT"),
     ],
 )
 def test_syntax_errors__point_at_the_token(text: str, message: str, token: str) -> None:
@@ -193,3 +194,21 @@ def test_dataset__chosen_when_there_is_one_and_asked_for_otherwise() -> None:
     with pytest.raises(QueryError, match="holds 2 datasets"):
         plan(parse("COUNT"), two)
     assert plan(parse("COUNT"), two, dataset="x").model.dataset == "x"
+
+
+def test_read_statements__parse_and_refuse_what_they_cannot_take() -> None:
+    q = parse("PILEUP 22:16050075, 22:16050080 WHERE sex = 1 MIN_BASE_QUALITY 20 MIN_MAPPING_QUALITY 30")
+    assert (q.verb, len(q.regions), q.min_base_quality, q.min_mapping_quality) == ("pileup", 2, 20, 30)
+    assert parse("coverage ON 22:1-1000 where age > 50").verb == "coverage"
+    assert parse("READS").verb == "reads"
+    with pytest.raises(QueryError, match="PILEUP takes positions"):
+        parse("PILEUP 22:1-100")
+    with pytest.raises(QueryError, match="a quality between 0 and 93"):
+        parse("PILEUP 22:5 MIN_BASE_QUALITY 94")
+    with pytest.raises(QueryError, match="maf filters variants; COVERAGE has no variants"):
+        plan(parse("COVERAGE WHERE maf > 0.1"), catalogs({}, kind="reads"))
+    with pytest.raises(
+        QueryError,
+        match=r"holds no dataset of reads \(it holds: cohort \(variants\)\); one is made with better ingest-bam",
+    ):
+        plan(parse("READS"), catalogs({}))
