@@ -72,6 +72,22 @@ def software_versions() -> dict[str, str]:
     return out
 
 
+def phenotype_record(
+    path: str, rows: int, details: dict[str, Any], software: dict[str, str], started_at: datetime
+) -> dict[str, Any]:
+    """The catalog's provenance row of a phenotype table read by an ingest."""
+    return {
+        "kind": "phenotypes",
+        "path": os.path.abspath(path),
+        "sha256": sha256_file(path),
+        "bytes": os.path.getsize(path),
+        "software": software,
+        "started_at": started_at,
+        "seconds": 0.0,
+        "details": {"rows": rows, **details},
+    }
+
+
 class RowGroupWriter:
     """Writes batches to ``variants.parquet`` in row groups that never span two chromosomes."""
 
@@ -245,23 +261,8 @@ def ingest_vcf(
                 }
             ]
             if pheno is not None and phenotypes is not None:
-                ingests.append(
-                    {
-                        "kind": "phenotypes",
-                        "path": os.path.abspath(phenotypes),
-                        "sha256": sha256_file(phenotypes),
-                        "bytes": os.path.getsize(phenotypes),
-                        "software": software,
-                        "started_at": started_at,
-                        "seconds": 0.0,
-                        "details": {
-                            "rows": pheno.table.num_rows,
-                            "matched": len(phenotyped),
-                            "unmatched": unmatched,
-                            "columns": report.phenotype_columns,
-                        },
-                    }
-                )
+                details = {"matched": len(phenotyped), "unmatched": unmatched, "columns": report.phenotype_columns}
+                ingests.append(phenotype_record(phenotypes, pheno.table.num_rows, details, software, started_at))
             store.commit_dataset(
                 dataset,
                 tmp,

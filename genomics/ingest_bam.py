@@ -41,7 +41,7 @@ from engine.kernels.reads import (
     new_state,
 )
 from genomics.bam_reader import AlignmentInfo, chunks, inspect
-from genomics.ingest import sha256_file, software_versions
+from genomics.ingest import phenotype_record, software_versions
 from genomics.phenotypes import match_samples, read_phenotypes
 from genomics.schema import SAMPLES_SCHEMA
 from genomics.store import Store, check_dataset_name
@@ -295,18 +295,8 @@ def ingest_bams(
             for r in results
         ]
         if pheno is not None and phenotypes is not None:
-            ingests.append(
-                {
-                    "kind": "phenotypes",
-                    "path": os.path.abspath(phenotypes),
-                    "sha256": sha256_file(phenotypes),
-                    "bytes": os.path.getsize(phenotypes),
-                    "software": software,
-                    "started_at": started_at,
-                    "seconds": 0.0,
-                    "details": {"rows": pheno.table.num_rows, "matched": n_phenotyped, "unmatched": unmatched},
-                }
-            )
+            details = {"matched": n_phenotyped, "unmatched": unmatched}
+            ingests.append(phenotype_record(phenotypes, pheno.table.num_rows, details, software, started_at))
         store.commit_dataset(
             dataset,
             tmp,

@@ -271,8 +271,7 @@ def accumulate(
         if (f & DEPTH_EXCLUDE) or mapq[i] < min_mapq:
             continue
         if t != state[0]:
-            if state[0] >= 0:
-                _end_contig(state, ring, contig_lengths, starts, ends, target_offsets, cursor, thresholds, acc)
+            finish(state, ring, contig_lengths, starts, ends, target_offsets, cursor, thresholds, acc)
             state[0] = t
             state[1] = 0
             state[2] = 0
@@ -309,26 +308,11 @@ def finish(
     thresholds: np.ndarray,
     acc: np.ndarray,
 ) -> None:
-    """Finish the last contig after the last chunk."""
+    """Finish the current contig through its end and every pending depth change (the ring is then empty):
+    at a change of contig, and after a sample's last chunk."""
     if state[0] >= 0:
-        _end_contig(state, ring, contig_lengths, starts, ends, target_offsets, cursor, thresholds, acc)
-
-
-@jit
-def _end_contig(
-    state: np.ndarray,
-    ring: np.ndarray,
-    contig_lengths: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    target_offsets: np.ndarray,
-    cursor: np.ndarray,
-    thresholds: np.ndarray,
-    acc: np.ndarray,
-) -> None:
-    """Finish the current contig, through its end and every pending depth change (the ring is then empty)."""
-    stop = max(np.int64(contig_lengths[state[0]]), state[3] + 1)
-    _sweep_to(stop, state, ring, starts, ends, target_offsets, cursor, thresholds, acc)
+        stop = max(np.int64(contig_lengths[state[0]]), state[3] + 1)
+        _sweep_to(stop, state, ring, starts, ends, target_offsets, cursor, thresholds, acc)
 
 
 def new_state() -> np.ndarray:
