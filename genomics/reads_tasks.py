@@ -48,7 +48,7 @@ def coverage(dataset: Dataset, regions: Sequence[Region] | None, include: np.nda
     keys, wanted = targets_in(dataset, regions)
     cov = dataset.table("coverage")
     target = cov.column("target").to_numpy()
-    position = np.full(int(target.max(initial=-1)) + 1, -1, dtype=np.int64)
+    position = np.full(max(int(target.max(initial=-1)), int(wanted.max(initial=-1))) + 1, -1, dtype=np.int64)
     position[wanted] = np.arange(wanted.size)
     mine = position[target] if target.size else np.zeros(0, dtype=np.int64)
     sel = mine >= 0

@@ -157,6 +157,7 @@ def release(kind: str, result: dict[str, np.ndarray], policy: Policy) -> tuple[d
         out["withheld"] = withheld
         return out, {"kind": kind, "targets": int(withheld.size), "withheld": int(withheld.sum())}
     if kind == "pileup":
+        _require_total(int(out["n"]), policy, "samples")
         # the people behind the reads: a base seen in 1..min_cell_count-1 samples, or so few samples covered
         people = np.concatenate([out["samples"][:, None], out.pop("carriers")], axis=1)
         withheld = np.asarray(_small(people, policy.min_cell_count).any(axis=1), dtype=bool)
