@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pysam
-from isal import isal_zlib
+from isal import igzip, isal_zlib
 
 from engine.errors import InputError
 from engine.kernels.reads import BAD_RECORD, CIGAR_IN_TAG, OK, parse_records
@@ -84,6 +84,15 @@ def inspect(path: str | os.PathLike[str], reference: str | None = None) -> Align
         magic = f.read(4)
     if magic[:2] == b"\x1f\x8b":
         fmt = "BAM"
+        try:
+            with igzip.open(p, "rb") as z:
+                inner = z.read(4)
+        except EOFError:
+            raise InputError(f"{p}: truncated (the file ends inside its first compressed block)") from None
+        except OSError:
+            inner = b""
+        if inner != b"BAM\x01":
+            raise InputError(f"{p}: not a BAM or CRAM file (compressed, but it does not hold BAM data)")
     elif magic == b"CRAM":
         fmt = "CRAM"
     else:

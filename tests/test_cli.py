@@ -35,6 +35,38 @@ def test_cli__synth_init_ingest_info(tmp_path: Path) -> None:
     assert r.returncode == 0 and "cohort" in r.stdout and "min_cell_count=5" in r.stdout
 
 
+def test_cli__synth_bam_and_ingest_bam(tmp_path: Path) -> None:
+    c = tmp_path / "c"
+    r = better(
+        "synth",
+        "--out",
+        str(c),
+        "--samples",
+        "60",
+        "--variants",
+        "120",
+        "--stations",
+        "2",
+        "--bam",
+        "--bam-samples",
+        "2",
+    )
+    assert r.returncode == 0, r.stderr
+    bams = sorted((c / "bam" / "milano").glob("*.bam"))
+    assert len(bams) == 2 and all(Path(f"{b}.bai").exists() for b in bams)
+    assert (c / "bam" / "reference.fa.fai").exists() and (c / "bam" / "targets.bed").exists()
+    st = tmp_path / "st"
+    assert better("station", "init", "--station", str(st), "--name", "milano").returncode == 0
+    r = better(
+        "ingest-bam", "--station", str(st), "--dataset", "reads", "--targets", str(c / "bam" / "targets.bed"),
+        "--bam", *map(str, bams),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "2 samples" in r.stderr and "24 targets" in r.stderr
+    r = better("ingest-bam", "--station", str(st), "--dataset", "again", "--bam", str(c / "milano.vcf.gz"))
+    assert r.returncode == 1 and "not a BAM or CRAM file" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_cli__errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     r = better("ingest", "--station", str(tmp_path / "nowhere"), "--dataset", "d", "--vcf", "x.vcf")
     assert r.returncode == 1
