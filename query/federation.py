@@ -199,7 +199,7 @@ class Federation:
             reported = cat.agreement_key
             if reported is None:
                 if mode == "auto":
-                    self.notes.append(f"secure aggregation off: station {s.name} does not offer it")
+                    self._note(f"secure aggregation off: station {s.name} does not offer it")
                     return None
                 raise InputError(f"station {s.name} does not offer secure aggregation (its software is too old)")
             if s.agreement_key is not None and s.agreement_key != reported:
@@ -208,9 +208,14 @@ class Federation:
                     f"{s.agreement_key}; if the station's key was replaced, update the pin after checking with it"
                 )
             if s.agreement_key is None:
-                self.notes.append(f"station {s.name}: agreement key not pinned in the federation file; used {reported}")
+                self._note(f"station {s.name}: agreement key not pinned in the federation file; used {reported}")
             participants.append((s.name, reported))
         return SecureSession(participants)
+
+    def _note(self, text: str) -> None:
+        """Add a note once (batch jobs run many queries through one federation)."""
+        if text not in self.notes:
+            self.notes.append(text)
 
     async def run(self, q: Query, allow_partial: bool, naive: bool, on_round: OnRound | None) -> pl.DataFrame:
         """Plan and run a parsed query (the async form of :meth:`query`, for callers with a loop)."""

@@ -58,10 +58,11 @@ def variants_in_scope(dataset: Dataset, request: TaskRequest, task: dict[str, An
     regions = regions_of(request)
     if request.kind in ("target_keys", "coverage"):
         own = int(reads_tasks.targets_in(dataset, regions)[1].shape[0])
-        frame = task.get("frame")
-        return max(own, len(next(iter(frame.values())))) if frame is not None else own
-    own = dataset.n_variants if regions is None else sum(dataset.variants(r, ["pos"]).num_rows for r in regions)
-    frame = task.get("frame")
+    elif regions is None:
+        own = dataset.n_variants
+    else:
+        own = sum(dataset.variants(r, ["pos"]).num_rows for r in regions)
+    frame = task.get("frame")  # the round's shared rows, which may be more than this station's
     return max(own, len(next(iter(frame.values())))) if frame is not None else own
 
 
