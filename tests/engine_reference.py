@@ -14,9 +14,9 @@ def counts_twin(codes: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarr
     return out
 
 
-def linear_sums_twin(codes: np.ndarray, C: np.ndarray, y: np.ndarray, include: np.ndarray) -> dict[str, np.ndarray]:
-    m, k = codes.shape[0], C.shape[1]
-    out = {
+def linear_sum_arrays(m: int, k: int) -> dict[str, np.ndarray]:
+    """Zeroed outputs of the linear sums for ``m`` variants and ``k`` covariates, in the kernel's order."""
+    return {
         "cg": np.zeros((m, k)),
         "gg": np.zeros(m),
         "gy": np.zeros(m),
@@ -25,6 +25,11 @@ def linear_sums_twin(codes: np.ndarray, C: np.ndarray, y: np.ndarray, include: n
         "m_cy": np.zeros((m, k)),
         "m_yy": np.zeros(m),
     }
+
+
+def linear_sums_twin(codes: np.ndarray, C: np.ndarray, y: np.ndarray, include: np.ndarray) -> dict[str, np.ndarray]:
+    m = codes.shape[0]
+    out = linear_sum_arrays(m, C.shape[1])
     for v in range(m):
         called = include & (codes[v] != 3)
         miss = include & (codes[v] == 3)

@@ -13,7 +13,13 @@ from engine.kernels.regression import linear_sums, score_sums
 from engine.logistic import NewtonInputs, newton_sums
 from engine.stats import allelic_chi2, hwe_exact, log10_p_chi2, log10_p_normal, log10_p_t, trend_chi2
 from genomics.packing import pack_genotypes
-from tests.engine_reference import counts_twin, linear_sums_twin, newton_sums_twin, score_sums_twin
+from tests.engine_reference import (
+    counts_twin,
+    linear_sum_arrays,
+    linear_sums_twin,
+    newton_sums_twin,
+    score_sums_twin,
+)
 
 
 @st.composite
@@ -40,16 +46,7 @@ def test_genotype_counts__equals_twin(c: tuple) -> None:
 @given(cohorts())
 def test_linear_sums__equals_twin(c: tuple) -> None:
     codes, C, y, include = c
-    m, k = codes.shape[0], C.shape[1]
-    got = {
-        "cg": np.zeros((m, k)),
-        "gg": np.zeros(m),
-        "gy": np.zeros(m),
-        "n_miss": np.zeros(m, np.int64),
-        "m_cc": np.zeros((m, k, k)),
-        "m_cy": np.zeros((m, k)),
-        "m_yy": np.zeros(m),
-    }
+    got = linear_sum_arrays(codes.shape[0], C.shape[1])
     linear_sums(pack_genotypes(codes), C, y, include, *got.values())
     want = linear_sums_twin(codes, C, y, include)
     for name in want:
