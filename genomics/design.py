@@ -59,14 +59,17 @@ def build_design(
             cols.append(np.full(n, 1.0 if s == station_index else 0.0))
             names.append(f"station{s}")
     C = np.column_stack(cols)
-    include = dataset.sample_mask(list(conditions)) & ~np.isnan(y) & ~np.isnan(C).any(axis=1)
     if binary:
-        values = set(np.unique(y[include]).tolist())
-        if not values <= {0.0, 1.0}:
+        # Judged on the whole column, before any sample filter, and without quoting a value: an error is a
+        # release too, and one about the samples a filter picked could describe a single person.
+        coded = np.isnan(y) | (y == 0.0) | (y == 1.0)
+        if not coded.all():
             raise InputError(
-                f"binary phenotype {phenotype!r} must be coded 0 (control) / 1 (case); "
-                f"found values {sorted(values)[:5]}"
+                f"binary phenotype {phenotype!r} must be coded 0 (control) / 1 (case) (or missing), and this "
+                "dataset's column holds other values; recode it (e.g. 1/2 as PLINK codes it: subtract 1) and "
+                "ingest again, or analyse it with GWAS LINEAR"
             )
+    include = dataset.sample_mask(list(conditions)) & ~np.isnan(y) & ~np.isnan(C).any(axis=1)
     C[~include] = 0.0
     y = np.where(include, y, 0.0)
     return Design(C=np.ascontiguousarray(C), y=y, include=include, names=tuple(names))

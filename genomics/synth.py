@@ -162,7 +162,7 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
 
     n = cfg.samples
     age = np.clip(rng.normal(55, 12, n), 18, 95).round(1)
-    sex = rng.integers(0, 2, n)
+    sex = rng.integers(1, 3, n)  # PLINK coding: 1 male, 2 female
     bmi = np.clip(rng.normal(26.5, 4.2, n), 15, 60).round(1)
     smoking = rng.choice(np.array(["never", "former", "current"]), n, p=[0.5, 0.3, 0.2])
     deme_shift = np.array([0.0, 0.35, -0.25])

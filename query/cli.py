@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +23,11 @@ from rich.progress import (
 from rich.table import Table
 
 from engine.errors import BetterError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from query.federation import Federation
 
 app = typer.Typer(
     help="BETTER: federated genomics. The analysis travels to the data; only aggregates come back.",
@@ -399,8 +404,19 @@ def query(
     for note in fed.notes:
         err.print(f"[yellow]{note}[/yellow]")
     write(frame, fmt, out_file, fed.notes, out, fed.manifests)
-    rows = frame.height
-    err.print(f"[dim]{rows} row(s) from {len(fed.stations)} station(s) in {time.perf_counter() - t0:.1f} s[/dim]")
+    err.print(f"[dim]{result_summary(frame, fed)} in {time.perf_counter() - t0:.1f} s[/dim]")
+
+
+def result_summary(frame: pl.DataFrame, fed: Federation) -> str:
+    """One line: rows, who answered, and how many rows each rule withheld."""
+    from query.withholding import summary
+
+    line = f"{frame.height} row(s) from {', '.join(fed.answered)}"
+    if "WITHHELD" in frame.columns and frame["WITHHELD"].any():
+        by_rule = summary(frame["WITHHELD_BY"].to_list()) if "WITHHELD_BY" in frame.columns else {}
+        rules = ", ".join(f"{n} by {rule}" for rule, n in by_rule.items())
+        line += f"; {int(frame['WITHHELD'].sum())} withheld ({rules}; see docs/privacy.md)"
+    return line
 
 
 @app.command()

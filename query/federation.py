@@ -49,6 +49,7 @@ from query.parser import Query, parse
 from query.planner import Plan, StationCatalog, plan
 from query.remote import Model, StationClient, StationError, gather_or_cancel, run_remote_async
 from query.secure import MIN_STATIONS, SecureSession
+from query.withholding import WithheldBy
 
 #: Called as each round ends: (stage, round number, task kind, stations, seconds).
 OnRound = Callable[[str, int, str, int, float], None]
@@ -96,6 +97,8 @@ class Federation:
     secure_aggregation: str = "auto"
     notes: list[str] = field(default_factory=list)
     last_plan: Plan | None = None
+    #: The stations whose answers the last query's result holds.
+    answered: list[str] = field(default_factory=list)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Federation:
@@ -237,6 +240,7 @@ class Federation:
                 self.notes.append(f"partial result: {exc}; the query ran again without station {exc.station}")
         if left_out:
             frame = frame.with_columns(pl.lit("; ".join(left_out)).alias("LEFT_OUT"))
+        self.answered = [s.name for s in stations]
         return frame
 
 
@@ -246,6 +250,7 @@ async def _execute(
     """Run a plan: its protocols over the stations, the central filter, the PLINK-style table."""
     q, model = p.query, p.model
     ids: dict[tuple, str] = {}
+    withheld_by = WithheldBy()
 
     async def drive(stage: str, protocol: Protocol, m: Model) -> dict[str, np.ndarray]:
         def seen(round_no: int, kind: str, seconds: float) -> None:
@@ -253,12 +258,18 @@ async def _execute(
                 on_round(stage, round_no, kind, len(stations), seconds)
 
         return await run_remote_async(
-            protocol, stations, m, on_round=seen, on_results=lambda r: _collect_ids(r, ids), secure=secure
+            protocol,
+            stations,
+            m,
+            on_round=seen,
+            on_results=lambda r: _collect_ids(r, ids),
+            secure=secure,
+            withheld_by=None if stage == "counts" else withheld_by,  # the main analysis' rows only
         )
 
     if q.verb == "count":
         res = await drive("count", SampleCountProtocol(), model)
-        return output.table("count", None, res, ids)
+        return output.table("count", None, res, ids, withheld_by)
     if q.verb in ("coverage", "reads", "pileup"):
         reads_protocol: Protocol = {
             "coverage": CoverageProtocol,
@@ -272,13 +283,13 @@ async def _execute(
                 min_mapping_quality=q.min_mapping_quality,
             ),
         )()
-        return output.read_table(await drive(q.verb, reads_protocol, model))
+        return output.read_table(await drive(q.verb, reads_protocol, model), withheld_by)
     if q.verb in ("freq", "hwe"):
         proto = CountsProtocol(groups=1)
         res = await drive(q.verb, proto, model)
         assert proto.counts is not None
         keep = _keep(p.variant_filter, proto.counts, proto.withheld)
-        return output.table(q.verb, None, _rows(res, keep), ids)
+        return output.table(q.verb, None, _rows(res, keep), ids, withheld_by)
     k = p.k
     counts_proto = CountsProtocol(groups=1) if p.separate_counts_round else None
     if q.model == "linear":
@@ -303,7 +314,7 @@ async def _execute(
         called = pooled.n - pooled.n_miss
         mask = p.variant_filter.mask(pooled.cg[:, 0], called, pooled.n_miss)
         res = _rows(res, mask | withheld)
-    return output.table("gwas", q.model, res, ids)
+    return output.table("gwas", q.model, res, ids, withheld_by)
 
 
 def _keep(vf: VariantFilter, counts: np.ndarray, withheld: np.ndarray) -> np.ndarray:

@@ -56,6 +56,7 @@ from query import report
 from query.federation import Federation
 from query.parser import parse
 from query.planner import StationCatalog
+from query.withholding import summary as withheld_summary
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
 FORMAT_VERSION = 1
@@ -308,10 +309,12 @@ def _finish(
         tops[ph.name] = top
         withheld = int(frame["WITHHELD"].sum())
         errors = int(((frame["ERRCODE"] != ".") & ~frame["WITHHELD"]).sum())
+        by_rule = withheld_summary(frame["WITHHELD_BY"].to_list()) if "WITHHELD_BY" in frame.columns else {}
+        rules = "; ".join(f"{n} by {html.escape(rule)}" for rule, n in by_rule.items())
         sections.append(
             f"<h2>{html.escape(ph.name)} ({ph.model}{', ' + ph.test if ph.model == 'logistic' else ''})</h2>"
-            f"<p>{frame.height} variants: {tested.height} tested, {withheld} withheld by a station's policy, "
-            f"{errors} with an error code. λGC = {lam:.3f}.</p>"
+            f"<p>{frame.height} variants: {tested.height} tested, {withheld} withheld by the stations' disclosure "
+            f"policy{' (' + rules + ')' if rules else ''}, {errors} with an error code. λGC = {lam:.3f}.</p>"
             f"<div class='plots'>{report.img(man, 'Manhattan plot')}{report.img(qq_png, 'QQ plot')}</div>"
             f"<h3>Top hits</h3>{report.html_table(top)}"
             f"<h3>Query and plan (first chunk)</h3>"

@@ -16,6 +16,8 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from query.withholding import WithheldBy
+
 LINEAR = ["#CHROM", "POS", "ID", "REF", "ALT", "A1", "TEST", "OBS_CT", "BETA", "SE", "T_STAT", "P"]
 LINEAR_EXTRA = ["A1_FREQ", "LOG10_P", "ERRCODE"]
 LOGISTIC = ["#CHROM", "POS", "ID", "REF", "ALT", "A1", "TEST", "OBS_CT", "OR", "LOG(OR)_SE", "Z_STAT", "P"]
@@ -23,11 +25,32 @@ LOGISTIC_EXTRA = ["A1_FREQ", "FIRTH?", "LOG10_P", "ERRCODE"]
 FREQ = ["#CHROM", "POS", "ID", "REF", "ALT", "ALT_FREQS", "OBS_CT", "MISSING_CT", "CALL_RATE"]
 HARDY = ["#CHROM", "POS", "ID", "A1", "AX", "HOM_A1_CT", "HET_A1_CT", "TWO_AX_CT", "O(HET_A1)", "E(HET_A1)", "P"]
 #: Columns that are identity or labels, shown even on withheld rows.
-_LABELS = {"#CHROM", "POS", "ID", "REF", "ALT", "A1", "AX", "TEST", "WITHHELD", "ERRCODE", "FIRTH?", "LEFT_OUT"}
+_LABELS = {
+    "#CHROM",
+    "POS",
+    "ID",
+    "REF",
+    "ALT",
+    "A1",
+    "AX",
+    "TEST",
+    "WITHHELD",
+    "WITHHELD_BY",
+    "ERRCODE",
+    "FIRTH?",
+    "LEFT_OUT",
+}
 
 
-def table(verb: str, model: str | None, res: dict[str, np.ndarray], ids: dict[tuple, str]) -> pl.DataFrame:
-    """The engine's result columns as a DataFrame in PLINK 2's layout."""
+def table(
+    verb: str,
+    model: str | None,
+    res: dict[str, np.ndarray],
+    ids: dict[tuple, str],
+    withheld_by: WithheldBy | None = None,
+) -> pl.DataFrame:
+    """The engine's result columns as a DataFrame in PLINK 2's layout, with ``WITHHELD`` and, from
+    ``withheld_by``, ``WITHHELD_BY`` (the rules that withheld a row)."""
     if verb == "count":
         hidden = bool(res["WITHHELD"][0])
         return pl.DataFrame(
@@ -64,19 +87,29 @@ def table(verb: str, model: str | None, res: dict[str, np.ndarray], ids: dict[tu
             names = ("OBS_CT", "OR", "LOG(OR)_SE", "Z_STAT", "P", "A1_FREQ", "LOG10_P")
             cols = {**common, **{c: res[c] for c in names}, "FIRTH?": list(res["FIRTH?"]), "ERRCODE": errcode}
             order = LOGISTIC + LOGISTIC_EXTRA
-    frame = pl.DataFrame({c: _series(c, cols[c]) for c in order}).with_columns(pl.Series("WITHHELD", withheld))
+    frame = pl.DataFrame({c: _series(c, cols[c]) for c in order}).with_columns(
+        pl.Series("WITHHELD", withheld), pl.Series("WITHHELD_BY", (withheld_by or WithheldBy()).column(keys, withheld))
+    )
     numbers = [c for c in frame.columns if c not in _LABELS]
     return frame.with_columns([pl.when(pl.col("WITHHELD")).then(None).otherwise(pl.col(c)).alias(c) for c in numbers])
 
 
-def read_table(res: dict[str, np.ndarray]) -> pl.DataFrame:
+def read_table(res: dict[str, np.ndarray], withheld_by: WithheldBy | None = None) -> pl.DataFrame:
     """A COVERAGE, READS or PILEUP result as a DataFrame (contig column as ``#CHROM``); withheld rows keep
     their labels and lose their numbers."""
     cols = {("#CHROM" if c == "CHROM" else c): v for c, v in res.items()}
     frame = pl.DataFrame([_series(c, v) for c, v in cols.items() if c != "WITHHELD"])
     withheld = np.asarray(res.get("WITHHELD", np.zeros(frame.height, dtype=bool)), dtype=bool)
-    frame = frame.with_columns(pl.Series("WITHHELD", withheld))
-    labels = {"#CHROM", "POS", "START", "END", "NAME", "WITHHELD"}
+    keys: list[tuple[object, ...]] = [()] * frame.height
+    if "START" in frame.columns:  # coverage targets: 1-based START in the table, 0-based in the keys
+        keys = list(zip(frame["#CHROM"], (frame["START"] - 1).to_list(), frame["END"], frame["NAME"], strict=True))
+    elif "POS" in frame.columns:
+        keys = list(zip(frame["#CHROM"], frame["POS"], strict=True))
+    frame = frame.with_columns(
+        pl.Series("WITHHELD", withheld),
+        pl.Series("WITHHELD_BY", (withheld_by or WithheldBy()).column(keys, withheld.tolist())),
+    )
+    labels = {"#CHROM", "POS", "START", "END", "NAME", "WITHHELD", "WITHHELD_BY"}
     numbers = [c for c in frame.columns if c not in labels]
     return frame.with_columns([pl.when(pl.col("WITHHELD")).then(None).otherwise(pl.col(c)).alias(c) for c in numbers])
 
@@ -114,6 +147,26 @@ def rows_as_text(frame: pl.DataFrame) -> list[list[str]]:
     ]
 
 
+#: Columns a terminal table shows first when not all fit: where, what, and the main numbers.
+_FIRST = ("#CHROM", "POS", "ID", "REF", "ALT", "COUNT", "P", "BETA", "OR", "ALT_FREQS", "OBS_CT", "WITHHELD_BY")
+
+
+def fitting_columns(cols: list[str], rows: list[list[str]], width: int) -> list[str]:
+    """The columns that fit ``width`` characters (in their own order), the most telling first.
+
+    >>> fitting_columns(["A", "LONG_NAME", "P"], [["1", "x" * 30, "0.5"]], 20)
+    ['A', 'P']
+    """
+    need = {c: max([len(c), *(len(r[i]) for r in rows)]) + 3 for i, c in enumerate(cols)}
+    chosen: set[str] = set()
+    used = 0
+    for c in sorted(cols, key=lambda c: (_FIRST.index(c) if c in _FIRST else len(_FIRST), cols.index(c))):
+        if used + need[c] <= max(width, 20) or not chosen:
+            chosen.add(c)
+            used += need[c]
+    return [c for c in cols if c in chosen]
+
+
 def write(
     frame: pl.DataFrame,
     fmt: str,
@@ -145,15 +198,20 @@ def write(
         doc = {"columns": cols, "rows": text_rows, "notes": notes, "provenance": provenance or []}
         body = json.dumps(doc, indent=1) + "\n"
     elif fmt == "table":
-        t = Table(show_edge=False, header_style="bold")
-        for c in cols:
-            t.add_column(c, justify="right" if c not in _LABELS else "left")
-        for r in text_rows[:200]:
-            t.add_row(*r)
         if out is None:
+            shown = fitting_columns(cols, text_rows[:200], console.width)
+            t = Table(show_edge=False, header_style="bold")
+            for c in shown:
+                t.add_column(c, justify="right" if c not in _LABELS else "left", no_wrap=True)
+            at = [cols.index(c) for c in shown]
+            for r in text_rows[:200]:
+                t.add_row(*(r[i] for i in at))
             console.print(t)
-            if len(text_rows) > 200:
-                console.print(f"... {len(text_rows) - 200} more rows (use --format tsv --out FILE for all)")
+            if len(text_rows) > 200 or len(shown) < len(cols):
+                hidden = [c for c in cols if c not in shown]
+                more = f"{len(text_rows) - 200} more rows" if len(text_rows) > 200 else ""
+                more += (", " if more else "") + (f"columns {', '.join(hidden)} left out" if hidden else "")
+                console.print(f"... {more}: --format tsv (or --out FILE) shows everything")
             return
         body = "\t".join(cols) + "\n" + "".join("\t".join(r) + "\n" for r in text_rows)
     else:

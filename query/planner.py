@@ -73,6 +73,8 @@ class Plan:
     k: int = 1
     #: Secure aggregation: stations mask their releases and the centre sees only their sum.
     secure: bool = False
+    #: Each station's disclosure policy, as it reports it.
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def explain(self) -> str:
         """The plan in words: rounds, station tasks, what each station releases, estimated bytes."""
@@ -140,7 +142,7 @@ class Plan:
         lines.append(f"central: {central}")
         if self.pass_only:
             lines.append("stations use only records whose FILTER is PASS (or '.') at that station")
-        lines.append("each station withholds what its policy forbids (small cells, rare variants): shown as withheld")
+        lines.extend(self._disclosure())
         if self.secure:
             lines.append(
                 "secure aggregation: on. A `variant_keys` round first lists each station's variants; every "
@@ -150,6 +152,40 @@ class Plan:
         else:
             lines.append("secure aggregation: off (each station's release is seen by the coordinator)")
         return "\n".join(lines)
+
+    def _disclosure(self) -> list[str]:
+        """Which of the stations' rules apply to this query, and on what they are judged."""
+        q = self.query
+        k = max((int(p.get("min_cell_count", 5)) for p in self.policies.values()), default=5)
+        mac = max((int(p.get("min_minor_allele_count", 5)) for p in self.policies.values()), default=5)
+        where = (
+            "on the totals over the stations (sealed rounds: each station sums the others' masked counts "
+            "itself, the coordinator sees none of them)"
+            if self.secure
+            else "on each station's own counts"
+        )
+        lines = [
+            "disclosure control, judged " + where + ":",
+            f"  query audit: refused if, with everything the stations released before, the selection would "
+            f"single out 1..{k - 1} people (a count is shown as withheld)",
+        ]
+        rules = {
+            "freq": [f"minor_allele_count (1..{mac - 1} copies)"],
+            "hwe": [f"minor_allele_count (1..{mac - 1} copies)"],
+            "coverage": [f"small_cells (1..{k - 1} samples behind a target)"],
+            "pileup": [f"small_cells (1..{k - 1} samples behind a base)"],
+        }.get(q.verb, [])
+        if q.verb == "gwas":
+            rules = [
+                f"minor_allele_count (1..{mac - 1} copies)",
+                f"missing_genotypes (1..{k - 1} people without a call)",
+                f"carriers (1..{k - 1} people called, or carrying either allele)"
+                if q.model == "linear"
+                else f"case_control_cells (1..{k - 1} cases or controls called, or carrying either allele)",
+            ]
+        if rules:
+            lines.append("  rows withheld by: " + "; ".join(rules) + " (the WITHHELD_BY column names the rule)")
+        return lines
 
     def _central(self) -> str:
         q = self.query
@@ -316,6 +352,7 @@ def plan(
         stations=[c.name for c in catalogs],
         variants_per_station={c.name: int(c.datasets[datasets[c.name]]["variants"]) for c in catalogs},
         k=k,
+        policies={c.name: c.policy for c in catalogs},
     )
 
 

@@ -9,6 +9,8 @@ engine protocol over a list of stations, round by round.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,8 +24,18 @@ from engine.errors import BetterError
 from engine.frame import FRAMES
 from engine.protocol import Protocol, Result, Task
 from query.secure import SecureSession
+from query.withholding import WithheldBy
 from station_api.secure_agg import unmask_sum
-from station_api.wire import Adjust, Condition, Secure, TaskRequest, decode_arrays, encode_state
+from station_api.wire import (
+    SEALED_KINDS,
+    Adjust,
+    Condition,
+    Exchange,
+    Secure,
+    TaskRequest,
+    decode_arrays,
+    encode_state,
+)
 
 T = TypeVar("T")
 
@@ -35,11 +47,15 @@ class StationError(BetterError):
     as opposed to refusing the task.
     """
 
-    def __init__(self, station: str, message: str, status: int | None = None, dropout: bool = False) -> None:
+    def __init__(
+        self, station: str, message: str, status: int | None = None, dropout: bool = False, rule: str | None = None
+    ) -> None:
         super().__init__(f"station {station}: {message}")
         self.station = station
         self.status = status
         self.dropout = dropout
+        #: The policy rule of a refusal (``"query_audit"``, ``"audit_busy"``, ...), else None.
+        self.rule = rule
 
 
 @dataclass(frozen=True)
@@ -59,7 +75,12 @@ class Model:
 
 
 def to_request(
-    task: Task, model: Model, station_index: int, n_stations: int, secure: Secure | None = None
+    task: Task,
+    model: Model,
+    station_index: int,
+    n_stations: int,
+    secure: Secure | None = None,
+    exchange: Exchange | None = None,
 ) -> TaskRequest:
     """The wire request carrying engine ``task`` to station ``station_index`` of ``n_stations``."""
     state = {k: np.asarray(v) for k, v in task.items() if k not in ("kind", "groups")}
@@ -79,6 +100,7 @@ def to_request(
         state=encode_state(state, n_rows) if state else None,
         label=model.label,
         secure=secure,
+        exchange=exchange,
     )
 
 
@@ -121,18 +143,31 @@ class StationClient:
             detail = r.json().get("detail", r.text)
         except ValueError:
             detail = r.text
+        rule = None
         if isinstance(detail, dict) and "rule" in detail:
-            detail = f"refused by its policy ({detail['rule']}): {detail.get('message', '')}"
+            rule = str(detail["rule"])
+            detail = f"refused by its policy ({rule}): {detail.get('message', '')}"
         elif isinstance(detail, list):
             detail = "; ".join(f"{d.get('where', '?')}: {d.get('problem', d)}" for d in detail if isinstance(d, dict))
         raise StationError(
-            self.name, f"{what} failed with HTTP {r.status_code}: {detail}", r.status_code, dropout=r.status_code >= 500
+            self.name,
+            f"{what} failed with HTTP {r.status_code}: {detail}",
+            r.status_code,
+            dropout=r.status_code >= 500,
+            rule=rule,
         )
 
     async def run(
-        self, client: httpx.AsyncClient, request: TaskRequest, on_progress: Callable[[float], None] | None = None
+        self,
+        client: httpx.AsyncClient,
+        request: TaskRequest,
+        on_progress: Callable[[float], None] | None = None,
+        submitted: list[str] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Submit ``request``, wait for it, and return the released arrays."""
+        """Submit ``request``, wait for it, and return the released arrays.
+
+        The task's id is appended to ``submitted`` as soon as the station accepts it.
+        """
         t0 = time.perf_counter()
         body = request.model_dump(mode="json", exclude_none=True)
         deadline = time.monotonic() + self.timeout
@@ -144,6 +179,8 @@ class StationClient:
             await asyncio.sleep(wait)  # over the station's rate limit: it says when to come back
         self._check(r, f"{request.kind} task")
         task_id = r.json()["id"]
+        if submitted is not None:
+            submitted.append(task_id)
         pause = 0.005
         while True:
             r = await self._call(client, "GET", f"/tasks/{task_id}")
@@ -157,11 +194,18 @@ class StationClient:
                 )
                 break
             if status["status"] in ("failed", "cancelled", "rejected", "expired"):
-                refused = status["status"] == "rejected" or str(status.get("error", "")).startswith("refused")
+                error = str(status.get("error") or "")
+                refused = status["status"] == "rejected" or error.startswith("refused")
+                rule = (
+                    error[len("refused by policy (") :].split(")", 1)[0]
+                    if error.startswith("refused by policy (")
+                    else None
+                )
                 raise StationError(
                     self.name,
-                    f"task {status['status']}: {status.get('error') or 'no reason given'}",
+                    f"task {status['status']}: {error or 'no reason given'}",
                     dropout=not refused,
+                    rule=rule,
                 )
             if time.monotonic() > deadline:
                 await self._call(client, "DELETE", f"/tasks/{task_id}")
@@ -172,6 +216,14 @@ class StationClient:
         self._check(r, "result download")
         self.timings.append(time.perf_counter() - t0)
         return decode_arrays(r.content, f"result from station {self.name}")
+
+    async def give_back(self, client: httpx.AsyncClient, tasks: list[str]) -> None:
+        """Cancel seals whose round will not be opened, so that the station frees its audit at once."""
+        for task_id in tasks:
+            with contextlib.suppress(httpx.HTTPError):  # the station frees it after a while anyway
+                await client.request(
+                    "DELETE", f"{self.url.rstrip('/')}/tasks/{task_id}", headers=self._headers(), timeout=10.0
+                )
 
 
 async def gather_or_cancel(*aws: Awaitable[T]) -> list[T]:
@@ -194,21 +246,89 @@ async def run_remote_async(
     on_round: Callable[[int, str, float], None] | None = None,
     on_results: Callable[[list[dict[str, np.ndarray]]], None] | None = None,
     secure: SecureSession | None = None,
+    withheld_by: WithheldBy | None = None,
 ) -> dict[str, np.ndarray]:
     """Drive ``protocol`` over ``stations``: each round goes to every station at once.
 
     ``on_results(results)`` sees what came back in the clear (with ``secure``, only the variant lists),
     ``on_round(round, kind, seconds)`` is called as each round ends. With ``secure``, every station
-    masks its release and the protocol receives only their sum.
+    masks its release and the protocol receives only their sum. ``withheld_by`` collects the rules that
+    withheld rows.
     """
     limits = httpx.Limits(max_connections=4 * max(1, len(stations)))
     timeout = httpx.Timeout(max(s.timeout for s in stations), connect=10.0)
     n = len(stations)
+    audited = False  # a sealed round of this protocol audited its selection: later null rounds need none
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
 
-        async def everywhere(task: Task, spec: Secure | None = None) -> list[Result]:
-            requests = [to_request(task, model, i, n, spec) for i in range(n)]
+        async def everywhere(task: Task, spec: Secure | None = None, exchange: Exchange | None = None) -> list[Result]:
+            requests = [to_request(task, model, i, n, spec, exchange) for i in range(n)]
             return await gather_or_cancel(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
+
+        async def seal_everywhere(task: Task, lock: bool) -> tuple[Secure, list[Result], list[list[str]]]:
+            """Seals at every station, under a fresh round. A station whose audit is busy with another
+            query's seal makes this one give back its seals and try again after a random pause (with a new
+            round: a round's masks are never used twice), so two queries never hold each other up."""
+            assert secure is not None
+            deadline = time.monotonic() + max(s.timeout for s in stations)
+            while True:
+                spec = secure.next_round()
+                requests = [to_request(task, model, i, n, spec, Exchange(phase="seal", lock=lock)) for i in range(n)]
+                seals: list[list[str]] = [[] for _ in stations]
+                try:
+                    runs = (
+                        s.run(client, r, submitted=ids) for s, r, ids in zip(stations, requests, seals, strict=True)
+                    )
+                    return spec, await gather_or_cancel(*runs), seals
+                except StationError as exc:
+                    await asyncio.gather(*(s.give_back(client, ids) for s, ids in zip(stations, seals, strict=True)))
+                    if exc.rule != "audit_busy" or time.monotonic() > deadline:
+                        raise
+                await asyncio.sleep(random.uniform(0.1, 1.5))
+
+        async def sealed_round(task: Task) -> list[Result]:
+            """A sealed round; run again (fresh masks) when the stations ask for it: a station's new sets
+            need every station to hold its audit, or a station caught up with its peers' audit records."""
+            for attempt in range(4):
+                try:
+                    return await seal_and_open(task, lock=attempt > 0)
+                except StationError as exc:
+                    if exc.rule not in ("audit_lock", "audit_resync") or attempt == 3:
+                        raise
+            raise AssertionError("unreachable")
+
+        async def seal_and_open(task: Task, lock: bool) -> list[Result]:
+            """Seal at every station, hand each the others' messages, open: the masked releases."""
+            assert secure is not None
+            names = [s.name for s in stations]
+            async with secure.sealing:  # one sealed round of a session at a time
+                spec, seals, seal_ids = await seal_everywhere(task, lock)
+                opened: list[list[str]] = [[] for _ in stations]
+                try:
+                    blobs: dict[str, dict[str, str]] = {name: {} for name in names}
+                    for sender, arrays in zip(names, seals, strict=True):
+                        sent = zip(arrays["recipient"].tolist(), arrays["blob"].tolist(), strict=True)
+                        for recipient, blob in sent:
+                            if recipient not in blobs:
+                                raise StationError(sender, f"sealed a message to {recipient!r}, not in this round")
+                            blobs[recipient][sender] = blob
+                    openings = [
+                        to_request(task, model, i, n, spec, Exchange(phase="open", blobs=blobs[name])).model_copy(
+                            update={"state": None}
+                        )
+                        for i, name in enumerate(names)
+                    ]
+                    runs = (
+                        s.run(client, r, submitted=ids) for s, r, ids in zip(stations, openings, opened, strict=True)
+                    )
+                    return await gather_or_cancel(*runs)
+                except BaseException:
+                    # a station that never got its opening still holds the seal: give it back
+                    missing = [not ids for ids in opened]
+                    await asyncio.gather(
+                        *(s.give_back(client, seal_ids[i]) for i, s in enumerate(stations) if missing[i])
+                    )
+                    raise
 
         async def key_lists(kind: str) -> list[Result]:
             found = await everywhere({"kind": kind})
@@ -229,11 +349,19 @@ async def run_remote_async(
                     scope = (model.dataset, model.regions, model.pass_only, spec.keys_round)
                     frame = await secure.frame(scope, partial(key_lists, spec.keys_round), spec.columns)
                     task = {**task, **{f"key_{c}": v for c, v in frame.items()}}
-                masked = await everywhere(task, secure.next_round())
+                kind = str(task["kind"])
+                if kind in SEALED_KINDS and not (kind == "logistic_null" and audited):
+                    masked = await sealed_round(task)
+                    audited = True
+                else:
+                    masked = await everywhere(task, secure.next_round())
                 total = unmask_sum(masked, [s.name for s in stations])
                 if frame is not None:
                     total.update({f"key_{c}": v for c, v in frame.items()})
                 results = [total]
+            if withheld_by is not None:
+                for r in results:
+                    withheld_by.add(r, task)
             protocol.receive(results)
             if on_round is not None:
                 on_round(protocol.rounds, str(task["kind"]), time.perf_counter() - t0)

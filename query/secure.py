@@ -36,6 +36,8 @@ class SecureSession:
     rounds: int = 0
     _frames: dict[tuple[object, ...], Frame] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Held for each sealed round: a session's sealed rounds run one after the other.
+    sealing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def next_round(self) -> Secure:
         """The ``secure`` block of the next round (a new round number, so new masks)."""

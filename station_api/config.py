@@ -44,8 +44,13 @@ class Policy(BaseModel):
     )
     differencing_guard: bool = Field(
         True,
-        description="refuse a sample set that differs from one the same user queried before by 1 to "
-        "min_cell_count - 1 samples",
+        description="the query audit: refuse a sample set that, combined with every set this station released "
+        "statistics over before (to anyone, over any dataset), would single out 1 to min_cell_count - 1 people",
+    )
+    audit_scope: Literal["auto", "local"] = Field(
+        "auto",
+        description="auto: under secure aggregation, audit over the people of the audit group (the stations of "
+        "the first masked round, or secure_peers); local: over this station's people only",
     )
     require_secure_aggregation: bool = Field(
         False, description="release statistics only masked for secure aggregation (never in the clear)"

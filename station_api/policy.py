@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from engine.design import Design
 from engine.errors import BetterError
 from station_api.config import Policy
 from station_api.wire import TaskRequest
@@ -90,127 +89,166 @@ def check_secure(request: TaskRequest, policy: Policy, name: str, agreement_key:
             )
 
 
-def check_design(request: TaskRequest, design: Design, policy: Policy) -> None:
-    """Refuse, before running, a model with too few samples per parameter or too few cases or controls.
+def check_model(request: TaskRequest, k: int, set_sizes: tuple[int, ...], policy: Policy) -> None:
+    """Refuse a model with too few samples per parameter, or too few cases or controls.
 
-    The messages name the rule, not the station's numbers.
+    ``set_sizes``: the people in the request's sets (all analysed samples, or controls and cases), this
+    station's own or, in a pooled audit, the sum over the group. The messages name the rule, not the
+    numbers.
     """
-    inc = design.include
-    n = int(inc.sum())
+    n = sum(set_sizes)
     if request.phenotype is not None and request.analysis.startswith("gwas"):
-        parameters = design.k + 1  # covariates with intercept and station indicators, and the genotype
+        parameters = k + 1  # covariates with intercept and station indicators, and the genotype
         if 0 < n < policy.min_samples_per_parameter * parameters:
             raise PolicyRefusalError(
                 "min_samples_per_parameter",
-                f"the model has {parameters} parameters, too many for the samples this station can analyse "
-                f"(it needs {policy.min_samples_per_parameter} per parameter); use fewer covariates or a wider "
-                "sample filter",
+                f"the model has {parameters} parameters, too many for the samples analysed (the policy needs "
+                f"{policy.min_samples_per_parameter} per parameter); use fewer covariates or a wider sample filter",
             )
-    if request.binary:
-        cases = int((design.y[inc] > 0.5).sum())
-        for count, floor, what in ((cases, policy.min_cases, "cases"), (n - cases, policy.min_controls, "controls")):
+    if request.binary and len(set_sizes) == 2:
+        controls, cases = set_sizes
+        for count, floor, what in ((cases, policy.min_cases, "cases"), (controls, policy.min_controls, "controls")):
             if 0 < count < floor:
                 raise PolicyRefusalError(
                     f"min_{what}",
-                    f"too few {what} at this station for its policy (at least {floor}); widen the sample "
-                    "filter or leave this station out",
+                    f"too few {what} among the analysed samples for the policy (at least {floor}); widen the "
+                    "sample filter",
                 )
 
 
 def _small(x: np.ndarray, floor: int) -> np.ndarray:
     """Values that are disclosive under a threshold: ``0 < x < floor``."""
-    return (x > 0) & (x < floor)
+    return np.asarray((x > 0) & (x < floor), dtype=bool)
 
 
-def _require_total(n: int, policy: Policy, what: str, floor: int | None = None) -> None:
-    if _small(np.array(n), policy.min_cell_count if floor is None else floor):
+def _require_total(n: int, policy: Policy, what: str) -> None:
+    if _small(np.array(n), policy.min_cell_count):
         raise PolicyRefusalError(
-            "min_cell_count" if floor is None else f"min_{what}",
+            "min_cell_count",
             f"the sample filter leaves too few {what} at this station to release anything; "
             "widen the filter or leave this station out",
         )
 
 
-def release(kind: str, result: dict[str, np.ndarray], policy: Policy) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Apply the policy to one task's result: what may leave, and a summary for the audit log."""
+#: The rules that withhold a row (a variant, a target, a position), in the order results list them.
+RULES = ("minor_allele_count", "carriers", "missing_genotypes", "case_control_cells", "small_cells")
+#: Per round kind: the per-row arrays a withheld row has zeroed, and those that never leave.
+_ZEROED: dict[str, tuple[str, ...]] = {
+    "counts": ("counts",),
+    "linear": ("cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy"),
+    "logistic_score": ("u", "gwg", "cwg", "m_cwc", "m_cr", "counts", "cg", "gg", "n_miss", "m_cc"),
+    "logistic_newton": ("xwx", "score", "loglik"),
+    "coverage": ("samples", "bases", "sum_depth", "bases_ge", "samples_ge"),
+    "pileup": ("counts", "samples"),
+}
+_DROPPED: dict[str, tuple[str, ...]] = {"logistic_newton": ("counts",), "pileup": ("carriers",)}
+#: Round kinds whose rows are judged on genotype counts computed beside the kernel (``groups``).
+GENOTYPE_JUDGED = {"linear": 1, "logistic_score": 2, "logistic_newton": 2}
+ROW_KINDS = tuple(_ZEROED)
+
+
+def people_rows(kind: str, result: dict[str, np.ndarray], genotypes: np.ndarray | None = None) -> np.ndarray | None:
+    """The per-row counts of people behind a result's numbers, which the rules judge.
+
+    Genotype counts ``(rows, groups, 4)`` (hom-ref, het, hom-alt, missing) for variant rounds (``genotypes``,
+    computed beside the kernel, for the regression rounds); samples covered and samples at each depth or
+    carrying each base for reads rounds; None for rounds without rows.
+    """
+    if kind == "counts":
+        return np.asarray(result["counts"], dtype=np.int64)
+    if kind in GENOTYPE_JUDGED:
+        return genotypes
+    if kind == "coverage":
+        return np.concatenate([result["samples"][:, None], result["samples_ge"]], axis=1).astype(np.int64)
+    if kind == "pileup":
+        return np.concatenate([result["samples"][:, None], result["carriers"]], axis=1).astype(np.int64)
+    return None
+
+
+def withheld_rows(kind: str, people: np.ndarray, policy: Policy) -> dict[str, np.ndarray]:
+    """Per rule, the rows it withholds, judged on ``people`` (:func:`people_rows`, this station's own or
+    summed over an audit group).
+
+    - ``minor_allele_count``: the minor allele is seen 1 to ``min_minor_allele_count - 1`` times.
+    - ``carriers`` (linear): the people called, carrying the ALT allele or carrying the REF allele number
+      1 to ``min_cell_count - 1``: the regression sums over them would describe them.
+    - ``missing_genotypes`` (regressions): 1 to ``min_cell_count - 1`` people have no call here; PLINK
+      drops them from the variant's model, and the sums that do so describe just them.
+    - ``case_control_cells`` (logistic): the same as ``carriers`` within cases and within controls.
+    - ``small_cells`` (reads): a target or position with 1 to ``min_cell_count - 1`` samples behind it.
+    """
+    k = policy.min_cell_count
+    if kind in ("coverage", "pileup"):
+        return {"small_cells": np.asarray(_small(people, k).any(axis=1))}
+    hom_ref, het, hom_alt, missing = (people[:, :, i] for i in range(4))
+    alt = (het + 2 * hom_alt).sum(axis=1)
+    ref = (2 * hom_ref + het).sum(axis=1)
+    rules: dict[str, np.ndarray] = {"minor_allele_count": _small(np.minimum(alt, ref), policy.min_minor_allele_count)}
+    if kind == "counts":
+        return rules
+    cells = np.stack([hom_ref + het + hom_alt, het + hom_alt, hom_ref + het], axis=-1)  # called, ALT, REF carriers
+    rules["missing_genotypes"] = _small(missing.sum(axis=1), k)
+    if kind == "linear":
+        rules["carriers"] = np.asarray(_small(cells.sum(axis=1), k).any(axis=1))
+    else:
+        rules["case_control_cells"] = np.asarray(_small(cells, k).any(axis=(1, 2)))
+    return rules
+
+
+def release(
+    kind: str,
+    result: dict[str, np.ndarray],
+    policy: Policy,
+    people: np.ndarray | None = None,
+    pooled: bool = False,
+    rules: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Apply the policy to one task's result: what may leave, and a summary for the audit log.
+
+    ``people`` are the per-row counts to judge (:func:`people_rows`); ``pooled``: they are the sums over an
+    audit group, whose sample totals the query audit has judged, so this station's own totals are not.
+    A withheld row is zeroed and flagged, in ``withheld`` and in ``withheld_<rule>`` for each rule.
+    ``rules``: per-row judgements made before (they replace judging ``people``).
+    """
     out = dict(result)
-    withheld: np.ndarray = np.zeros(0, dtype=bool)
-    if kind == "sample_count":
-        hide = bool(_small(np.asarray(out["n"]), policy.min_cell_count))
-        if hide:
-            out["n"] = np.array(0)
-        out["withheld"] = np.array(hide)
-        return out, {"kind": kind, "withheld": hide}
+    for name in _DROPPED.get(kind, ()):
+        out.pop(name, None)
     if kind == "variant_keys":  # the variant list, as FREQ results have always shown it
         return out, {"kind": kind, "variants": int(np.asarray(out["key_pos"]).shape[0])}
     if kind == "target_keys":  # the capture design (or bins), which is not about anyone
         return out, {"kind": kind, "targets": int(np.asarray(out["key_start"]).shape[0])}
-    if kind == "reads":
-        _require_total(int(out["n"]), policy, "samples")
-        return out, {"kind": kind, "samples": int(out["n"])}
-    if kind == "coverage":
-        _require_total(int(out["n"]), policy, "samples")
-        people = np.concatenate([out["samples"][:, None], out["samples_ge"]], axis=1)
-        withheld = np.asarray(_small(people, policy.min_cell_count).any(axis=1), dtype=bool)
-        for name in ("samples", "bases", "sum_depth", "bases_ge", "samples_ge"):
-            out[name] = np.where(_rows(withheld, out[name]), 0, out[name])
-        out["withheld"] = withheld
-        return out, {"kind": kind, "targets": int(withheld.size), "withheld": int(withheld.sum())}
-    if kind == "pileup":
-        _require_total(int(out["n"]), policy, "samples")
-        # the people behind the reads: a base seen in 1..min_cell_count-1 samples, or so few samples covered
-        people = np.concatenate([out["samples"][:, None], out.pop("carriers")], axis=1)
-        withheld = np.asarray(_small(people, policy.min_cell_count).any(axis=1), dtype=bool)
-        for name in ("counts", "samples"):
-            out[name] = np.where(_rows(withheld, out[name]), 0, out[name])
-        out["withheld"] = withheld
-        return out, {"kind": kind, "positions": int(withheld.size), "withheld": int(withheld.sum())}
-    if kind == "counts":
-        for size in np.asarray(out["group_size"]).tolist():
+    if kind == "sample_count":  # withheld: the query audit refused it, or (alone) too few samples here
+        small_here = not pooled and bool(_small(np.asarray(out["n"]), policy.min_cell_count))
+        hide = bool(out.get("withheld", False)) or small_here
+        out["n"] = np.array(0 if hide else int(out["n"]))
+        out["withheld"] = np.array(hide)
+        return out, {"kind": kind, "withheld": hide}
+    if not pooled:
+        for name, what in (("n", "samples"), ("n_case", "cases")):
+            if name in out:
+                _require_total(int(out[name]), policy, what)
+        if "n_case" in out:
+            _require_total(int(out["n"]) - int(out["n_case"]), policy, "controls")
+        for size in np.asarray(out.get("group_size", [])).tolist():
             _require_total(size, policy, "samples in a group")
-        withheld = np.asarray(_small(out["counts"], policy.min_cell_count).any(axis=(1, 2)), dtype=bool)
-        out["counts"] = np.where(withheld[:, None, None], 0, out["counts"])
-    elif kind == "linear":
-        _require_total(int(out["n"]), policy, "samples")
-        called = int(out["n"]) - out["n_miss"]
-        alt = out["cg"][:, 0] if out["cg"].size else np.zeros(0)
-        withheld = _regression_withheld(np.rint(alt).astype(np.int64), called, out["n_miss"], policy)
-        for name in ("cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy"):
+    if kind not in _ZEROED:
+        return out, {"kind": kind}
+    if rules is None:
+        people = people if people is not None else people_rows(kind, result)
+        assert people is not None, f"a {kind} release needs the people behind its rows"
+        rules = withheld_rows(kind, people, policy)
+    withheld = np.zeros(len(next(iter(rules.values()))), dtype=bool)
+    for hit in rules.values():
+        withheld |= hit
+    for name in _ZEROED[kind]:
+        if name in out:
             out[name] = np.where(_rows(withheld, out[name]), 0, out[name]).astype(out[name].dtype)
-    elif kind == "logistic_null":
-        n, cases = int(out["n"]), int(out["n_case"])
-        _require_total(n, policy, "samples")
-        _require_total(cases, policy, "cases", policy.min_cases)
-        _require_total(n - cases, policy, "controls", policy.min_controls)
-        return out, {"kind": kind, "samples": n}
-    elif kind in ("logistic_score", "logistic_newton"):
-        if kind == "logistic_score":
-            controls, cases = np.asarray(out["group_size"]).tolist()
-            _require_total(controls, policy, "controls", policy.min_controls)
-            _require_total(cases, policy, "cases", policy.min_cases)
-        counts = out["counts"]  # case/control allele counts: called samples, ALT alleles, missing samples
-        called, alt, missing = counts[:, :, 0], counts[:, :, 1], counts[:, :, 2]
-        withheld = _regression_withheld(alt.sum(axis=1), called.sum(axis=1), missing.sum(axis=1), policy)
-        cells = np.concatenate([called, alt, 2 * called - alt, missing], axis=1)
-        withheld = withheld | np.asarray(_small(cells, policy.min_cell_count).any(axis=1), dtype=bool)
-        names = (
-            ("u", "gwg", "cwg", "m_cwc", "m_cr", "counts", "cg", "gg", "n_miss", "m_cc")
-            if kind == "logistic_score"
-            else ("xwx", "score", "loglik")
-        )
-        for name in names:
-            out[name] = np.where(_rows(withheld, out[name]), 0, out[name]).astype(out[name].dtype)
-        if kind == "logistic_newton":
-            del out["counts"]  # the station checked them; the centre has them from the score round
-    else:
-        raise ValueError(f"no release rule for {kind!r}")
     out["withheld"] = withheld
-    return out, {"kind": kind, "variants": int(withheld.size), "withheld": int(withheld.sum())}
-
-
-def _regression_withheld(alt: np.ndarray, called: np.ndarray, missing: np.ndarray, policy: Policy) -> np.ndarray:
-    mac = np.minimum(alt, 2 * called - alt)
-    return _small(mac, policy.min_minor_allele_count) | _small(np.asarray(missing), policy.min_cell_count)
+    for rule in RULES:
+        if rule in rules:
+            out[f"withheld_{rule}"] = np.asarray(rules[rule], dtype=bool)
+    by_rule = {rule: int(hit.sum()) for rule, hit in rules.items() if hit.any()}
+    return out, {"kind": kind, "rows": int(withheld.size), "withheld": int(withheld.sum()), "withheld_by": by_rule}
 
 
 def _rows(mask: np.ndarray, like: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from engine.align import INTEGER_KEYS
 from engine.design import KEY_COLUMNS, Block, Design
 from engine.errors import InputError
 from engine.frame import FRAMES, conform
+from engine.kernels.counts import genotype_counts
 from engine.protocol import execute
 from genomics import reads_tasks
 from genomics.design import StationBlocks, build_design, variant_keys
@@ -26,7 +28,7 @@ from genomics.regions import Region, merge_regions
 from genomics.selection import Condition
 from genomics.store import DATASETS, Dataset, Store
 from station_api.config import Policy
-from station_api.policy import release
+from station_api.policy import GENOTYPE_JUDGED, people_rows, release
 from station_api.secure_agg import StationSecrets, participants_of
 from station_api.wire import READ_ANALYSES, TaskRequest, decode_state, encode_arrays
 
@@ -276,29 +278,42 @@ def block_source(
     return source
 
 
-def run_task(
-    prepared: Prepared,
-    policy: Policy,
-    on_block: Callable[[int], None] | None = None,
-    compute: Any = None,
-    cache: BlockCache | None = None,
-    secrets: StationSecrets | None = None,
-) -> Outcome:
-    """Run a prepared task and return what the policy lets leave.
+@dataclass(frozen=True)
+class Computed:
+    """A round's result at this station, and the people behind each of its rows (for the policy)."""
 
-    ``on_block`` is called with the size of every block read (progress; it may raise to cancel).
-    ``compute`` is a context manager held around the kernels (the server makes tasks take turns).
-    ``cache`` shares small reads between tasks over the same variants. ``secrets`` mask the release
-    when the request asks for secure aggregation.
+    result: dict[str, np.ndarray]
+    people: np.ndarray | None
+    #: Samples per group behind genotype-count people (a variant absent here counts them as missing).
+    group_sizes: np.ndarray | None = None
+
+
+def judged_groups(design: Design, kind: str) -> tuple[np.ndarray, int]:
+    """The sample groups a round's genotype counts are judged by: everyone, or controls and cases."""
+    groups = GENOTYPE_JUDGED[kind]
+    if groups == 1:
+        return np.where(design.include, 0, -1).astype(np.int32), 1
+    return np.where(design.include, (design.y > 0.5).astype(np.int32), -1).astype(np.int32), 2
+
+
+def compute(
+    prepared: Prepared,
+    on_block: Callable[[int], None] | None = None,
+    compute_lock: Any = None,
+    cache: BlockCache | None = None,
+) -> Computed:
+    """Run a prepared task's station work: its result, and the per-row people counts the policy judges.
+
+    For the regression rounds the genotype counts come from the same blocks as the kernel's (one read).
     """
     request, task = prepared.request, prepared.task
     dataset, include = prepared.dataset, prepared.design.include
     if request.kind == "variant_keys":
         found = variant_keys(dataset, regions_of(request), request.pass_only)
-        result = {f"key_{c}": v for c, v in found.items()}
-    elif request.kind == "target_keys":
-        result = reads_tasks.target_keys(dataset, regions_of(request))
-    elif request.kind == "coverage":
+        return Computed({f"key_{c}": v for c, v in found.items()}, None)
+    if request.kind == "target_keys":
+        return Computed(reads_tasks.target_keys(dataset, regions_of(request)), None)
+    if request.kind == "coverage":
         result = reads_tasks.coverage(dataset, regions_of(request), include)
     elif request.kind == "reads":
         result = reads_tasks.reads(dataset, include)
@@ -314,20 +329,99 @@ def run_task(
         )
     else:
         blocks = block_source(prepared, on_block, cache)
-        if compute is None:
+        seen: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+        if request.kind in GENOTYPE_JUDGED:
+            group, n_groups = judged_groups(prepared.design, request.kind)
+            inner = blocks
+
+            def blocks(targets: Any = None) -> Any:  # the kernel's blocks, counted on the way
+                for b in inner(targets):
+                    seen.append((b.keys, genotype_counts(np.ascontiguousarray(b.packed), group, n_groups)))
+                    yield b
+
+        with compute_lock if compute_lock is not None else nullcontext():
             result = execute(task, prepared.design, blocks)
-        else:
-            with compute:
-                result = execute(task, prepared.design, blocks)
-    released, summary = release(request.kind, result, policy)
+        if request.kind in GENOTYPE_JUDGED:
+            group, n_groups = judged_groups(prepared.design, request.kind)
+            sizes = np.bincount(group[group >= 0], minlength=n_groups).astype(np.int64)
+            return Computed(result, _counts_on_rows(result, task, seen, sizes), sizes)
+    return Computed(result, people_rows(request.kind, result))
+
+
+def _counts_on_rows(
+    result: dict[str, np.ndarray],
+    task: dict[str, Any],
+    seen: list[tuple[dict[str, np.ndarray], np.ndarray]],
+    sizes: np.ndarray,
+) -> np.ndarray:
+    """Genotype counts laid on the result's rows: the blocks' own order, or a Newton round's variants (one
+    this station lacks counts every analysed sample as missing)."""
+    n_groups = sizes.shape[0]
+    if "key_pos" in result:  # rows in block order
+        return np.concatenate([c for _, c in seen]) if seen else np.zeros((0, n_groups, 4), dtype=np.int64)
+    wanted = list(zip(*(np.asarray(task[f"key_{c}"]).tolist() for c in KEY_COLUMNS), strict=True))
+    out = np.zeros((len(wanted), n_groups, 4), dtype=np.int64)
+    out[:, :, 3] = sizes
+    where = {key: i for i, key in enumerate(wanted)}
+    for keys, counts in seen:
+        for r, key in enumerate(zip(*(keys[c].tolist() for c in KEY_COLUMNS), strict=True)):
+            if key in where:
+                out[where[key]] = counts[r]
+    return out
+
+
+def n_rows_of(request: TaskRequest, task: dict[str, Any], released: dict[str, np.ndarray]) -> int | None:
+    """How many rows a result's table has (the arrays of that length become its columns)."""
     if request.kind == "logistic_newton":
-        n_rows: int | None = int(task["beta"].shape[0])
-    elif request.kind == "pileup":
-        n_rows = int(task["key_pos"].shape[0])
-    elif request.secure is not None and "frame" in task:
-        n_rows = len(next(iter(task["frame"].values())))
+        return int(task["beta"].shape[0])
+    if request.kind == "pileup":
+        return int(task["key_pos"].shape[0])
+    if request.secure is not None and "frame" in task:
+        return len(next(iter(task["frame"].values())))
+    return int(released[_ROWS_KEY].shape[0]) if _ROWS_KEY in released else None
+
+
+def on_frame(request: TaskRequest, task: dict[str, Any], computed: Computed) -> Computed:
+    """A secure round's result and people laid on the round's shared rows (its frame)."""
+    if "frame" not in task:
+        return computed
+    frame = task["frame"]
+    result = conform(request.kind, computed.result, frame)
+    people = computed.people
+    if request.kind in GENOTYPE_JUDGED and people is not None and computed.group_sizes is not None:
+        keys = {k: v for k, v in computed.result.items() if k.startswith("key_")}
+        people = conform("counts", {**keys, "counts": people, "group_size": computed.group_sizes}, frame)["counts"]
     else:
-        n_rows = int(released[_ROWS_KEY].shape[0]) if _ROWS_KEY in released else None
+        people = people_rows(request.kind, result)
+    return Computed(result, people, computed.group_sizes)
+
+
+def run_task(
+    prepared: Prepared,
+    policy: Policy,
+    on_block: Callable[[int], None] | None = None,
+    compute_lock: Any = None,
+    cache: BlockCache | None = None,
+    secrets: StationSecrets | None = None,
+    withhold: bool = False,
+    rules: dict[str, np.ndarray] | None = None,
+) -> Outcome:
+    """Run a prepared task (in the clear, or a masked round of an audited session) and return what the
+    policy lets leave.
+
+    ``on_block`` is called with the size of every block read (progress; it may raise to cancel).
+    ``compute_lock`` is held around the kernels (the server makes tasks take turns). ``cache`` shares
+    small reads between tasks over the same variants. ``secrets`` mask the release when the request asks
+    for secure aggregation. ``withhold``: the query audit withheld this count. ``rules``: per-row
+    judgements made before (a Newton round's, from its session's score round).
+    """
+    request, task = prepared.request, prepared.task
+    computed = compute(prepared, on_block, compute_lock, cache)
+    result = dict(computed.result)
+    if withhold:
+        result["withheld"] = np.array(True)
+    released, summary = release(request.kind, result, policy, computed.people, rules=rules)
+    n_rows = n_rows_of(request, task, released)
     if request.secure is None:
         payload = encode_arrays(released, n_rows)
     else:

@@ -72,11 +72,21 @@ def parse_agreement_key(text: str, where: str = "agreement key") -> X25519Public
 
 
 # -- the round's context ---------------------------------------------------------------------------------
-def context_digest(session: str, round_no: int, participants: list[tuple[str, str]]) -> bytes:
-    """SHA-256 naming one round: the same bytes at every participant, different for every round."""
-    return hashlib.sha256(
-        canonical({"v": 1, "session": session, "round": round_no, "participants": [list(p) for p in participants]})
-    ).digest()
+def context_digest(session: str, round_no: int, participants: list[tuple[str, str]], purpose: str = "release") -> bytes:
+    """SHA-256 naming one round: the same bytes at every participant, different for every round.
+
+    ``purpose`` separates the masks of a round's release from those of what its stations exchange among
+    themselves before it (``"judge"``, :mod:`station_api.sealed`).
+    """
+    spec: dict[str, object] = {
+        "v": 1,
+        "session": session,
+        "round": round_no,
+        "participants": [list(p) for p in participants],
+    }
+    if purpose != "release":
+        spec["purpose"] = purpose
+    return hashlib.sha256(canonical(spec)).digest()
 
 
 def keystream(key: bytes, words: int) -> np.ndarray:
@@ -103,13 +113,19 @@ class StationSecrets:
         return agreement_key_text(self.key)
 
     def mask(
-        self, arrays: dict[str, np.ndarray], session: str, round_no: int, participants: list[tuple[str, str]]
+        self,
+        arrays: dict[str, np.ndarray],
+        session: str,
+        round_no: int,
+        participants: list[tuple[str, str]],
+        purpose: str = "release",
     ) -> dict[str, np.ndarray]:
         """``arrays`` as masked fixed-point words (``int64 (..., 2)``), plus their layout.
 
-        ``participants`` are ``(name, agreement key)``, this station among them.
+        ``participants`` are ``(name, agreement key)``, this station among them; ``purpose`` as in
+        :func:`context_digest`.
         """
-        context = context_digest(session, round_no, participants)
+        context = context_digest(session, round_no, participants, purpose)
         names = sorted(arrays)
         values = [np.asarray(arrays[n]) for n in names]
         # every field's words in one buffer, masked in place: one pass per peer
@@ -197,6 +213,11 @@ class ContextRegistry:
         self._seen: set[str] = set()
         if path.exists():
             self._seen = {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+    def seen(self, digest_hex: str) -> bool:
+        """Whether a context was recorded before."""
+        with self._lock:
+            return digest_hex in self._seen
 
     def claim(self, digest_hex: str) -> bool:
         """Record a context; False if it was used before."""

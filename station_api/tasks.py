@@ -20,16 +20,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from engine.design import KEY_COLUMNS
 from engine.errors import BetterError, InputError, NotFoundError
 from genomics.store import Store
 from station_api import __version__
 from station_api.audit import AuditLog
 from station_api.config import StationConfig
-from station_api.ledger import QueryLedger
-from station_api.policy import PolicyRefusalError, check_design, check_secure, check_task
-from station_api.runner import BlockCache, DatasetCache, Outcome, Prepared, prepare, run_task
+from station_api.exchange import SealedRound, SealedRounds, judge_context, open_round, seal_round
+from station_api.policy import PolicyRefusalError, check_model, check_secure, check_task
+from station_api.query_audit import QueryAudit
+from station_api.runner import (
+    BlockCache,
+    DatasetCache,
+    Outcome,
+    Prepared,
+    compute,
+    n_rows_of,
+    on_frame,
+    prepare,
+    run_task,
+)
 from station_api.secure_agg import (
     ContextRegistry,
     StationSecrets,
@@ -38,7 +51,7 @@ from station_api.secure_agg import (
     participants_of,
 )
 from station_api.signing import canonical, load_or_create_key, sha256, sign
-from station_api.wire import TaskRequest
+from station_api.wire import KEY_KINDS, SEALED_KINDS, TaskRequest
 
 log = logging.getLogger("better.station")
 
@@ -68,6 +81,24 @@ def now() -> str:
 
 
 @dataclass
+class _Plan:
+    """How a submitted task runs, as decided at submission."""
+
+    #: A count the query audit withholds (it is released as withheld).
+    withhold: bool = False
+    #: Per-row judgements a Newton round takes from its session's score round.
+    rules: dict[str, np.ndarray] | None = None
+    #: A sealed round: its judge context (hex), sets, whether they are audited, the audit's header and
+    #: counts; or the seal it opens.
+    context: str | None = None
+    members: list[np.ndarray] = field(default_factory=list)
+    audited: bool = False
+    header: dict[str, Any] = field(default_factory=dict)
+    audit_counts: np.ndarray | None = None
+    opening: SealedRound | None = None
+
+
+@dataclass
 class TaskRecord:
     """One task as the station tracks it."""
 
@@ -88,6 +119,7 @@ class TaskRecord:
     signature: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future[None] | None = None
+    plan: _Plan = field(default_factory=lambda: _Plan())
 
     def describe(self) -> dict[str, Any]:
         """The public view of the task (no result bytes)."""
@@ -142,7 +174,8 @@ class TaskManager:
         self.tasks: dict[str, TaskRecord] = {}
         self.datasets = DatasetCache(store)
         self.blocks = BlockCache()
-        self.ledger = QueryLedger(store)
+        self.query_audit = QueryAudit(Path(store.path))
+        self.sealed = SealedRounds()
         self._lock = threading.Lock()
         self._compute = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=config.server.workers, thread_name_prefix="better-task")
@@ -154,23 +187,46 @@ class TaskManager:
 
     # -- requests ---------------------------------------------------------------------------------
     def submit(self, user: str, request: TaskRequest) -> TaskRecord:
-        """Check the policy and either queue the task or park it for approval."""
+        """Check the policy and the query audit, then queue the task or park it for approval.
+
+        Three kinds of request: a round in the clear (audited over this station's own people), a masked
+        round of a session whose selection a sealed round audited already, and a sealed round's seal or
+        opening (:mod:`station_api.exchange`).
+        """
         policy = self.config.policy
+        if request.exchange is not None and request.exchange.phase == "open":
+            return self._submit_opening(user, request)
         prepared = prepare(self.datasets, request, policy)
         check_task(request, policy, prepared.n_variants)
         check_secure(request, policy, self.config.name, self.masking.public_text)
-        check_design(request, prepared.design, policy)
-        if policy.differencing_guard:
-            self.ledger.admit(user, request.dataset, prepared.design.include, policy.min_cell_count)
-        if request.secure is not None:
-            spec = request.secure
-            digest = context_digest(spec.session, spec.round, participants_of(spec)).hex()
-            if not self.contexts.claim(digest):
+        members = self._members(prepared)
+        guard = policy.differencing_guard and bool(members)
+        plan = _Plan()
+        if request.secure is None:
+            if guard:
+                plan.withhold = self._admit_local(request, members)
+            if members and not plan.withhold:
+                check_model(request, prepared.design.k, tuple(int(m.sum()) for m in members), policy)
+        elif request.exchange is None:
+            self._claim(context_digest(request.secure.session, request.secure.round, participants_of(request.secure)))
+            sealed_kind = request.kind in SEALED_KINDS and request.kind != "logistic_null"
+            if guard and (sealed_kind or not self.query_audit.admitted(request.secure.session, members)):
                 raise PolicyRefusalError(
-                    "secure_context_reused",
-                    f"secure-aggregation round {spec.round} of session {spec.session} was masked here before; a "
-                    "mask is never reused (start a new session)",
+                    "audit_session",
+                    f"a masked {request.kind} round runs sealed, or within a session whose selection a sealed round "
+                    "audited; run the query with a current coordinator",
                 )
+            if request.kind == "logistic_newton":
+                task = prepared.task
+                plan.rules = self.sealed.newton_rules(
+                    request.secure.session, {c: task[f"key_{c}"] for c in KEY_COLUMNS}
+                )
+        else:
+            context = judge_context(request)
+            self._claim(context)
+            plan.context = context.hex()
+            plan.members = members
+            plan.audited = guard
         record = TaskRecord(
             id=secrets.token_hex(16),
             user=user,
@@ -179,23 +235,83 @@ class TaskManager:
             status="queued",
             submitted_at=now(),
             variants_total=prepared.n_variants,
+            plan=plan,
         )
-        summary = request_summary(request)
+        return self._admit(record, manual=policy.approval == "manual")
+
+    def _submit_opening(self, user: str, request: TaskRequest) -> TaskRecord:
+        assert request.secure is not None
+        context = judge_context(request)
+        sealed = self.sealed.take(context.hex(), request, user)
+        self._claim(context_digest(request.secure.session, request.secure.round, participants_of(request.secure)))
+        record = TaskRecord(
+            id=secrets.token_hex(16),
+            user=user,
+            request=request,
+            prepared=None,
+            status="queued",
+            submitted_at=now(),
+            variants_total=0,
+            plan=_Plan(context=context.hex(), opening=sealed),
+        )
+        return self._admit(record, manual=False)  # its seal was approved
+
+    def _admit(self, record: TaskRecord, manual: bool) -> TaskRecord:
+        summary = request_summary(record.request)
         with self._lock:
             self._purge()
             self.tasks[record.id] = record
-        manual = self.config.policy.approval == "manual"
         if manual:
             record.status = "pending_approval"
             with self.store.catalog() as con:
                 con.execute(
                     "INSERT INTO approvals (task_id, user_name, summary, submitted_at) VALUES (?, ?, ?, ?)",
-                    [record.id, user, json.dumps(summary, sort_keys=True), record.submitted_at],
+                    [record.id, record.user, json.dumps(summary, sort_keys=True), record.submitted_at],
                 )
-        self.audit.append(user, "task.submitted", {"task": record.id, "status": record.status, **summary})
+        self.audit.append(record.user, "task.submitted", {"task": record.id, "status": record.status, **summary})
         if not manual:
             self._enqueue(record)
         return record
+
+    def _members(self, prepared: Prepared) -> list[np.ndarray]:
+        """The request's sample sets over the station's people (none for rounds that list keys)."""
+        request, design = prepared.request, prepared.design
+        if request.kind in KEY_KINDS:
+            return []
+        if request.binary and (request.kind.startswith("logistic") or request.groups == 2):
+            case = design.y > 0.5
+            masks = [design.include & ~case, design.include & case]
+        else:
+            masks = [design.include]
+        ids = prepared.dataset.samples().column("sample_id").to_pylist()
+        return self.query_audit.members([str(i) for i in ids], masks)
+
+    def _admit_local(self, request: TaskRequest, members: list[np.ndarray]) -> bool:
+        """Audit a release in the clear; True when it is a count the audit withholds (shown as withheld)."""
+        try:
+            self.query_audit.admit_local(secrets.token_hex(16), members, self.config.policy.min_cell_count)
+        except PolicyRefusalError as exc:
+            if request.kind == "sample_count" and exc.rule == "query_audit":
+                return True
+            raise
+        return False
+
+    def _may_pin(self, participants: list[tuple[str, str]]) -> bool:
+        """Whether this station may form its audit group with exactly ``participants``."""
+        policy = self.config.policy
+        if len(participants) < policy.min_secure_participants:
+            return False
+        if policy.secure_peers:
+            wanted = {(self.config.name, self.masking.public_text), *policy.secure_peers.items()}
+            return set(map(tuple, participants)) == wanted
+        return True
+
+    def _claim(self, context: bytes) -> None:
+        if not self.contexts.claim(context.hex()):
+            raise PolicyRefusalError(
+                "secure_context_reused",
+                "this secure-aggregation round was masked here before; a mask is never reused (start a new session)",
+            )
 
     def get(self, user: str, task_id: str) -> TaskRecord:
         """A task of ``user`` (another user's task is as unknown as a missing one)."""
@@ -213,6 +329,9 @@ class TaskManager:
         """Cancel a queued, pending or running task (a finished one is left as it is)."""
         record = self.get(user, task_id)
         if record.status in FINAL:
+            if record.plan.context is not None and record.plan.opening is None:  # a seal whose round is given up
+                self.sealed.drop(record.plan.context)
+                self.query_audit.abort(record.plan.context)
             return record
         record.cancel.set()
         if record.status in ("queued", "pending_approval") and (record.future is None or record.future.cancel()):
@@ -256,8 +375,7 @@ class TaskManager:
             record.variants_done += rows
 
         try:
-            assert record.prepared is not None
-            outcome = run_task(record.prepared, self.config.policy, on_block, self._compute, self.blocks, self.masking)
+            outcome = self._work(record, on_block)
         except TaskCancelledError:
             self._finish(record, "cancelled", None)
             self.audit.append(record.user, "task.cancelled", {"task": record.id})
@@ -277,6 +395,61 @@ class TaskManager:
             self.audit.append(record.user, "task.released", {"task": record.id, **outcome.summary})
             return
         self.audit.append(record.user, "task.failed", {"task": record.id, "error": record.error})
+
+    def _work(self, record: TaskRecord, on_block: Any) -> Outcome:
+        """The task's station work: a round in the clear or masked, a seal, or an opening."""
+        plan, policy = record.plan, self.config.policy
+        if plan.opening is not None:
+            audit = self.query_audit if policy.differencing_guard and plan.opening.members else None
+            try:
+                payload, summary = open_round(plan.opening, record.request, self.masking, audit, policy, self.sealed)
+            finally:
+                assert plan.context is not None
+                self.query_audit.abort(plan.context)  # opened or failed: the audit is free for the next seal
+            return Outcome(payload, {**summary, "bytes": len(payload)})
+        prepared = record.prepared
+        assert prepared is not None
+        if plan.context is None:
+            return run_task(
+                prepared, policy, on_block, self._compute, self.blocks, self.masking, plan.withhold, plan.rules
+            )
+        try:
+            if plan.audited:  # the audit is held from here to the opening: another query's seal waits
+                spec = record.request.secure
+                assert spec is not None
+                plan.header, plan.audit_counts = self.query_audit.seal(
+                    plan.context,
+                    spec.session,
+                    plan.members,
+                    participants_of(spec),
+                    self.config.name,
+                    pin_ok=self._may_pin(participants_of(spec)),
+                    local_only=policy.audit_scope == "local",
+                    lock=record.request.exchange is not None and record.request.exchange.lock,
+                )
+            else:
+                plan.header = {"status": "off"}
+            computed = on_frame(
+                prepared.request, prepared.task, compute(prepared, on_block, self._compute, self.blocks)
+            )
+            sealed = SealedRound(
+                user=record.user,
+                request=record.request,
+                result=computed.result,
+                people=computed.people,
+                masked={},
+                header=plan.header,
+                members=plan.members,
+                k=prepared.design.k,
+                n_rows=n_rows_of(prepared.request, prepared.task, computed.result),
+                frame=prepared.task.get("frame"),
+            )
+            payload, summary = seal_round(sealed, self.masking, plan.audit_counts)
+        except BaseException:
+            self.query_audit.abort(plan.context)
+            raise
+        self.sealed.keep(plan.context, sealed)
+        return Outcome(payload, {**summary, "bytes": len(payload)})
 
     def _manifest(self, record: TaskRecord, outcome: Outcome) -> dict[str, Any]:
         """What this release was, for the signed provenance (no data, only hashes and counts)."""

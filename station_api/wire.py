@@ -118,6 +118,32 @@ class Secure(BaseModel):
         return self
 
 
+#: Rounds whose release is judged on per-row people counts and sample totals that, under secure
+#: aggregation, are summed over the stations first: they run sealed (a seal, then an opening).
+SEALED_KINDS = ("sample_count", "counts", "linear", "logistic_null", "logistic_score", "coverage", "reads", "pileup")
+#: Rounds that list keys in the clear and release nothing about people.
+KEY_KINDS = ("variant_keys", "target_keys")
+StationName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+
+
+class Exchange(BaseModel):
+    """A sealed round's step (see :mod:`station_api.sealed`).
+
+    ``seal``: compute the round, keep the result, and return, for each other participant, a message
+    only that station can open (masked counts for the totals the release is judged on). ``open``: the
+    messages the other participants sealed to this station (by sender); the station sums the totals,
+    decides, and releases what it kept.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    phase: Literal["seal", "open"]
+    lock: bool = Field(False, description="seal holding the station's audit (a round run again for that)")
+    blobs: dict[StationName, Annotated[str, StringConstraints(max_length=128 << 20)]] = Field(
+        default_factory=dict, max_length=64
+    )
+
+
 class TaskRequest(BaseModel):
     """One round of one analysis, as a station receives it."""
 
@@ -152,6 +178,7 @@ class TaskRequest(BaseModel):
         None, description="the coordinator's name for the query this round belongs to (for the audit log)"
     )
     secure: Secure | None = Field(None, description="mask the release for secure aggregation")
+    exchange: Exchange | None = Field(None, description="a sealed round's seal or opening (with secure)")
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskRequest:
@@ -163,15 +190,30 @@ class TaskRequest(BaseModel):
             raise ValueError("logistic rounds need binary = true")
         if self.groups == 2 and self.phenotype is None:
             raise ValueError("case/control counts (groups = 2) need a binary phenotype")
-        if self.kind in ("logistic_null", "logistic_score", "logistic_newton") and self.state is None:
+        if (
+            self.kind in ("logistic_null", "logistic_score", "logistic_newton")
+            and self.state is None
+            and not self._opening
+        ):
             raise ValueError(f"a {self.kind} round needs its state")
         if len(set(self.covariates)) != len(self.covariates):
             raise ValueError("a covariate is named twice")
         if self.kind in ("variant_keys", "target_keys") and self.secure is not None:
             raise ValueError(f"the {self.kind} round lists keys in the clear; it takes no secure block")
-        if self.kind == "pileup" and self.state is None:
+        if self.kind == "pileup" and self.state is None and not self._opening:
             raise ValueError("a pileup round needs its positions in the state")
+        if self.exchange is not None:
+            if self.secure is None:
+                raise ValueError("a sealed round (exchange) needs secure aggregation (a secure block)")
+            if self.kind not in SEALED_KINDS:
+                raise ValueError(f"a {self.kind!r} round is not sealed")
+            if (self.exchange.phase == "open") != bool(self.exchange.blobs):
+                raise ValueError("an opening carries the other stations' sealed messages, and a seal none")
         return self
+
+    @property
+    def _opening(self) -> bool:
+        return self.exchange is not None and self.exchange.phase == "open"
 
 
 # -- arrays <-> Arrow IPC --------------------------------------------------------------------------------

@@ -3,6 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Numba compiles a kernel the first time a test calls it: a per-example deadline would fail that example.
+settings.register_profile("better", deadline=None)
+settings.load_profile("better")
 
 from genomics.store import Store
 from genomics.synth import SynthConfig, synthesize

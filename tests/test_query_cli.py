@@ -57,9 +57,11 @@ def test_query__tsv_json_and_parquet_agree(federation: Path, tmp_path: Path) -> 
         "OBS_CT",
         "MISSING_CT",
         "CALL_RATE",
+        "WITHHELD_BY",
     ]
     rows = [line.split("\t") for line in lines[1:]]
     assert rows and any("withheld" in r for r in rows) and any("withheld" not in r for r in rows)
+    assert all((r[-1] == "minor_allele_count") == ("withheld" in r) for r in rows)  # why, on withheld rows only
     assert all(r[2] == "." or r[2].startswith("rs") for r in rows) and any(r[2] != "." for r in rows)
     js = better("query", "--federation", str(federation), "--format", "json", q)
     doc = json.loads(js.stdout)

@@ -1,0 +1,224 @@
+"""Sealed rounds at a station: the seal (compute, keep, seal the totals to the peers) and the opening
+(sum the peers' totals, audit, judge the rows, release what was kept).
+
+Between the two steps the station keeps the round's result in memory (:class:`SealedRounds`, at most
+``MAX_KEPT`` rounds for ``KEEP_SECONDS``); nothing of it leaves before the opening. After a logistic score
+round is opened, the rows it withheld are remembered for that session's Newton rounds, which are judged
+on them (their own counts would be this station's alone).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.design import KEY_COLUMNS
+from engine.errors import InputError, NotFoundError
+from station_api.config import Policy
+from station_api.policy import PolicyRefusalError, check_model, release, withheld_rows
+from station_api.query_audit import Admission, QueryAudit
+from station_api.sealed import seal, unseal
+from station_api.secure_agg import StationSecrets, context_digest, participants_of, unmask_sum
+from station_api.wire import TaskRequest, encode_arrays
+
+#: Seconds a seal's result is kept for its opening, and how many are kept at once.
+KEEP_SECONDS = 600.0
+MAX_KEPT = 16
+#: The request fields a seal and its opening must agree on.
+MODEL_FIELDS = (
+    "dataset",
+    "analysis",
+    "kind",
+    "phenotype",
+    "covariates",
+    "binary",
+    "groups",
+    "where",
+    "regions",
+    "pass_only",
+    "adjust",
+    "secure",
+)
+
+
+def judge_context(request: TaskRequest) -> bytes:
+    """The context of what a sealed round's stations exchange (distinct from its release's masks)."""
+    spec = request.secure
+    assert spec is not None
+    return context_digest(spec.session, spec.round, participants_of(spec), "judge")
+
+
+@dataclass
+class SealedRound:
+    """What a station keeps of a sealed round until its opening."""
+
+    user: str
+    request: TaskRequest
+    result: dict[str, np.ndarray]
+    people: np.ndarray | None
+    masked: dict[str, np.ndarray]
+    header: dict[str, Any]
+    members: list[np.ndarray]
+    k: int
+    n_rows: int | None
+    frame: dict[str, np.ndarray] | None = None
+    sealed_at: float = field(default_factory=time.monotonic)
+
+
+class SealedRounds:
+    """Seals waiting for their opening, and the Newton judgements of opened score rounds."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, SealedRound] = {}
+        self._newton: dict[str, dict[tuple[Any, ...], dict[str, bool]]] = {}
+        self._lock = threading.Lock()
+
+    def keep(self, context: str, sealed: SealedRound) -> None:
+        with self._lock:
+            t = time.monotonic()
+            for c in [c for c, s in self._kept.items() if t - s.sealed_at > KEEP_SECONDS]:
+                del self._kept[c]
+            self._kept[context] = sealed
+            while len(self._kept) > MAX_KEPT:
+                del self._kept[next(iter(self._kept))]
+
+    def take(self, context: str, request: TaskRequest, user: str) -> SealedRound:
+        """The seal a request opens (once): same user, same model."""
+        with self._lock:
+            sealed = self._kept.get(context)
+            if sealed is None or sealed.user != user:
+                raise NotFoundError(
+                    "no sealed round here to open under this session and round (it was opened already, expired "
+                    "or never sealed); run the query again"
+                )
+            differ = [f for f in MODEL_FIELDS if getattr(sealed.request, f) != getattr(request, f)]
+            if differ:
+                raise InputError(f"the opening's {', '.join(differ)} differ from its seal's")
+            del self._kept[context]
+            return sealed
+
+    def drop(self, context: str) -> None:
+        with self._lock:
+            self._kept.pop(context, None)
+
+    def remember_newton(self, session: str, keys: dict[str, np.ndarray], rules: dict[str, np.ndarray]) -> None:
+        """The score round's judgement of each variant, for the session's Newton rounds."""
+        rows = zip(*(keys[c].tolist() for c in KEY_COLUMNS), strict=True)
+        judged = {key: {r: bool(v[i]) for r, v in rules.items()} for i, key in enumerate(rows)}
+        with self._lock:
+            self._newton[session] = judged
+            while len(self._newton) > MAX_KEPT:
+                del self._newton[next(iter(self._newton))]
+
+    def newton_rules(self, session: str, keys: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Per rule, which of ``keys`` the session's score round withheld (a variant it did not judge is
+        withheld by every rule); None when no score round of the session was opened here."""
+        with self._lock:
+            judged = self._newton.get(session)
+        if judged is None:
+            return None
+        rows = list(zip(*(np.asarray(keys[c]).tolist() for c in KEY_COLUMNS), strict=True))
+        names = sorted({r for v in judged.values() for r in v}) or ["case_control_cells"]
+        return {r: np.array([judged.get(key, {}).get(r, True) for key in rows], dtype=bool) for r in names}
+
+
+def seal_round(
+    sealed: SealedRound, secrets: StationSecrets, audit_counts: np.ndarray | None
+) -> tuple[bytes, dict[str, Any]]:
+    """Mask and seal a round's totals to every other participant; the payload lists the blobs."""
+    spec = sealed.request.secure
+    assert spec is not None
+    participants = participants_of(spec)
+    arrays = {}
+    if audit_counts is not None:
+        arrays["audit"] = audit_counts
+    if sealed.people is not None:
+        arrays["rows"] = sealed.people
+    masked = secrets.mask(arrays, spec.session, spec.round, participants, "judge") if arrays else {}
+    sealed.masked = masked
+    blobs = seal(secrets, participants, judge_context(sealed.request), sealed.header, masked)
+    names = sorted(blobs)
+    payload = encode_arrays({"recipient": np.array(names), "blob": np.array([blobs[n] for n in names])}, len(names))
+    return payload, {"kind": sealed.request.kind, "sealed_to": names, "secure_round": spec.round}
+
+
+def open_round(
+    sealed: SealedRound,
+    opening: TaskRequest,
+    secrets: StationSecrets,
+    audit: QueryAudit | None,
+    policy: Policy,
+    newton: SealedRounds,
+) -> tuple[bytes, dict[str, Any]]:
+    """Open a sealed round: check every peer's message, audit, judge the rows, release masked."""
+    request = sealed.request
+    spec = request.secure
+    assert spec is not None and opening.exchange is not None
+    participants = participants_of(spec)
+    context = judge_context(request)
+    blobs = opening.exchange.blobs
+    others = [(n, key) for n, key in participants if n != secrets.name]
+    strangers = sorted(set(blobs) - {n for n, _ in others})
+    if strangers:
+        raise InputError(f"the opening carries messages from stations outside the round: {', '.join(strangers)}")
+    peers: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
+    for name, key in others:
+        if name not in blobs:
+            raise PolicyRefusalError(
+                "sealed_round",
+                f"the opening lacks the sealed message of station {name}: every participant's totals are needed",
+            )
+        peers[name] = unseal(secrets, name, key, context, blobs[name])
+    pooled = _lazy_sum([sealed.masked, *(arrays for _, arrays in peers.values())], [secrets.name, *peers])
+    if audit is None:
+        admission = Admission("local", tuple(int(m.sum()) for m in sealed.members))
+    else:
+        try:
+            admission = audit.open(
+                context.hex(),
+                spec.session,
+                sealed.members,
+                sealed.header,
+                {n: h for n, (h, _) in peers.items()},
+                participants,
+                lambda: pooled()["audit"],
+                policy.min_cell_count,
+            )
+        except PolicyRefusalError as exc:
+            if request.kind != "sample_count" or exc.rule != "query_audit":
+                raise
+            admission = Admission("withheld", ())
+    is_pooled = admission.scope == "pooled"
+    result = dict(sealed.result)
+    if admission.scope == "withheld":
+        result["withheld"] = np.array(True)
+    else:
+        check_model(request, sealed.k, admission.set_sizes, policy)
+    people = pooled()["rows"] if is_pooled and sealed.people is not None else sealed.people
+    released, summary = release(request.kind, result, policy, people, pooled=is_pooled)
+    if request.kind == "logistic_score" and people is not None and sealed.frame is not None:
+        newton.remember_newton(spec.session, sealed.frame, withheld_rows(request.kind, people, policy))
+    masked = secrets.mask(released, spec.session, spec.round, participants)
+    summary.update({"secure_round": spec.round, "audit_scope": admission.scope})
+    return encode_arrays(masked, sealed.n_rows, compress=False), summary
+
+
+def _lazy_sum(payloads: list[dict[str, np.ndarray]], stations: list[str]) -> Callable[[], dict[str, np.ndarray]]:
+    """The decoded sum of the stations' masked totals, computed when first asked for."""
+    cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def total() -> dict[str, np.ndarray]:
+        if "sum" not in cache:
+            if any(not p for p in payloads):
+                raise PolicyRefusalError(
+                    "sealed_round", "not every station of the round sealed the totals this decision needs"
+                )
+            cache["sum"] = unmask_sum(payloads, stations)
+        return cache["sum"]
+
+    return total
