@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-# Numba compiles a kernel the first time a test calls it: a per-example deadline would fail that example.
-settings.register_profile("better", deadline=None)
-settings.load_profile("better")
-
 from genomics.store import Store
 from genomics.synth import SynthConfig, synthesize
 from station_api.config import StationConfig, write_config
+
+# Numba compiles a kernel the first time a test calls it: a per-example deadline would fail that example.
+settings.register_profile("better", deadline=None)
+settings.load_profile("better")
 
 
 @pytest.fixture(scope="session")
