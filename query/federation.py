@@ -45,6 +45,7 @@ from engine.protocol import (
 )
 from engine.reads import CoverageProtocol, PileupProtocol, ReadsProtocol
 from query import output
+from query.finished import FinishedRows
 from query.parser import Query, parse
 from query.planner import Plan, StationCatalog, plan
 from query.remote import Model, StationClient, StationError, gather_or_cancel, run_remote_async
@@ -251,6 +252,7 @@ async def _execute(
     q, model = p.query, p.model
     ids: dict[tuple, str] = {}
     withheld_by = WithheldBy()
+    finished = FinishedRows()
 
     async def drive(stage: str, protocol: Protocol, m: Model) -> dict[str, np.ndarray]:
         def seen(round_no: int, kind: str, seconds: float) -> None:
@@ -265,6 +267,7 @@ async def _execute(
             on_results=lambda r: _collect_ids(r, ids),
             secure=secure,
             withheld_by=None if stage == "counts" else withheld_by,  # the main analysis' rows only
+            finished=finished,
         )
 
     if q.verb == "count":
@@ -304,6 +307,8 @@ async def _execute(
         _, res = await gather_or_cancel(drive("counts", counts_proto, model), drive("gwas", main, model))
     else:
         res = await drive("gwas", main, model)
+    # rows the stations finished themselves: their results, and the filter on the counts that came with them
+    res = finished.overlay(res, p.variant_filter if p.counts_source in ("linear", "score") else None)
     if p.counts_source == "counts":
         assert counts_proto is not None and counts_proto.counts is not None
         res = _rows(res, _aligned_keep(res, counts_proto, p.variant_filter))

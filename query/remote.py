@@ -20,11 +20,15 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 
+from engine import finals
+from engine.design import KEY_COLUMNS
 from engine.errors import BetterError
 from engine.frame import FRAMES
 from engine.protocol import Protocol, Result, Task
+from query.finished import FinishedRows
 from query.secure import SecureSession
 from query.withholding import WithheldBy
+from station_api.finishing import MAX_STEPS, MODEL
 from station_api.secure_agg import unmask_sum
 from station_api.wire import (
     SEALED_KINDS,
@@ -247,13 +251,15 @@ async def run_remote_async(
     on_results: Callable[[list[dict[str, np.ndarray]]], None] | None = None,
     secure: SecureSession | None = None,
     withheld_by: WithheldBy | None = None,
+    finished: FinishedRows | None = None,
 ) -> dict[str, np.ndarray]:
     """Drive ``protocol`` over ``stations``: each round goes to every station at once.
 
     ``on_results(results)`` sees what came back in the clear (with ``secure``, only the variant lists),
     ``on_round(round, kind, seconds)`` is called as each round ends. With ``secure``, every station
     masks its release and the protocol receives only their sum. ``withheld_by`` collects the rules that
-    withheld rows.
+    withheld rows; ``finished``, the results of rows the stations finished themselves (the protocol sees
+    those rows as withheld).
     """
     limits = httpx.Limits(max_connections=4 * max(1, len(stations)))
     timeout = httpx.Timeout(max(s.timeout for s in stations), connect=10.0)
@@ -286,7 +292,7 @@ async def run_remote_async(
                         raise
                 await asyncio.sleep(random.uniform(0.1, 1.5))
 
-        async def sealed_round(task: Task) -> list[Result]:
+        async def sealed_round(task: Task) -> tuple[Secure, list[Result]]:
             """A sealed round; run again (fresh masks) when the stations ask for it: a station's new sets
             need every station to hold its audit, or a station caught up with its peers' audit records."""
             for attempt in range(4):
@@ -297,7 +303,7 @@ async def run_remote_async(
                         raise
             raise AssertionError("unreachable")
 
-        async def seal_and_open(task: Task, lock: bool) -> list[Result]:
+        async def seal_and_open(task: Task, lock: bool) -> tuple[Secure, list[Result]]:
             """Seal at every station, hand each the others' messages, open: the masked releases."""
             assert secure is not None
             names = [s.name for s in stations]
@@ -321,7 +327,7 @@ async def run_remote_async(
                     runs = (
                         s.run(client, r, submitted=ids) for s, r, ids in zip(stations, openings, opened, strict=True)
                     )
-                    return await gather_or_cancel(*runs)
+                    return spec, await gather_or_cancel(*runs)
                 except BaseException:
                     # a station that never got its opening still holds the seal: give it back
                     missing = [not ids for ids in opened]
@@ -329,6 +335,31 @@ async def run_remote_async(
                         *(s.give_back(client, seal_ids[i]) for i, s in enumerate(stations) if missing[i])
                     )
                     raise
+
+        async def finish_rows(task: Task, spec: Secure, rows: np.ndarray, frame: dict[str, np.ndarray]) -> None:
+            """Relay the finishing steps of the rows the stations finish, until they release the results."""
+            names = [s.name for s in stations]
+            kind = str(task["kind"])
+            test = getattr(protocol, "test", None) if kind == "logistic_score" else None
+            blobs: dict[str, dict[str, str]] = {name: {} for name in names}
+            for _ in range(MAX_STEPS):
+                requests = [
+                    to_request(
+                        task, model, i, n, spec, Exchange(phase="finish", blobs=blobs[name], test=test)
+                    ).model_copy(update={"state": None})
+                    for i, name in enumerate(names)
+                ]
+                out = await gather_or_cancel(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
+                if "blob" not in out[0]:
+                    done = finals.decode(MODEL[kind], unmask_sum(out, names))
+                    if finished is not None:
+                        finished.add({c: frame[c][rows] for c in KEY_COLUMNS}, done)
+                    return
+                blobs = {name: {} for name in names}
+                for sender, arrays in zip(names, out, strict=True):
+                    for recipient, blob in zip(arrays["recipient"].tolist(), arrays["blob"].tolist(), strict=True):
+                        blobs.setdefault(recipient, {})[sender] = blob
+            raise StationError(names[0], "the stations did not finish their rows within the steps allowed")
 
         async def key_lists(kind: str) -> list[Result]:
             found = await everywhere({"kind": kind})
@@ -350,14 +381,18 @@ async def run_remote_async(
                     frame = await secure.frame(scope, partial(key_lists, spec.keys_round), spec.columns)
                     task = {**task, **{f"key_{c}": v for c, v in frame.items()}}
                 kind = str(task["kind"])
+                sealed: Secure | None = None
                 if kind in SEALED_KINDS and not (kind == "logistic_null" and audited):
-                    masked = await sealed_round(task)
+                    sealed, masked = await sealed_round(task)
                     audited = True
                 else:
                     masked = await everywhere(task, secure.next_round())
                 total = unmask_sum(masked, [s.name for s in stations])
                 if frame is not None:
                     total.update({f"key_{c}": v for c, v in frame.items()})
+                    rows = np.asarray(total.pop("finish", np.zeros(0, dtype=bool)), dtype=bool)
+                    if sealed is not None and rows.any():
+                        await finish_rows(task, sealed, rows, frame)
                 results = [total]
             if withheld_by is not None:
                 for r in results:

@@ -20,8 +20,10 @@ import numpy as np
 from engine.design import KEY_COLUMNS
 from engine.errors import InputError, NotFoundError
 from station_api.config import Policy
-from station_api.policy import PolicyRefusalError, check_model, release, withheld_rows
+from station_api.finishing import Finishing
+from station_api.policy import PolicyRefusalError, check_model, finishable, release, withheld_rows
 from station_api.query_audit import Admission, QueryAudit
+from station_api.runner import Prepared
 from station_api.sealed import seal, unseal
 from station_api.secure_agg import StationSecrets, context_digest, participants_of, unmask_sum
 from station_api.wire import TaskRequest, encode_arrays
@@ -67,6 +69,7 @@ class SealedRound:
     k: int
     n_rows: int | None
     frame: dict[str, np.ndarray] | None = None
+    prepared: Prepared | None = None
     sealed_at: float = field(default_factory=time.monotonic)
 
 
@@ -76,6 +79,7 @@ class SealedRounds:
     def __init__(self) -> None:
         self._kept: dict[str, SealedRound] = {}
         self._newton: dict[str, dict[tuple[Any, ...], dict[str, bool]]] = {}
+        self._finishing: dict[str, Finishing] = {}
         self._lock = threading.Lock()
 
     def keep(self, context: str, sealed: SealedRound) -> None:
@@ -105,6 +109,24 @@ class SealedRounds:
     def drop(self, context: str) -> None:
         with self._lock:
             self._kept.pop(context, None)
+
+    def keep_finishing(self, context: str, finishing: Finishing) -> None:
+        """Rows of an opened round that the stations finish, by the round's context."""
+        with self._lock:
+            self._finishing[context] = finishing
+            while len(self._finishing) > MAX_KEPT:
+                del self._finishing[next(iter(self._finishing))]
+
+    def finishing(self, context: str, user: str) -> Finishing:
+        with self._lock:
+            f = self._finishing.get(context)
+        if f is None or f.user != user:
+            raise NotFoundError("no rows to finish here under this session and round; run the query again")
+        return f
+
+    def done_finishing(self, context: str) -> None:
+        with self._lock:
+            self._finishing.pop(context, None)
 
     def remember_newton(self, session: str, keys: dict[str, np.ndarray], rules: dict[str, np.ndarray]) -> None:
         """The score round's judgement of each variant, for the session's Newton rounds."""
@@ -153,9 +175,10 @@ def open_round(
     secrets: StationSecrets,
     audit: QueryAudit | None,
     policy: Policy,
-    newton: SealedRounds,
+    rounds: SealedRounds,
 ) -> tuple[bytes, dict[str, Any]]:
-    """Open a sealed round: check every peer's message, audit, judge the rows, release masked."""
+    """Open a sealed round: check every peer's message, audit, judge the rows, release masked; rows only
+    the stations may finish are kept for the finishing steps (:mod:`station_api.finishing`)."""
     request = sealed.request
     spec = request.secure
     assert spec is not None and opening.exchange is not None
@@ -200,9 +223,20 @@ def open_round(
     else:
         check_model(request, sealed.k, admission.set_sizes, policy)
     people = pooled()["rows"] if is_pooled and sealed.people is not None else sealed.people
-    released, summary = release(request.kind, result, policy, people, pooled=is_pooled)
-    if request.kind == "logistic_score" and people is not None and sealed.frame is not None:
-        newton.remember_newton(spec.session, sealed.frame, withheld_rows(request.kind, people, policy))
+    rules = withheld_rows(request.kind, people, policy) if people is not None else None
+    finish = None
+    if is_pooled and rules is not None and sealed.frame is not None and sealed.prepared is not None:
+        finish = finishable(request.kind, rules)
+        if finish.any():
+            rounds.keep_finishing(
+                context.hex(),
+                Finishing.of(request.kind, sealed.prepared, request, sealed.frame, finish, sealed.result, sealed.user),
+            )
+    released, summary = release(request.kind, result, policy, people, pooled=is_pooled, rules=rules, finish=finish)
+    if request.kind == "logistic_score" and rules is not None and sealed.frame is not None:
+        if finish is not None:  # the stations finish those rows; their Newton rounds are not the coordinator's
+            rules = {**rules, "missing_genotypes": rules["missing_genotypes"] | finish}
+        rounds.remember_newton(spec.session, sealed.frame, rules)
     masked = secrets.mask(released, spec.session, spec.round, participants)
     summary.update({"secure_round": spec.round, "audit_scope": admission.scope})
     return encode_arrays(masked, sealed.n_rows, compress=False), summary

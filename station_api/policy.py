@@ -195,6 +195,18 @@ def withheld_rows(kind: str, people: np.ndarray, policy: Policy) -> dict[str, np
     return rules
 
 
+def finishable(kind: str, rules: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows withheld only because 1 to ``min_cell_count - 1`` people lack a call: under a pooled audit the
+    stations can finish them and release their results (:mod:`station_api.finishing`)."""
+    if kind not in ("linear", "logistic_score") or "missing_genotypes" not in rules:
+        return np.zeros(len(next(iter(rules.values()))), dtype=bool)
+    others = np.zeros_like(rules["missing_genotypes"])
+    for rule, hit in rules.items():
+        if rule != "missing_genotypes":
+            others |= hit
+    return np.asarray(rules["missing_genotypes"] & ~others, dtype=bool)
+
+
 def release(
     kind: str,
     result: dict[str, np.ndarray],
@@ -202,13 +214,16 @@ def release(
     people: np.ndarray | None = None,
     pooled: bool = False,
     rules: dict[str, np.ndarray] | None = None,
+    finish: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Apply the policy to one task's result: what may leave, and a summary for the audit log.
 
     ``people`` are the per-row counts to judge (:func:`people_rows`); ``pooled``: they are the sums over an
     audit group, whose sample totals the query audit has judged, so this station's own totals are not.
     A withheld row is zeroed and flagged, in ``withheld`` and in ``withheld_<rule>`` for each rule.
-    ``rules``: per-row judgements made before (they replace judging ``people``).
+    ``rules``: per-row judgements made before (they replace judging ``people``). ``finish``: rows whose
+    sums stay among the stations, which finish them (:mod:`station_api.finishing`): zeroed like withheld
+    rows, and flagged ``finish``.
     """
     out = dict(result)
     for name in _DROPPED.get(kind, ()):
@@ -240,6 +255,9 @@ def release(
     withheld = np.zeros(len(next(iter(rules.values()))), dtype=bool)
     for hit in rules.values():
         withheld |= hit
+    if finish is not None:
+        out["finish"] = finish
+        withheld |= finish
     for name in _ZEROED[kind]:
         if name in out:
             out[name] = np.where(_rows(withheld, out[name]), 0, out[name]).astype(out[name].dtype)
@@ -248,7 +266,10 @@ def release(
         if rule in rules:
             out[f"withheld_{rule}"] = np.asarray(rules[rule], dtype=bool)
     by_rule = {rule: int(hit.sum()) for rule, hit in rules.items() if hit.any()}
-    return out, {"kind": kind, "rows": int(withheld.size), "withheld": int(withheld.sum()), "withheld_by": by_rule}
+    summary = {"kind": kind, "rows": int(withheld.size), "withheld": int(withheld.sum()), "withheld_by": by_rule}
+    if finish is not None:
+        summary["finished_by_stations"] = int(finish.sum())
+    return out, summary
 
 
 def _rows(mask: np.ndarray, like: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from station_api import __version__
 from station_api.audit import AuditLog
 from station_api.config import StationConfig
 from station_api.exchange import SealedRound, SealedRounds, judge_context, open_round, seal_round
+from station_api.finishing import Finishing, finish_step
 from station_api.policy import PolicyRefusalError, check_model, check_secure, check_task
 from station_api.query_audit import QueryAudit
 from station_api.runner import (
@@ -96,6 +97,7 @@ class _Plan:
     header: dict[str, Any] = field(default_factory=dict)
     audit_counts: np.ndarray | None = None
     opening: SealedRound | None = None
+    finishing: Finishing | None = None
 
 
 @dataclass
@@ -196,6 +198,8 @@ class TaskManager:
         policy = self.config.policy
         if request.exchange is not None and request.exchange.phase == "open":
             return self._submit_opening(user, request)
+        if request.exchange is not None and request.exchange.phase == "finish":
+            return self._submit_finishing(user, request)
         prepared = prepare(self.datasets, request, policy)
         check_task(request, policy, prepared.n_variants)
         check_secure(request, policy, self.config.name, self.masking.public_text)
@@ -255,6 +259,21 @@ class TaskManager:
             plan=_Plan(context=context.hex(), opening=sealed),
         )
         return self._admit(record, manual=False)  # its seal was approved
+
+    def _submit_finishing(self, user: str, request: TaskRequest) -> TaskRecord:
+        context = judge_context(request).hex()
+        finishing = self.sealed.finishing(context, user)
+        record = TaskRecord(
+            id=secrets.token_hex(16),
+            user=user,
+            request=request,
+            prepared=None,
+            status="queued",
+            submitted_at=now(),
+            variants_total=0,
+            plan=_Plan(context=context, finishing=finishing),
+        )
+        return self._admit(record, manual=False)  # the rows of an approved round
 
     def _admit(self, record: TaskRecord, manual: bool) -> TaskRecord:
         summary = request_summary(record.request)
@@ -399,6 +418,13 @@ class TaskManager:
     def _work(self, record: TaskRecord, on_block: Any) -> Outcome:
         """The task's station work: a round in the clear or masked, a seal, or an opening."""
         plan, policy = record.plan, self.config.policy
+        if plan.finishing is not None:
+            assert record.request.exchange is not None and plan.context is not None
+            ex = record.request.exchange
+            payload, summary = finish_step(plan.finishing, ex.blobs, ex.test, self.masking)
+            if "finished" in summary:
+                self.sealed.done_finishing(plan.context)
+            return Outcome(payload, {**summary, "bytes": len(payload)})
         if plan.opening is not None:
             audit = self.query_audit if policy.differencing_guard and plan.opening.members else None
             try:
@@ -443,6 +469,7 @@ class TaskManager:
                 k=prepared.design.k,
                 n_rows=n_rows_of(prepared.request, prepared.task, computed.result),
                 frame=prepared.task.get("frame"),
+                prepared=prepared,
             )
             payload, summary = seal_round(sealed, self.masking, plan.audit_counts)
         except BaseException:

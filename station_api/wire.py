@@ -132,13 +132,18 @@ class Exchange(BaseModel):
     ``seal``: compute the round, keep the result, and return, for each other participant, a message
     only that station can open (masked counts for the totals the release is judged on). ``open``: the
     messages the other participants sealed to this station (by sender); the station sums the totals,
-    decides, and releases what it kept.
+    decides, and releases what it kept. ``finish``: a step of the rows the stations finish themselves
+    (:mod:`station_api.finishing`): first without messages (the station seals its sums), then with the
+    others' messages of the step before, until the station releases those rows' results.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    phase: Literal["seal", "open"]
+    phase: Literal["seal", "open", "finish"]
     lock: bool = Field(False, description="seal holding the station's audit (a round run again for that)")
+    test: Literal["wald", "score", "firth"] | None = Field(
+        None, description="finish: the logistic test the finished rows get (the coordinator's protocol's)"
+    )
     blobs: dict[StationName, Annotated[str, StringConstraints(max_length=128 << 20)]] = Field(
         default_factory=dict, max_length=64
     )
@@ -207,13 +212,16 @@ class TaskRequest(BaseModel):
                 raise ValueError("a sealed round (exchange) needs secure aggregation (a secure block)")
             if self.kind not in SEALED_KINDS:
                 raise ValueError(f"a {self.kind!r} round is not sealed")
-            if (self.exchange.phase == "open") != bool(self.exchange.blobs):
-                raise ValueError("an opening carries the other stations' sealed messages, and a seal none")
+            if self.exchange.phase == "open" and not self.exchange.blobs:
+                raise ValueError("an opening carries the other stations' sealed messages")
+            if self.exchange.phase == "seal" and self.exchange.blobs:
+                raise ValueError("a seal carries no messages")
         return self
 
     @property
     def _opening(self) -> bool:
-        return self.exchange is not None and self.exchange.phase == "open"
+        """An opening or a finishing step: the station has the round's state from its seal."""
+        return self.exchange is not None and self.exchange.phase != "seal"
 
 
 # -- arrays <-> Arrow IPC --------------------------------------------------------------------------------
