@@ -41,9 +41,8 @@ def run_demo(out: Path, say: Callable[[str], None], progress: Progress | None = 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     cohort_dir = out / "cohort"
-    # Most variants fully called, as in imputed data: fewer variants that the stations' policy must
-    # withhold because one to four people lack a genotype there (see docs/station.md).
-    config = SynthConfig(out=str(cohort_dir), fully_called=0.9)
+    # The synthetic defaults: 1% missing genotypes (varying by variant), a few missing phenotypes.
+    config = SynthConfig(out=str(cohort_dir))
     if (cohort_dir / "cohort.json").exists() and json.loads((cohort_dir / "cohort.json").read_text())[
         "config"
     ] == json.loads(json.dumps(config.__dict__)):

@@ -292,7 +292,7 @@ async def _execute(
         res = await drive(q.verb, proto, model)
         assert proto.counts is not None
         keep = _keep(p.variant_filter, proto.counts, proto.withheld)
-        return output.table(q.verb, None, _rows(res, keep), ids, withheld_by)
+        return _drop_filtered(output.table(q.verb, None, _rows(res, keep), ids, withheld_by), p, withheld_by)
     k = p.k
     counts_proto = CountsProtocol(groups=1) if p.separate_counts_round else None
     if q.model == "linear":
@@ -307,8 +307,6 @@ async def _execute(
         _, res = await gather_or_cancel(drive("counts", counts_proto, model), drive("gwas", main, model))
     else:
         res = await drive("gwas", main, model)
-    # rows the stations finished themselves: their results, and the filter on the counts that came with them
-    res = finished.overlay(res, p.variant_filter if p.counts_source in ("linear", "score") else None)
     if p.counts_source == "counts":
         assert counts_proto is not None and counts_proto.counts is not None
         res = _rows(res, _aligned_keep(res, counts_proto, p.variant_filter))
@@ -319,7 +317,21 @@ async def _execute(
         called = pooled.n - pooled.n_miss
         mask = p.variant_filter.mask(pooled.cg[:, 0], called, pooled.n_miss)
         res = _rows(res, mask | withheld)
-    return output.table("gwas", q.model, res, ids, withheld_by)
+    # rows the stations finished themselves: their results, and the filter on the counts that came with them
+    res = finished.overlay(res, p.variant_filter if p.counts_source in ("linear", "score") else None)
+    return _drop_filtered(output.table("gwas", q.model, res, ids, withheld_by), p, withheld_by)
+
+
+def _drop_filtered(frame: pl.DataFrame, p: Plan, withheld_by: WithheldBy) -> pl.DataFrame:
+    """Leave out withheld rows the variant filter drops whatever their hidden counts (rare variants under a
+    ``maf >= 0.01``): they were not asked for, and listing them as withheld says nothing useful."""
+    if not p.variant_filter.conditions or not frame.height or "WITHHELD" not in frame.columns:
+        return frame
+    ref, alt = ("A1", "AX") if "AX" in frame.columns else ("REF", "ALT")
+    keys = list(zip(frame["#CHROM"], frame["POS"], frame[ref], frame[alt], strict=True))
+    floor = max((int(pol.get("min_minor_allele_count", 5)) for pol in p.policies.values()), default=5)
+    drop = withheld_by.certainly_filtered(keys, frame["WITHHELD"].to_numpy(), p.variant_filter, floor)
+    return frame.filter(pl.Series(~drop)) if drop.any() else frame
 
 
 def _keep(vf: VariantFilter, counts: np.ndarray, withheld: np.ndarray) -> np.ndarray:

@@ -8,10 +8,11 @@ gets a ``WITHHELD_BY`` column (the rules, comma-separated; empty on rows that we
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from engine.filters import VariantFilter
 from station_api.policy import RULES
 
 #: The row key of each kind of result row: a variant, a coverage target, a pileup position.
@@ -23,6 +24,8 @@ class WithheldBy:
 
     def __init__(self) -> None:
         self.rules: dict[tuple[object, ...], set[str]] = {}
+        #: Called and missing samples and ALT alleles of withheld rows (summed over stations).
+        self.calls: dict[tuple[object, ...], list[int]] = {}
 
     def add(self, result: dict[str, np.ndarray], task: dict[str, object]) -> None:
         """Record a round's flags; its rows are keyed by its own ``key_*`` columns, or its task's."""
@@ -32,14 +35,41 @@ class WithheldBy:
         source = result if any(f"key_{c}" in result for c in ("pos", "start")) else task
         columns = next(cols for cols in ROW_KEYS if all(f"key_{c}" in source for c in cols))
         keys = zip(*(np.asarray(source[f"key_{c}"]).tolist() for c in columns), strict=True)
+        counts = [result.get(f"{c}_ct") for c in ("called", "missing", "alt")]
         for i, key in enumerate(keys):
             hit = {r for r, f in flags.items() if f[i]}
             if hit:
                 self.rules.setdefault(key, set()).update(hit)
+            if all(c is not None for c in counts):
+                calls = self.calls.setdefault(key, [0, 0, 0])
+                for j, c in enumerate(counts):
+                    calls[j] += int(c[i])  # type: ignore[index]
 
     def column(self, keys: Iterable[tuple[object, ...]], withheld: Iterable[bool]) -> list[str]:
         """``WITHHELD_BY`` for rows with these keys (empty where not withheld)."""
         return [",".join(sorted(self.rules.get(k, set()))) if w else "" for k, w in zip(keys, withheld, strict=True)]
+
+    def certainly_filtered(
+        self, keys: Sequence[tuple[object, ...]], withheld: np.ndarray, vf: VariantFilter, mac_floor: int
+    ) -> np.ndarray:
+        """Withheld rows that ``vf`` drops: on their released counts; and those withheld for a minor allele
+        count of 1 to ``mac_floor - 1`` (which is not released) when every such count fails the filter at
+        the row's calls. A filter the hidden count could pass leaves the row withheld: dropping it would
+        tell that count. An ``hwe_p`` condition is not judged here (it needs genotype counts).
+        """
+        usable = VariantFilter(tuple(c for c in vf.conditions if c.name != "hwe_p"))
+        out = np.zeros(len(keys), dtype=bool)
+        if not usable.conditions:
+            return out
+        hidden = np.arange(1, max(mac_floor, 2))
+        for i, key in enumerate(keys):
+            if not withheld[i] or key not in self.calls:
+                continue
+            called, missing, alt = self.calls[key]
+            rare = "minor_allele_count" in self.rules.get(key, set())
+            alts = hidden if rare else np.array([alt])
+            out[i] = not usable.mask(alts, np.full(alts.shape[0], called), np.full(alts.shape[0], missing)).any()
+        return out
 
 
 def summary(withheld_by: Iterable[str]) -> dict[str, int]:

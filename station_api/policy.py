@@ -248,6 +248,7 @@ def release(
             _require_total(size, policy, "samples in a group")
     if kind not in _ZEROED:
         return out, {"kind": kind}
+    calls = _own_calls(kind, result)
     if rules is None:
         people = people if people is not None else people_rows(kind, result)
         assert people is not None, f"a {kind} release needs the people behind its rows"
@@ -262,6 +263,9 @@ def release(
         if name in out:
             out[name] = np.where(_rows(withheld, out[name]), 0, out[name]).astype(out[name].dtype)
     out["withheld"] = withheld
+    if calls is not None:  # calls and (unless rare) ALT alleles of withheld rows too, as FREQ would show
+        out["called_ct"], out["missing_ct"], alt = calls  # them: a variant filter can still drop such rows
+        out["alt_ct"] = np.where(rules.get("minor_allele_count", False), 0, alt)
     for rule in RULES:
         if rule in rules:
             out[f"withheld_{rule}"] = np.asarray(rules[rule], dtype=bool)
@@ -270,6 +274,21 @@ def release(
     if finish is not None:
         summary["finished_by_stations"] = int(finish.sum())
     return out, summary
+
+
+def _own_calls(kind: str, result: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """This station's called and missing samples and ALT alleles per variant row: counts FREQ shows."""
+    if kind == "counts":
+        c = np.asarray(result["counts"]).sum(axis=1)
+        return c[:, :3].sum(axis=1), c[:, 3], c[:, 1] + 2 * c[:, 2]
+    if kind == "linear":
+        missing = np.asarray(result["n_miss"], dtype=np.int64)
+        alt = np.rint(np.asarray(result["cg"])[:, 0]).astype(np.int64) if len(missing) else missing
+        return int(result["n"]) - missing, missing, alt
+    if kind == "logistic_score":
+        c = np.asarray(result["counts"]).sum(axis=1)  # called samples, ALT alleles, missing samples
+        return c[:, 0], c[:, 2], c[:, 1]
+    return None
 
 
 def _rows(mask: np.ndarray, like: np.ndarray) -> np.ndarray:

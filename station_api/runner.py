@@ -417,6 +417,8 @@ def run_task(
     """
     request, task = prepared.request, prepared.task
     computed = compute(prepared, on_block, compute_lock, cache)
+    if request.secure is not None:  # masked arrays are added row by row: lay them on the round's rows first
+        computed = on_frame(request, task, computed)
     result = dict(computed.result)
     if withhold:
         result["withheld"] = np.array(True)
@@ -427,8 +429,6 @@ def run_task(
     else:
         if secrets is None:
             raise InputError("this station has no key-agreement key, so it cannot take part in secure aggregation")
-        if "frame" in task:
-            released = conform(request.kind, released, task["frame"])
         masked = secrets.mask(released, request.secure.session, request.secure.round, participants_of(request.secure))
         payload = encode_arrays(masked, n_rows, compress=False)
         summary["secure_round"] = request.secure.round
