@@ -242,6 +242,20 @@ def station_audit(
     out.print(table)
 
 
+@station_app.command("audit-state")
+def station_audit_state(station: Annotated[Path, typer.Option(help="station directory")]) -> None:
+    """Show the query audit's record: its scope and group, the people and selections it holds."""
+    from station_api.config import read_config
+    from station_api.query_audit import QueryAudit
+
+    read_config(station)  # a station directory, or a clear error
+    state = QueryAudit(station).describe()
+    table = Table(title=f"query audit of {station}", show_header=False)
+    for key, value in state.items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    out.print(table)
+
+
 @app.command()
 def ingest(
     station: Annotated[Path, typer.Option(help="station directory")],

@@ -343,6 +343,7 @@ def create_app(station_dir: Path) -> FastAPI:
             "datasets": datasets,
             "policy": policy.model_dump(),
             "count_rounding": step,
+            "audit": {k: v for k, v in manager.query_audit.describe().items() if k in ("scope", "group")},
         }
 
     @app.post("/tasks", status_code=202, tags=["researcher"], openapi_extra={"x-roles": ["researcher"]})
