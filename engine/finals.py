@@ -12,21 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Every ERRCODE either model writes; a final's code is its index here.
-ERRCODES = (
-    "",
-    ".",
-    "CONST_OMITTED_ALLELE",
-    "CONST_ALLELE",
-    "CORR_TOO_HIGH",
-    "VIF_TOO_HIGH",
-    "SAMPLE_CT<=COVAR_CT",
-    "INVALID_RESULT",
-    "VIF_INFINITE",
-    "FIRTH_CONVERGE_FAIL",
-    "UNFINISHED",
-    "WITHHELD",
-)
+from engine.linear import ERRCODE_NAMES
+
+#: Every ERRCODE either model writes (linear's, then logistic's own); a final's code is its index here.
+ERRCODES = (*ERRCODE_NAMES, "VIF_INFINITE", "FIRTH_CONVERGE_FAIL", "UNFINISHED")
 #: The numeric columns of each model's final statistics (besides the codes).
 NUMBERS = {
     "linear": ("OBS_CT", "BETA", "SE", "T_STAT", "LOG10_P", "A1_FREQ"),

@@ -189,14 +189,14 @@ def open_round(
     strangers = sorted(set(blobs) - {n for n, _ in others})
     if strangers:
         raise InputError(f"the opening carries messages from stations outside the round: {', '.join(strangers)}")
-    peers: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
-    for name, key in others:
-        if name not in blobs:
-            raise PolicyRefusalError(
-                "sealed_round",
-                f"the opening lacks the sealed message of station {name}: every participant's totals are needed",
-            )
-        peers[name] = unseal(secrets, name, key, context, blobs[name])
+    missing = [name for name, _ in others if name not in blobs]
+    if missing:
+        raise PolicyRefusalError(
+            "sealed_round",
+            f"the opening lacks the sealed message of station {', '.join(missing)}: every participant's totals "
+            "are needed",
+        )
+    peers = {name: unseal(secrets, name, key, context, blobs[name]) for name, key in others}
     pooled = _lazy_sum([sealed.masked, *(arrays for _, arrays in peers.values())], [secrets.name, *peers])
     if audit is None:
         admission = Admission("local", tuple(int(m.sum()) for m in sealed.members))

@@ -86,10 +86,12 @@ def refusal(rule: str, message: str) -> PolicyRefusalError:
 
 
 ISOLATES = (
-    "together with statistics this station released before (to anyone, over any of its datasets), this "
-    "selection would let someone compute a total over fewer than {k} people; change the sample filter, "
-    "phenotype or covariates (a selection already answered is always answered again)"
+    "together with statistics {who} released before (to anyone, over any dataset), this selection would let "
+    "someone compute a total over fewer than {k} people; change the sample filter, phenotype or covariates "
+    "(a selection already answered is always answered again)"
 )
+#: Whose earlier releases a refusal is about: judged on this station's people, or on the audit group's.
+WHO = {"local": "this station", "pooled": "the stations of this audit group (judged on their totals)"}
 TOO_COMPLEX = (
     "this station cannot prove that this selection, combined with everything it released before, describes "
     "{k} people or more (too many small groups to check); use a selection answered before"
@@ -234,7 +236,7 @@ class QueryAudit:
         self._save()
         if not verdict.safe:
             template = TOO_COMPLEX if verdict.reason == "too_complex" else ISOLATES
-            raise refusal("query_audit", template.format(k=k))
+            raise refusal("query_audit", template.format(k=k, who=WHO[status]))
 
     # -- masked rounds: seal and open -------------------------------------------------------------------
     def seal(

@@ -145,6 +145,21 @@ class TaskRecord:
         }
 
 
+def _record(user: str, request: TaskRequest, plan: _Plan, prepared: Prepared | None = None) -> TaskRecord:
+    """A new task (an opening or a finishing step runs on what its seal kept, so without ``prepared``; it
+    was approved with its seal)."""
+    return TaskRecord(
+        id=secrets.token_hex(16),
+        user=user,
+        request=request,
+        prepared=prepared,
+        status="queued",
+        submitted_at=now(),
+        variants_total=prepared.n_variants if prepared is not None else 0,
+        plan=plan,
+    )
+
+
 def request_summary(request: TaskRequest) -> dict[str, Any]:
     """What the audit log and the approver see of a request (no state arrays)."""
     return {
@@ -231,16 +246,7 @@ class TaskManager:
             plan.context = context.hex()
             plan.members = members
             plan.audited = guard
-        record = TaskRecord(
-            id=secrets.token_hex(16),
-            user=user,
-            request=request,
-            prepared=prepared,
-            status="queued",
-            submitted_at=now(),
-            variants_total=prepared.n_variants,
-            plan=plan,
-        )
+        record = _record(user, request, plan, prepared)
         return self._admit(record, manual=policy.approval == "manual")
 
     def _submit_opening(self, user: str, request: TaskRequest) -> TaskRecord:
@@ -248,32 +254,12 @@ class TaskManager:
         context = judge_context(request)
         sealed = self.sealed.take(context.hex(), request, user)
         self._claim(context_digest(request.secure.session, request.secure.round, participants_of(request.secure)))
-        record = TaskRecord(
-            id=secrets.token_hex(16),
-            user=user,
-            request=request,
-            prepared=None,
-            status="queued",
-            submitted_at=now(),
-            variants_total=0,
-            plan=_Plan(context=context.hex(), opening=sealed),
-        )
-        return self._admit(record, manual=False)  # its seal was approved
+        return self._admit(_record(user, request, _Plan(context=context.hex(), opening=sealed)), manual=False)
 
     def _submit_finishing(self, user: str, request: TaskRequest) -> TaskRecord:
         context = judge_context(request).hex()
         finishing = self.sealed.finishing(context, user)
-        record = TaskRecord(
-            id=secrets.token_hex(16),
-            user=user,
-            request=request,
-            prepared=None,
-            status="queued",
-            submitted_at=now(),
-            variants_total=0,
-            plan=_Plan(context=context, finishing=finishing),
-        )
-        return self._admit(record, manual=False)  # the rows of an approved round
+        return self._admit(_record(user, request, _Plan(context=context, finishing=finishing)), manual=False)
 
     def _admit(self, record: TaskRecord, manual: bool) -> TaskRecord:
         summary = request_summary(record.request)

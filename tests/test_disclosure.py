@@ -201,7 +201,21 @@ def test_sealed_round__stations_refuse_a_missing_or_altered_message_and_stranger
         }
         seal = httpx.post(f"{c0.url}/tasks", json={**body, "exchange": {"phase": "seal"}}, headers=auth(s0.researcher))
         assert seal.status_code == 202, seal.text
-        # an opening that lacks one peer's message, or carries a forged one
+        # an opening that lacks a peer's message, or carries a forged one
+        r = httpx.post(
+            f"{c0.url}/tasks",
+            json={**body, "exchange": {"phase": "open", "blobs": {"nijmegen": "QUJD"}}},
+            headers=auth(s0.researcher),
+        )
+        status = _wait(c0.url, r.json()["id"], s0.researcher)
+        assert status["status"] == "failed" and "lacks the sealed message of station barcelona" in status["error"]
+        seal = httpx.post(
+            f"{c0.url}/tasks",
+            json={**body, "secure": {**body["secure"], "round": 1}, "exchange": {"phase": "seal"}},
+            headers=auth(s0.researcher),
+        )
+        assert seal.status_code == 202, seal.text
+        body = {**body, "secure": {**body["secure"], "round": 1}}
         forged = {"nijmegen": "QUJD", "barcelona": "QUJD"}
         r = httpx.post(
             f"{c0.url}/tasks",

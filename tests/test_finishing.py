@@ -3,6 +3,8 @@ yet its result is exact (the stations finish it); alone, a station withholds it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -71,6 +73,15 @@ def stations(root: Path, data: dict[str, Path]) -> list[tuple[str, Path, str]]:
     return out
 
 
+@contextmanager
+def federation(root: Path, data: dict[str, Path], n: int = 3) -> Iterator[tuple[Federation, list[str], list[str]]]:
+    """``n`` stations served, and a federation over them (masked with three); yields it, URLs and tokens."""
+    st = stations(root, data)[:n]
+    with station_processes([p for _, p, _ in st], threads=1) as urls:
+        clients = [StationClient(name, u, t) for (name, _, t), u in zip(st, urls, strict=True)]
+        yield Federation(clients), urls, [t for _, _, t in st]
+
+
 def ols(pheno: pl.DataFrame, g: np.ndarray) -> tuple[float, float]:
     """statsmodels' beta and SE of the genotype, samples without a call dropped (as PLINK 2 does)."""
     keep = g >= 0
@@ -88,10 +99,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Pa
 
 def test_one_missing_call__sums_stay_with_the_stations_and_the_result_is_exact(cohort: tuple, tmp_path: Path) -> None:
     _, data, pheno, geno = cohort
-    st = stations(tmp_path, data)
-    with station_processes([p for _, p, _ in st], threads=1) as urls:
-        clients = [StationClient(n, u, t) for (n, _, t), u in zip(st, urls, strict=True)]
-        frame = Federation(clients, secure_aggregation="on").query("GWAS LINEAR ldl ~ age + sex")
+    with federation(tmp_path, data) as (fed, urls, tokens):
+        frame = fed.query("GWAS LINEAR ldl ~ age + sex")
         rows = {r["POS"]: r for r in frame.iter_rows(named=True)}
         for pos in MISSING:
             beta, se = ols(pheno, geno[pos])
@@ -101,7 +110,7 @@ def test_one_missing_call__sums_stay_with_the_stations_and_the_result_is_exact(c
             assert rows[pos]["SE"] == pytest.approx(se, rel=1e-8)
         # what the opening released: the 1-missing variant (pooled 1 person) and the 3-missing one were not
         # among the sums; the stations finished them
-        tasks = httpx.get(f"{urls[0]}/tasks", headers=auth(st[0][2])).json()
+        tasks = httpx.get(f"{urls[0]}/tasks", headers=auth(tokens[0])).json()
         opened = [t["released"] for t in tasks if t["kind"] == "linear" and "withheld_by" in (t["released"] or {})]
         assert [r["finished_by_stations"] for r in opened] == [2]
         assert opened[0]["withheld_by"] == {"missing_genotypes": 2}
@@ -109,10 +118,8 @@ def test_one_missing_call__sums_stay_with_the_stations_and_the_result_is_exact(c
 
 def test_one_missing_call__logistic_newton_rounds_run_among_the_stations(cohort: tuple, tmp_path: Path) -> None:
     _, data, pheno, geno = cohort
-    st = stations(tmp_path, data)
-    with station_processes([p for _, p, _ in st], threads=1) as urls:
-        clients = [StationClient(n, u, t) for (n, _, t), u in zip(st, urls, strict=True)]
-        frame = Federation(clients, secure_aggregation="on").query("GWAS LOGISTIC case ~ age + sex")
+    with federation(tmp_path, data) as (fed, _, _):
+        frame = fed.query("GWAS LOGISTIC case ~ age + sex")
     rows = {r["POS"]: r for r in frame.iter_rows(named=True)}
     for pos in MISSING:
         keep = geno[pos] >= 0
@@ -127,10 +134,8 @@ def test_one_missing_call__logistic_newton_rounds_run_among_the_stations(cohort:
 
 def test_one_missing_call__alone_a_station_withholds_it(cohort: tuple, tmp_path: Path) -> None:
     _, data, _, _ = cohort
-    st = stations(tmp_path, data)[:2]
-    with station_processes([p for _, p, _ in st], threads=1) as urls:
-        clients = [StationClient(n, u, t) for (n, _, t), u in zip(st, urls, strict=True)]
-        frame = Federation(clients).query("GWAS LINEAR ldl ~ age + sex")  # two stations: in the clear
+    with federation(tmp_path, data, n=2) as (fed, _, _):
+        frame = fed.query("GWAS LINEAR ldl ~ age + sex")  # two stations: in the clear
     rows = {r["POS"]: r for r in frame.iter_rows(named=True)}
     assert rows[101]["WITHHELD"] and rows[101]["WITHHELD_BY"] == "missing_genotypes"  # 1 at alpha
     assert rows[102]["WITHHELD"]  # 2 at alpha, 2 at beta: each alone is too few

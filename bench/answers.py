@@ -9,7 +9,7 @@ largest difference from PLINK 2 in -log10 P among the rows that came back.
 
 Usage::
 
-    python bench/coverage.py [--out bench/out/coverage] [--samples 3000] [--variants 8000] [--seed 1]
+    python bench/answers.py [--out bench/out/coverage] [--samples 3000] [--variants 8000] [--seed 1]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-OUT = Path(__file__).resolve().parent / "out" / "coverage"
+OUT = Path(__file__).resolve().parent / "out" / "answers"
 COVARS = "age + sex + pc1 + pc2"
 
 
