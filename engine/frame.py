@@ -62,6 +62,29 @@ FRAMES: dict[str, FrameSpec] = {
 FRAME_KINDS = tuple(FRAMES)
 
 
+def frame_rows(
+    result: dict[str, np.ndarray],
+    frame: dict[str, np.ndarray],
+    columns: tuple[str, ...] = KEY_COLUMNS,
+    keys_round: str = "variant_keys",
+) -> np.ndarray:
+    """Where each of the result's rows (its ``key_*`` columns) is in the frame.
+
+    Stations that hold the same rows as the frame (the usual case) skip the join.
+    """
+    mine = {c: np.asarray(result[f"key_{c}"]) for c in columns}
+    m = int(np.asarray(frame[columns[1]]).shape[0])
+    if all(mine[c].shape[0] == m and np.array_equal(mine[c], np.asarray(frame[c])) for c in columns):
+        return np.arange(m)
+    al = align([frame, mine], columns)
+    if al.n != m:
+        raise InputError(
+            f"this station holds {al.n - m} row(s) that the round's list lacks; the coordinator must send the "
+            f"union of every station's rows (run the {keys_round} round again)"
+        )
+    return al.index[1]
+
+
 def conform(kind: str, result: dict[str, np.ndarray], frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``result`` (with ``key_*`` columns) re-laid on ``frame`` (key columns), without the keys.
 
@@ -80,15 +103,8 @@ def conform(kind: str, result: dict[str, np.ndarray], frame: dict[str, np.ndarra
     if kind not in FRAMES:
         raise ValueError(f"a {kind!r} result has no per-row keys to conform")
     spec = FRAMES[kind]
-    mine = {c: np.asarray(result[f"key_{c}"]) for c in spec.columns}
     m = int(np.asarray(frame[spec.columns[1]]).shape[0])
-    al = align([frame, mine], spec.columns)
-    if al.n != m:
-        raise InputError(
-            f"this station holds {al.n - m} row(s) that the round's list lacks; the coordinator must send the "
-            f"union of every station's rows (run the {spec.keys_round} round again)"
-        )
-    rows = al.index[1]
+    rows = frame_rows(result, frame, spec.columns, spec.keys_round)
     absent = np.ones(m, dtype=bool)
     absent[rows] = False
     per_variant = spec.per_row

@@ -395,8 +395,7 @@ async def run_remote_async(
                         await finish_rows(task, sealed, rows, frame)
                 results = [total]
             if withheld_by is not None:
-                for r in results:
-                    withheld_by.add(r, task)
+                withheld_by.add(results, task)
             protocol.receive(results)
             if on_round is not None:
                 on_round(protocol.rounds, str(task["kind"]), time.perf_counter() - t0)

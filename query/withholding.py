@@ -27,23 +27,35 @@ class WithheldBy:
         #: Called and missing samples and ALT alleles of withheld rows (summed over stations).
         self.calls: dict[tuple[object, ...], list[int]] = {}
 
-    def add(self, result: dict[str, np.ndarray], task: dict[str, object]) -> None:
-        """Record a round's flags; its rows are keyed by its own ``key_*`` columns, or its task's."""
-        flags = {r: np.asarray(result[f"withheld_{r}"], dtype=bool) for r in RULES if f"withheld_{r}" in result}
-        if not flags:
-            return
-        source = result if any(f"key_{c}" in result for c in ("pos", "start")) else task
-        columns = next(cols for cols in ROW_KEYS if all(f"key_{c}" in source for c in cols))
-        keys = zip(*(np.asarray(source[f"key_{c}"]).tolist() for c in columns), strict=True)
-        counts = [result.get(f"{c}_ct") for c in ("called", "missing", "alt")]
-        for i, key in enumerate(keys):
-            hit = {r for r, f in flags.items() if f[i]}
-            if hit:
-                self.rules.setdefault(key, set()).update(hit)
-            if all(c is not None for c in counts):
-                calls = self.calls.setdefault(key, [0, 0, 0])
-                for j, c in enumerate(counts):
-                    calls[j] += int(c[i])  # type: ignore[index]
+    def add(self, results: list[dict[str, np.ndarray]], task: dict[str, object]) -> None:
+        """Record one round's flags (from each station in the clear, or their masked sum); each result's
+        rows are keyed by its own ``key_*`` columns, or its task's. The calls of a withheld row are summed
+        over every station's result, withheld there or not."""
+        withheld: set[tuple[object, ...]] = set()
+        keyed = []
+        for result in results:
+            flags = {r: np.asarray(result[f"withheld_{r}"], dtype=bool) for r in RULES if f"withheld_{r}" in result}
+            if not flags:
+                continue
+            source = result if any(f"key_{c}" in result for c in ("pos", "start")) else task
+            columns = next(cols for cols in ROW_KEYS if all(f"key_{c}" in source for c in cols))
+            keys = list(zip(*(np.asarray(source[f"key_{c}"]).tolist() for c in columns), strict=True))
+            hit = np.zeros(len(keys), dtype=bool)
+            for f in flags.values():
+                hit |= f
+            for i in np.flatnonzero(hit).tolist():  # only withheld rows: a table of 50,000 variants has few
+                self.rules.setdefault(keys[i], set()).update(r for r, f in flags.items() if f[i])
+                withheld.add(keys[i])
+            keyed.append((result, keys))
+        for result, keys in keyed:
+            counts = [result.get(f"{c}_ct") for c in ("called", "missing", "alt")]
+            if any(c is None for c in counts):
+                continue
+            for i, key in enumerate(keys):
+                if key in withheld:
+                    calls = self.calls.setdefault(key, [0, 0, 0])
+                    for j, c in enumerate(counts):
+                        calls[j] += int(c[i])  # type: ignore[index]
 
     def column(self, keys: Iterable[tuple[object, ...]], withheld: Iterable[bool]) -> list[str]:
         """``WITHHELD_BY`` for rows with these keys (empty where not withheld)."""

@@ -330,7 +330,7 @@ def compute(
     else:
         blocks = block_source(prepared, on_block, cache)
         seen: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
-        if request.kind in GENOTYPE_JUDGED:
+        if request.kind in GENOTYPE_JUDGED and request.kind != "linear":
             group, n_groups = judged_groups(prepared.design, request.kind)
             inner = blocks
 
@@ -341,11 +341,30 @@ def compute(
 
         with compute_lock if compute_lock is not None else nullcontext():
             result = execute(task, prepared.design, blocks)
+        if request.kind == "linear":  # the kernel's own sums give the genotype counts: no second pass
+            return Computed(result, linear_genotype_counts(result), np.array([int(result["n"])]))
         if request.kind in GENOTYPE_JUDGED:
             group, n_groups = judged_groups(prepared.design, request.kind)
             sizes = np.bincount(group[group >= 0], minlength=n_groups).astype(np.int64)
             return Computed(result, _counts_on_rows(result, task, seen, sizes), sizes)
     return Computed(result, people_rows(request.kind, result))
+
+
+def linear_genotype_counts(result: dict[str, np.ndarray]) -> np.ndarray:
+    """Genotype counts ``(rows, 1, 4)`` from a linear round's sums: with ``a = Σg`` and ``q = Σg²`` over
+    the called samples, hom-alt ``(q - a) / 2``, het ``a - 2 hom-alt``, hom-ref the rest of the called.
+
+    >>> r = {"n": np.array(6), "n_miss": np.array([1]), "cg": np.array([[3.0]]), "gg": np.array([5.0])}
+    >>> linear_genotype_counts(r)[0, 0].tolist()
+    [3, 1, 1, 1]
+    """
+    missing = np.asarray(result["n_miss"], dtype=np.int64)
+    alt = np.rint(np.asarray(result["cg"], dtype=float)[:, 0]).astype(np.int64) if missing.size else missing
+    squares = np.rint(np.asarray(result["gg"], dtype=float)).astype(np.int64)
+    hom_alt = (squares - alt) // 2
+    het = alt - 2 * hom_alt
+    hom_ref = int(result["n"]) - missing - het - hom_alt
+    return np.stack([hom_ref, het, hom_alt, missing], axis=1)[:, None, :]
 
 
 def _counts_on_rows(
