@@ -22,7 +22,7 @@ import numpy as np
 
 from engine import finals
 from engine.design import KEY_COLUMNS
-from engine.errors import BetterError
+from engine.errors import BetterError, InputError
 from engine.frame import FRAMES
 from engine.protocol import Protocol, Result, Task
 from query.finished import FinishedRows
@@ -396,10 +396,26 @@ async def run_remote_async(
                 results = [total]
             if withheld_by is not None:
                 withheld_by.add(results, task)
+            if protocol.rounds == 0 and str(task["kind"]) != "sample_count":
+                _refuse_empty(results)
             protocol.receive(results)
             if on_round is not None:
                 on_round(protocol.rounds, str(task["kind"]), time.perf_counter() - t0)
     return protocol.result()
+
+
+def _refuse_empty(results: list[Result]) -> None:
+    """A selection that matches nobody at any station is a clear error, not a table of zeros."""
+    sizes = [
+        int(r["n"]) if "n" in r else int(np.asarray(r["group_size"]).sum())
+        for r in results
+        if "n" in r or "group_size" in r
+    ]
+    if sizes and sum(sizes) == 0:
+        raise InputError(
+            "the selection matches no sample at any station (check the WHERE conditions against the data's "
+            "coding, e.g. sex is 1/2 in PLINK files, and that the phenotype and covariates are not all missing)"
+        )
 
 
 def run_remote(protocol: Protocol, stations: list[StationClient], model: Model) -> dict[str, np.ndarray]:

@@ -259,3 +259,11 @@ def test_local_scope__a_station_alone_audits_over_its_own_people(small_cohort: P
         fed.query(f"GWAS LINEAR ldl ~ sex WHERE age >= {a}")
         assert refused(fed, "GWAS LINEAR ldl ~ sex + age")
         assert withheld(fed.query("COUNT WHERE age >= 0 AND ldl >= -100"))  # the same tracker's third set
+
+
+def test_empty_selection__is_a_clear_refusal_not_zeros(small_cohort: Path, tmp_path: Path) -> None:
+    with federation(tmp_path, small_cohort) as (fed, _):
+        for text in ("FREQ WHERE age > 500", "GWAS LINEAR ldl ~ sex WHERE age > 500"):
+            with pytest.raises(Exception, match="matches no sample at any station"):
+                fed.query(text)
+        assert fed.query("COUNT WHERE age > 500")["COUNT"].to_list() == [0]  # a count of nobody is 0
