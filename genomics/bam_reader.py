@@ -24,6 +24,7 @@ from isal import igzip, isal_zlib
 
 from engine.errors import InputError
 from engine.kernels.reads import BAD_RECORD, CIGAR_IN_TAG, OK, parse_records
+from genomics.paths import input_file
 
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _READ_BYTES = 8 << 20
@@ -77,9 +78,7 @@ class AlignmentInfo:
 
 def inspect(path: str | os.PathLike[str], reference: str | None = None) -> AlignmentInfo:
     """Check that ``path`` is an indexed, coordinate-sorted BAM or CRAM and read its header."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
+    p = Path(input_file(path, "BAM or CRAM file"))
     with open(p, "rb") as f:
         magic = f.read(4)
     if magic[:2] == b"\x1f\x8b":

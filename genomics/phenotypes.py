@@ -8,17 +8,29 @@ values are written ``NA``, ``.``, ``NaN`` or left empty.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from engine.errors import InputError
+from genomics.paths import input_file
 
 MISSING_TOKENS = frozenset({"", "NA", "na", "N/A", "NaN", "nan", ".", "null", "NULL"})
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INT = re.compile(r"^[+-]?[0-9]+$")
 RESERVED = frozenset({"sample_id", "sample_index", "station"})
+#: The query language's keywords (query/grammar.lark; a test keeps the two in step) and variant-filter
+#: names: a phenotype column by such a name could not be named in a query.
+QUERY_WORDS = frozenset(
+    {
+        "explain", "count", "samples", "freq", "hwe", "gwas", "coverage", "reads", "pileup", "min_base_quality",
+        "min_mapping_quality", "linear", "logistic", "on", "where", "and", "is", "not", "missing", "adjust",
+        "station", "test", "wald", "score", "firth", "maf", "mac", "call_rate", "hwe_p", "filter",
+    }
+)  # fmt: skip
+_INT64 = 2**63
 
 
 @dataclass
@@ -44,7 +56,7 @@ class PhenotypeTable:
 
 def _value_type(text: str) -> str:
     if _INT.match(text):
-        return "int64"
+        return "int64" if -_INT64 <= int(text) < _INT64 else "float64"  # beyond int64: a number, as PLINK reads it
     try:
         float(text)
     except ValueError:
@@ -64,11 +76,10 @@ def read_phenotypes(path: str) -> PhenotypeTable:
     >>> [str(f.type) for f in t.schema], t.column("age").to_pylist()
     (['string', 'int64', 'double', 'string'], [61, None])
     """
+    input_file(path, "phenotype table")
     try:
         with open(path, newline="", encoding="utf-8") as f:
             text = f.read()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such phenotype file") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text; save the phenotype table as a tab-separated text file") from None
     lines = text.splitlines()
@@ -92,6 +103,11 @@ def read_phenotypes(path: str) -> PhenotypeTable:
             )
         if name in RESERVED:
             raise InputError(f"{path}: line 1: column name {name!r} is reserved; rename it")
+        if name.lower() in QUERY_WORDS:
+            raise InputError(
+                f"{path}: line 1: column name {name!r} is a word of the query language, so no query could name "
+                f"it; rename it (e.g. {name}_value)"
+            )
         if name in seen:
             raise InputError(f"{path}: line 1: column {name!r} appears twice")
         seen.add(name)
@@ -150,7 +166,14 @@ def _typed_column(
         return pa.array(values, type=pa.string())
     if kind == "int64":
         return pa.array([None if v is None else int(v) for v in values], type=pa.int64())
-    return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
+    numbers = [None if v is None else float(v) for v in values]
+    bad = next((i for i, x in enumerate(numbers) if x is not None and not math.isfinite(x)), None)
+    if bad is not None:
+        raise InputError(
+            f"{path}: line {first_line[ids[bad]]}, column {name!r}: {values[bad]!r} is not a finite number; "
+            "fix it or write NA for missing"
+        )
+    return pa.array(numbers, type=pa.float64())
 
 
 def match_samples(pheno: PhenotypeTable, vcf_samples: list[str], vcf_path: str) -> tuple[pa.Table, int]:

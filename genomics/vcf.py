@@ -7,7 +7,6 @@ cyvcf2 (:mod:`genomics.vcf_cyvcf2`). The format is told from the file's bytes, n
 from __future__ import annotations
 
 import gzip
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.errors import InputError
+from genomics.paths import input_file
 from genomics.vcf_header import VcfHeader
 
 Format = Literal["vcf", "vcf.gz", "bcf"]
@@ -23,8 +23,7 @@ Format = Literal["vcf", "vcf.gz", "bcf"]
 
 def detect_format(path: str) -> Format:
     """Tell VCF text, gzip-compressed VCF text and BCF apart by their first bytes."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
+    input_file(path, "VCF or BCF file")
     with open(path, "rb") as f:
         magic = f.read(2)
     if magic != b"\x1f\x8b":

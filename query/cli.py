@@ -133,17 +133,32 @@ def station_init(
 @station_app.command("token")
 def station_token(
     station: Annotated[Path, typer.Option(help="station directory")],
-    user: Annotated[str, typer.Option(help="who the token is for (letters, digits, _ . @ -)")],
+    user: Annotated[str | None, typer.Option(help="who the token is for (letters, digits, _ . @ -)")] = None,
     role: Annotated[str, typer.Option(help="researcher (submits tasks) or admin (audit, approvals, policy)")] = (
         "researcher"
     ),
+    revoke: Annotated[
+        str | None, typer.Option(help="revoke instead: the token with this id, or every token of this user")
+    ] = None,
 ) -> None:
-    """Create a token. It is printed once, alone on the last line; the station keeps only its hash."""
+    """Create a token (printed once, alone on the last line; the station keeps only its hash), or revoke."""
     from genomics.store import Store
     from station_api.audit import AuditLog
     from station_api.auth import new_token
     from station_api.config import ROLES, read_config, write_config
 
+    if revoke is not None:
+        config = read_config(station)
+        gone = [t for t in config.tokens if revoke in (t.id, t.user)]
+        if not gone:
+            raise BetterError(f"no token with id or user {revoke!r} at {station}")
+        write_config(station, config.model_copy(update={"tokens": [t for t in config.tokens if t not in gone]}))
+        for t in gone:
+            AuditLog(Store.open(station)).append("admin-cli", "token.revoked", {"user": t.user, "id": t.id})
+        err.print(f"revoked {len(gone)} token(s): {', '.join(f'{t.id} ({t.user})' for t in gone)}")
+        return
+    if user is None:
+        raise BetterError("--user: who the token is for (or --revoke ID_OR_USER)")
     if role not in ROLES:
         raise BetterError(f"role {role!r}: use researcher or admin")
     config = read_config(station)

@@ -161,12 +161,10 @@ class Federation:
     # -- the async parts ---------------------------------------------------------------------------------
     async def catalogs(self, stations: list[StationClient]) -> list[StationCatalog]:
         """What each station holds (``GET /station``), all asked at once."""
-        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+        async with httpx.AsyncClient() as client:
 
             async def one(s: StationClient) -> StationCatalog:
-                r = await s._call(client, "GET", "/station")
-                s._check(r, "station info")
-                info = r.json()
+                info = await s.station_info(client)
                 return StationCatalog(
                     s.name,
                     {d["name"]: d for d in info["datasets"]},
@@ -225,10 +223,17 @@ class Federation:
         """Plan and run a parsed query (the async form of :meth:`query`, for callers with a loop)."""
         stations = list(self.stations)
         left_out: list[str] = []
+        was_secure = False
         while True:
             secure = None
             try:
                 p, secure = await self._plan(q, stations, naive)
+                if was_secure and secure is None:  # never fall back to the clear
+                    raise InputError(
+                        f"left out {', '.join(left_out)}; the {len(stations)} station(s) that remain are too few for "
+                        f"secure aggregation ({MIN_STATIONS} at least), and the query does not run again in the clear"
+                    )
+                was_secure = secure is not None
                 self.last_plan = p
                 frame = await _execute(p, stations, on_round, secure)
                 break

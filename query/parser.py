@@ -17,6 +17,7 @@ from lark.exceptions import VisitError
 
 from engine.errors import BetterError
 from genomics.regions import Region
+from station_api.wire import MAX_CONDITIONS, MAX_REGIONS
 
 #: Pooled variant quantities usable in WHERE; anything else names a phenotype column.
 VARIANT_FILTERS = ("maf", "mac", "call_rate", "hwe_p", "filter")
@@ -239,6 +240,13 @@ class _Build(Transformer):
         where = parts["where"]
         variant = tuple(c for c in where if c.column.text.lower() in VARIANT_FILTERS)
         sample = tuple(c for c in where if c.column.text.lower() not in VARIANT_FILTERS)
+        if len(sample) > MAX_CONDITIONS:
+            extra_at = sample[MAX_CONDITIONS].column
+            raise QueryError(
+                self.text, extra_at.start, extra_at.end, f"at most {MAX_CONDITIONS} sample conditions in a query"
+            )
+        if len(parts["regions"]) > MAX_REGIONS:
+            raise QueryError(self.text, 0, len(self.text), f"at most {MAX_REGIONS} regions in a query; merge them")
         return Query(
             text=self.text,
             verb=verb,  # type: ignore[arg-type]

@@ -128,10 +128,18 @@ class StationClient:
         return {"Authorization": f"Bearer {self.token}"}
 
     async def _call(self, client: httpx.AsyncClient, method: str, path: str, **kw: Any) -> httpx.Response:
-        """One HTTP call, retried on connection errors (not on answers: a refusal is final)."""
+        """One HTTP call within this station's timeout, retried on connection errors (not on answers: a
+        refusal is final; not on a station that accepted the connection and then said nothing)."""
+        kw.setdefault("timeout", httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)))
         for attempt in range(self.retries + 1):
             try:
                 return await client.request(method, self.url.rstrip("/") + path, headers=self._headers(), **kw)
+            except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
+                raise StationError(
+                    self.name,
+                    f"no answer to {method} {path} within {self.timeout:g} s (the federation file's timeout)",
+                    dropout=True,
+                ) from None
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     raise StationError(
@@ -220,6 +228,13 @@ class StationClient:
         self._check(r, "result download")
         self.timings.append(time.perf_counter() - t0)
         return decode_arrays(r.content, f"result from station {self.name}")
+
+    async def station_info(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        """``GET /station``: the datasets, their variables and the policy."""
+        r = await self._call(client, "GET", "/station")
+        self._check(r, "station info")
+        info: dict[str, Any] = r.json()
+        return info
 
     async def give_back(self, client: httpx.AsyncClient, tasks: list[str]) -> None:
         """Cancel seals whose round will not be opened, so that the station frees its audit at once."""

@@ -155,6 +155,10 @@ def create_app(station_dir: Path) -> FastAPI:
     config = read_config(station_dir)
     audit = AuditLog(store)
     audit.create_view()
+    checked = audit.verify()
+    if not checked.ok:  # the station keeps serving (and logging, chained from the head) and says so
+        audit.damaged = checked.problem
+        log.warning("audit log needs attention: %s (better station audit --verify)", checked.problem)
     live = _Live(config, (Path(station_dir) / CONFIG_FILE).stat().st_mtime_ns)
     key = load_or_create_key(Path(station_dir))
     public_key = public_key_text(key)
@@ -344,6 +348,7 @@ def create_app(station_dir: Path) -> FastAPI:
             "policy": policy.model_dump(),
             "count_rounding": step,
             "audit": {k: v for k, v in manager.query_audit.describe().items() if k in ("scope", "group")},
+            "audit_log": f"needs attention: {audit.damaged}" if audit.damaged else "ok",
         }
 
     @app.post("/tasks", status_code=202, tags=["researcher"], openapi_extra={"x-roles": ["researcher"]})

@@ -59,6 +59,9 @@ class AuditLog:
         self.store = store
         self.path = Path(store.path) / LOG_FILE
         self.head_path = Path(store.path) / HEAD_FILE
+        #: Set when an append found the log's tail not matching its head (rows deleted, a torn line):
+        #: the station keeps logging, chained from the head, and says that the log needs attention.
+        self.damaged = ""
 
     @contextmanager
     def _locked(self) -> Iterator[BinaryIO]:
@@ -74,7 +77,7 @@ class AuditLog:
         text = json.dumps(detail, sort_keys=True, default=str, separators=(",", ":"))
         at = datetime.now(UTC).isoformat(timespec="milliseconds")
         with self._locked() as f:
-            seq, prev = self._head_of(f)
+            seq, prev = self._anchor(f)
             seq += 1
             digest = row_hash(seq, at, actor, action, text, prev)
             row = dict(zip(FIELDS, (seq, at, actor, action, text, prev, digest), strict=True))
@@ -86,20 +89,54 @@ class AuditLog:
             tmp.replace(self.head_path)
         return seq
 
-    def _head_of(self, f: BinaryIO) -> tuple[int, str]:
-        """The last row's (seq, hash), read from the end of the open log."""
+    def _anchor(self, f: BinaryIO) -> tuple[int, str]:
+        """The (seq, hash) the next row chains from: the head's, which a deleted or torn tail cannot move
+        (so a gap stays a gap, never healed by the next row). The log's last row serves when the head is
+        missing, or is one row behind it (a crash between writing the row and the head)."""
+        head = self._read_head()
+        last = self._last_row(f)
+        if head is None:
+            if last is None and f.tell() > 0:
+                self.damaged = f"{LOG_FILE} ends in a line that is not a row, and {HEAD_FILE} is missing"
+            return (last[0], last[1]) if last is not None else (0, GENESIS)
+        if last is not None and last[0] == head[0] + 1 and last[2] == head[1]:
+            return last[0], last[1]
+        if last is None or last[:2] != head:
+            self.damaged = f"{LOG_FILE}'s last row does not match {HEAD_FILE} (rows deleted, or a line torn by a crash)"
+        return head
+
+    def _read_head(self) -> tuple[int, str] | None:
+        try:
+            head = json.loads(self.head_path.read_text())
+            return int(head["seq"]), str(head["hash"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _last_row(self, f: BinaryIO) -> tuple[int, str, str] | None:
+        """The last line's (seq, hash, prev_hash) if it is a row; a torn last line gets its newline, so
+        that the next row starts on a line of its own. ``f`` is left at the end."""
         f.seek(0, os.SEEK_END)
         size = f.tell()
         if size == 0:
-            return 0, GENESIS
+            return None
+        f.seek(size - 1)
+        if f.read(1) != b"\n":
+            f.write(b"\n")
+            f.flush()
+            return None
         back = min(size, 1 << 16)
         while True:
             f.seek(size - back)
             lines = f.read(back).rstrip(b"\n").split(b"\n")
             if len(lines) > 1 or back == size:
-                last = json.loads(lines[-1])
-                return int(last["seq"]), str(last["hash"])
+                break
             back = min(size, back * 4)
+        f.seek(0, os.SEEK_END)
+        try:
+            last = json.loads(lines[-1])
+            return int(last["seq"]), str(last["hash"]), str(last["prev_hash"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def _read(self) -> list[dict[str, Any]]:
         if not self.path.exists():

@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from engine.errors import StoreError
 
@@ -20,27 +20,36 @@ ANALYSES = ("count", "freq", "hwe", "gwas_linear", "gwas_logistic", "coverage", 
 ROLES = ("researcher", "admin")
 
 
+StationName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+AgreementKey = Annotated[str, StringConstraints(pattern=r"^x25519:[A-Za-z0-9+/]{43}=$")]
+
+
 class Policy(BaseModel):
     """What may leave the station. Every value errs on the side of the patient."""
 
     model_config = ConfigDict(extra="forbid")
 
-    min_cell_count: int = Field(5, ge=1, description="counts below this are withheld")
-    min_minor_allele_count: int = Field(5, ge=0, description="local MAC needed for per-variant statistics")
+    min_cell_count: int = Field(5, ge=1, le=1000, description="no released combination may describe fewer people")
+    min_minor_allele_count: int = Field(
+        5, ge=0, le=1000, description="a variant's minor allele seen fewer times (but some) is withheld"
+    )
     allowed_analyses: list[
         Literal["count", "freq", "hwe", "gwas_linear", "gwas_logistic", "coverage", "reads", "pileup"]
     ] = Field(
         default_factory=lambda: list(ANALYSES)  # type: ignore[arg-type]
     )
-    max_variants_per_task: int = Field(1_000_000, ge=1)
+    max_variants_per_task: int = Field(1_000_000, ge=1, le=100_000_000)
     rate_limit_per_minute: int = Field(
-        600, ge=1, description="task rounds per user per minute (a logistic GWAS takes about 10 to 60 rounds)"
+        600,
+        ge=1,
+        le=100_000,
+        description="task rounds per user per minute (a logistic GWAS takes about 10 to 60 rounds)",
     )
     approval: Literal["auto", "manual"] = "auto"
-    min_cases: int = Field(5, ge=1, description="a binary trait needs this many cases here (or none)")
-    min_controls: int = Field(5, ge=1, description="and this many controls (or none)")
+    min_cases: int = Field(5, ge=1, le=100_000, description="a binary trait needs this many cases (or none)")
+    min_controls: int = Field(5, ge=1, le=100_000, description="and this many controls (or none)")
     min_samples_per_parameter: int = Field(
-        10, ge=1, description="analysed samples needed per model parameter (covariates + genotype)"
+        10, ge=1, le=10_000, description="analysed samples needed per model parameter (covariates + genotype)"
     )
     differencing_guard: bool = Field(
         True,
@@ -58,8 +67,9 @@ class Policy(BaseModel):
     min_secure_participants: int = Field(
         3, ge=2, le=64, description="stations a securely aggregated round needs, this one included"
     )
-    secure_peers: dict[str, str] = Field(
+    secure_peers: dict[StationName, AgreementKey] = Field(
         default_factory=dict,
+        max_length=64,
         description="if set, the only stations (name = agreement key) this station masks together with",
     )
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine.errors import InputError
-from station_api.secure_agg import StationSecrets, parse_agreement_key
+from station_api.secure_agg import StationSecrets, shared_secret
 from station_api.wire import decode_arrays, encode_arrays
 
 _NONCE = bytes(12)  # every key seals one message: the key is unique to (round, sender, recipient)
@@ -37,9 +37,7 @@ MAX_BLOB_CHARS = 128 << 20
 
 
 def _key(secrets: StationSecrets, peer_key: str, context: bytes, sender: str, recipient: str) -> bytes:
-    shared = secrets.key.exchange(
-        parse_agreement_key(peer_key, f"participant {sender if sender != secrets.name else recipient}")
-    )
+    shared = shared_secret(secrets.key, peer_key, f"participant {sender if sender != secrets.name else recipient}")
     info = f"better sealed v1 {sender}>{recipient}".encode()
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=context, info=info).derive(shared)
 

@@ -95,9 +95,23 @@ def keystream(key: bytes, words: int) -> np.ndarray:
     return fixedpoint.from_bytes(enc.update(bytes(16 * words)) + enc.finalize(), (words,))
 
 
-def pair_key(mine: X25519PrivateKey, peer: X25519PublicKey, context: bytes) -> bytes:
-    """The 32-byte mask key two stations share for one round."""
-    shared = mine.exchange(peer)
+def shared_secret(mine: X25519PrivateKey, peer_text: str, who: str) -> bytes:
+    """The X25519 secret this station shares with a peer, from the peer's ``x25519:...`` key.
+
+    A key of low order (all zeros, say) gives no secret: an :class:`InputError` naming ``who``.
+    """
+    peer = parse_agreement_key(peer_text, who)
+    try:
+        return mine.exchange(peer)
+    except ValueError:
+        raise InputError(
+            f"{who}: the agreement key {peer_text[:60]!r} gives no shared secret; it is not a usable "
+            "X25519 key (pin the key the station's /info shows)"
+        ) from None
+
+
+def pair_key(shared: bytes, context: bytes) -> bytes:
+    """The 32-byte mask key two stations share for one round, from their X25519 secret."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=context, info=_INFO).derive(shared)
 
 
@@ -133,8 +147,8 @@ class StationSecrets:
         for peer_name, peer_text in participants:
             if peer_name == self.name:
                 continue
-            peer = parse_agreement_key(peer_text, f"participant {peer_name}")
-            stream = keystream(pair_key(self.key, peer, context), words.shape[0])
+            shared = shared_secret(self.key, peer_text, f"participant {peer_name}")
+            stream = keystream(pair_key(shared, context), words.shape[0])
             (add_into if self.name < peer_name else subtract_into)(words, stream)
         out: dict[str, np.ndarray] = {}
         start = 0

@@ -50,6 +50,7 @@ from station_api.secure_agg import (
     context_digest,
     load_or_create_agreement_key,
     participants_of,
+    shared_secret,
 )
 from station_api.signing import canonical, load_or_create_key, sha256, sign
 from station_api.wire import KEY_KINDS, SEALED_KINDS, TaskRequest
@@ -218,6 +219,10 @@ class TaskManager:
         prepared = prepare(self.datasets, request, policy)
         check_task(request, policy, prepared.n_variants)
         check_secure(request, policy, self.config.name, self.masking.public_text)
+        if request.secure is not None:  # a key that gives no shared secret is refused now, by name
+            for name, key in participants_of(request.secure):
+                if name != self.config.name:
+                    shared_secret(self.masking.key, key, f"participant {name}")
         members = self._members(prepared)
         guard = policy.differencing_guard and bool(members)
         plan = _Plan()

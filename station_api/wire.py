@@ -46,6 +46,9 @@ ANALYSIS_KINDS: dict[str, tuple[str, ...]] = {
 READ_ANALYSES = ("coverage", "reads", "pileup")
 KINDS = tuple(dict.fromkeys(k for kinds in ANALYSIS_KINDS.values() for k in kinds))
 
+#: Sample-filter conditions and regions a task may carry (the query language says so before sending).
+MAX_CONDITIONS = 32
+MAX_REGIONS = 256
 #: Hard ceilings on what a payload may declare, whatever the HTTP layer let through.
 MAX_PAYLOAD_BYTES = 512 << 20
 MAX_ARRAY_VALUES = 1 << 28
@@ -174,8 +177,10 @@ class TaskRequest(BaseModel):
     covariates: list[Name] = Field(default_factory=list, max_length=64)
     binary: bool = False
     groups: Literal[1, 2] = 1
-    where: list[Condition] = Field(default_factory=list, max_length=32)
-    regions: list[Annotated[str, StringConstraints(max_length=64)]] = Field(default_factory=list, max_length=256)
+    where: list[Condition] = Field(default_factory=list, max_length=MAX_CONDITIONS)
+    regions: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_REGIONS
+    )
     pass_only: bool = Field(False, description="use only records whose FILTER is PASS (or '.') at this station")
     adjust: Adjust | None = None
     state: str | None = Field(None, description="round state: an Arrow IPC stream, base64")
@@ -236,7 +241,7 @@ def encode_arrays(arrays: dict[str, np.ndarray], n_rows: int | None = None, comp
         a = np.asarray(value)
         dtype = _dtype_name(name, a)
         if n_rows is not None and a.ndim >= 1 and a.shape[0] == n_rows and 0 not in a.shape[1:]:
-            flat = a.reshape(n_rows, -1) if a.ndim > 1 else a
+            flat = a.reshape(n_rows, int(np.prod(a.shape[1:]))) if a.ndim > 1 else a
             base = pa.array(flat.reshape(-1) if a.ndim > 1 else flat, type=_DTYPES[dtype])
             col = pa.FixedSizeListArray.from_arrays(base, int(np.prod(a.shape[1:]))) if a.ndim > 1 else base
             columns.append(col)

@@ -161,11 +161,11 @@ def test_masks__removing_them_needs_every_other_stations_key() -> None:
     session, round_no = "cd" * 16, 7
     masked = _mask_all(stations, [release, release, release], session)[0]["gg"].view(np.uint64)
     context = context_digest(session, round_no, [(s.name, s.public_text) for s in stations])
-    ab = keystream(pair_key(b.key, parse_agreement_key(a.public_text), context), 20_000)
+    ab = keystream(pair_key(b.key.exchange(parse_agreement_key(a.public_text)), context), 20_000)
     without_ab = fixedpoint.add(masked, fixedpoint.negate(ab))  # a < b: a added the a-b mask
     assert not np.array_equal(without_ab, fixedpoint.encode(release["gg"]))
     assert _uniform_p(without_ab) > 1e-4
-    ac = keystream(pair_key(c.key, parse_agreement_key(a.public_text), context), 20_000)
+    ac = keystream(pair_key(c.key.exchange(parse_agreement_key(a.public_text)), context), 20_000)
     assert np.array_equal(fixedpoint.add(without_ab, fixedpoint.negate(ac)), fixedpoint.encode(release["gg"]))
 
 
