@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -195,6 +194,7 @@ def ingest_vcf(
             stop_hashing.set()
             raise
         try:
+            store.clean_up()  # what a killed ingest left
             tmp = store.new_temporary(dataset)
         except BaseException:
             stop_hashing.set()
@@ -278,6 +278,6 @@ def ingest_vcf(
             )
         except BaseException:
             stop_hashing.set()
-            shutil.rmtree(tmp, ignore_errors=True)
+            store.discard_temporary(tmp)
             raise
     return report

@@ -17,7 +17,6 @@ with its catalog rows in one step: a failure leaves nothing behind.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -264,6 +263,7 @@ def ingest_bams(
         if on_file is not None:
             on_file(k, str(info.path))
         results.append(measure(info, targets, samples[k], min_mapq))
+    store.clean_up()  # what a killed ingest left
     tmp = store.new_temporary(dataset)
     try:
         _write_tables(tmp, targets, results, pheno_table)
@@ -314,7 +314,7 @@ def ingest_bams(
             ingests,
         )
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        store.discard_temporary(tmp)
         raise
     return report
 

@@ -9,12 +9,18 @@ Layout::
       datasets/<name>/reads.parquet, mapq.parquet, coverage.parquet, targets.parquet,
                       samples.parquet, phenotypes.parquet                        (kind "reads")
 
-A dataset is written into a hidden temporary folder and renamed into place together with its catalog
-rows, so a failed ingest leaves nothing behind and a re-ingest replaces a dataset only on success.
+A dataset is written into a hidden temporary folder (locked by the ingesting process), renamed to a
+folder of its own version (``datasets/<name>@<id>``) and then named in the catalog in one transaction,
+which is the commit: a process killed at any point leaves the catalog naming the old folder or the new
+one, never a mix, and :meth:`Store.clean_up` removes what no catalog row names (run when a station starts
+and before each ingest). A failed ingest leaves nothing behind; a re-ingest replaces a dataset only on
+success.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -55,6 +61,7 @@ CREATE TABLE IF NOT EXISTS datasets (
     created_at TIMESTAMPTZ NOT NULL
 );
 ALTER TABLE datasets ADD COLUMN IF NOT EXISTS kind VARCHAR DEFAULT 'variants';
+ALTER TABLE datasets ADD COLUMN IF NOT EXISTS folder VARCHAR;
 CREATE SEQUENCE IF NOT EXISTS ingest_id;
 CREATE TABLE IF NOT EXISTS ingests (
     id BIGINT PRIMARY KEY DEFAULT nextval('ingest_id'),
@@ -218,6 +225,40 @@ def packed_view(column: pa.Array, n_samples: int) -> np.ndarray:
     return flat[column.offset * width :].reshape(n, width)
 
 
+#: Lock files held open by this process for the dataset folders it is writing (by folder path).
+_FOLDER_LOCKS: dict[str, Any] = {}
+_LOCK_NAME = ".writing"
+
+
+def _lock_folder(folder: Path) -> None:
+    f = open(folder / _LOCK_NAME, "w")  # noqa: SIM115 (held open until the folder is committed)
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _FOLDER_LOCKS[str(folder)] = f
+
+
+def _unlock_folder(folder: Path) -> None:
+    f = _FOLDER_LOCKS.pop(str(folder), None)
+    if f is not None:
+        with contextlib.suppress(OSError):
+            (folder / _LOCK_NAME).unlink()
+        f.close()
+
+
+def _locked_by_another(folder: Path) -> bool:
+    """Whether a live process holds ``folder``'s write lock (a killed one's lock is gone with it)."""
+    if str(folder) in _FOLDER_LOCKS:
+        return True
+    try:
+        with open(folder / _LOCK_NAME, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
 class Store:
     """A station's store directory. Create with :meth:`create`, then :meth:`open`."""
 
@@ -299,12 +340,17 @@ class Store:
                 "fix its permissions or choose another --station"
             ) from None
 
-    def remove_stale_temporaries(self) -> list[Path]:
-        """Delete temporary folders left by an ingest that was killed; return what was removed."""
+    def clean_up(self) -> list[Path]:
+        """Delete what a killed ingest left: temporary folders and dataset versions no catalog row names
+        (an ingest still running holds a lock on its folder and is left alone). Returns what was removed."""
+        with self.catalog() as con:
+            named = {str(r[0] or r[1]) for r in con.execute("SELECT folder, name FROM datasets").fetchall()}
         removed = []
-        for p in (self.path / DATASETS).glob(".ingest-*"):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
+        for p in sorted((self.path / DATASETS).iterdir()):
+            stale = p.name.startswith((".ingest-", ".write-test-")) or ("@" in p.name and p.name not in named)
+            if stale and p.is_dir() and not _locked_by_another(p):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
         return removed
 
     # -- reading --------------------------------------------------------------------------------
@@ -315,7 +361,7 @@ class Store:
     def dataset(self, name: str) -> Dataset:
         """Open a dataset by name."""
         with self.catalog() as con:
-            row = con.execute("SELECT n_samples, kind FROM datasets WHERE name = ?", [name]).fetchone()
+            row = con.execute("SELECT n_samples, kind, folder FROM datasets WHERE name = ?", [name]).fetchone()
             if row is None:
                 names = [r[0] for r in con.execute("SELECT name FROM datasets").fetchall()]
                 from genomics.selection import suggest
@@ -324,7 +370,7 @@ class Store:
                     f"no dataset {name!r} at this station{suggest(name, names)}; "
                     f"datasets: {', '.join(sorted(names)) or 'none'}"
                 )
-        return Dataset(self.path / DATASETS / name, name, int(row[0]), str(row[1]))
+        return Dataset(self.path / DATASETS / (row[2] or name), name, int(row[0]), str(row[1]))
 
     def summary(self) -> list[dict[str, Any]]:
         """One dict per dataset with its counts and latest provenance, for ``better store info``."""
@@ -349,30 +395,44 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------------
     def new_temporary(self, name: str) -> Path:
-        """A fresh hidden folder to write a dataset into before :meth:`commit_dataset`."""
+        """A fresh hidden folder to write a dataset into before :meth:`commit_dataset` (or
+        :meth:`discard_temporary`); it stays locked for this process until then."""
         check_dataset_name(name)
         self.check_writable()
         tmp = self.path / DATASETS / f".ingest-{name}-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
+        _lock_folder(tmp)
         return tmp
 
-    def commit_dataset(self, name: str, tmp: Path, row: dict[str, Any], ingests: list[dict[str, Any]]) -> None:
-        """Atomically make ``tmp`` the dataset ``name`` and record it in the catalog.
+    def discard_temporary(self, tmp: Path) -> None:
+        """Remove a temporary folder whose ingest failed."""
+        shutil.rmtree(tmp, ignore_errors=True)
+        _unlock_folder(tmp)
 
-        The catalog transaction and the folder renames succeed or fail together: on any error the
-        previous version of the dataset (if any) is back in place and ``tmp`` is removed.
+    def commit_dataset(self, name: str, tmp: Path, row: dict[str, Any], ingests: list[dict[str, Any]]) -> None:
+        """Make ``tmp`` the dataset ``name``: rename it to a version folder of its own, then name that
+        folder in the catalog in one transaction (the commit), then remove the previous version.
+
+        Killed before the transaction commits, the catalog still names the previous version and the new
+        folder is left for :meth:`clean_up`; after, the new one, and the old folder is left for it.
         """
-        final = self.path / DATASETS / name
-        old = self.path / DATASETS / f".ingest-{name}-old-{uuid.uuid4().hex[:12]}"
-        moved_old = moved_new = False
+        version = self.path / DATASETS / f"{name}@{uuid.uuid4().hex[:12]}"
+        tmp.rename(version)
+        lock = _FOLDER_LOCKS.pop(str(tmp), None)
+        if lock is not None:
+            _FOLDER_LOCKS[str(version)] = lock
+        previous: Path | None = None
         try:
             with self.catalog() as con:
                 con.execute("BEGIN TRANSACTION")
                 try:
+                    before = con.execute("SELECT folder FROM datasets WHERE name = ?", [name]).fetchone()
+                    if before is not None:
+                        previous = self.path / DATASETS / (before[0] or name)
                     con.execute("DELETE FROM datasets WHERE name = ?", [name])
                     con.execute(
                         """INSERT INTO datasets (name, n_samples, n_variants, n_records, n_phenotyped, chromosomes,
-                           phenotype_columns, created_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?)""",
+                           phenotype_columns, created_at, kind, folder) VALUES (?, ?, ?, ?, ?, ?, ?, now(), ?, ?)""",
                         [
                             name,
                             row["n_samples"],
@@ -382,6 +442,7 @@ class Store:
                             json.dumps(row["chromosomes"]),
                             json.dumps(row["phenotype_columns"]),
                             row.get("kind", "variants"),
+                            version.name,
                         ],
                     )
                     for ing in ingests:
@@ -401,25 +462,16 @@ class Store:
                                 ing["seconds"],
                             ],
                         )
-                    if final.exists():
-                        final.rename(old)
-                        moved_old = True
-                    tmp.rename(final)
-                    moved_new = True
-                    self._create_views(con, name, final)
+                    self._create_views(con, name, version)
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
-                    if moved_new:
-                        final.rename(tmp)
-                    if moved_old:
-                        old.rename(final)
-                        moved_old = False
+                    shutil.rmtree(version, ignore_errors=True)
                     raise
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if moved_old:
-                shutil.rmtree(old, ignore_errors=True)
+            _unlock_folder(version)
+        if previous is not None and previous != version:
+            shutil.rmtree(previous, ignore_errors=True)
 
     @staticmethod
     def _create_views(con: duckdb.DuckDBPyConnection, name: str, final: Path) -> None:

@@ -115,7 +115,10 @@ def iter_cyvcf2_batches(
                     raise InputError(f"{path}: record {record + 1}: htslib cannot read it ({exc})") from None
                 where = f"{path}: record {record + 1} ({v.CHROM}:{v.POS})"
                 alts = list(v.ALT)
-                c = record_codes(v.genotype.array() if n else None, len(alts), n, where)
+                if n and "GT" not in v.FORMAT:  # no GT (e.g. PL only): every genotype missing, as bcftools
+                    c = np.full((max(len(alts), 1), n), 3, dtype=np.int8)
+                else:
+                    c = record_codes(v.genotype.array() if n else None, len(alts), n, where)
                 fixed = str(v).split("\t", 8)
                 filt = None if fixed[6] == "." else fixed[6]
                 info = None if fixed[7] == "." else fixed[7]

@@ -87,13 +87,16 @@ def check_sample_ids(samples: list[str], path: str) -> None:
 def split_info(info: str | None, k: int, n_alt: int, info_number: dict[str, str]) -> str | None:
     """The INFO of the row of ALT ``k`` (1-based) of a record with ``n_alt`` ALTs.
 
-    ``Number=A`` fields keep their ``k``-th value and ``Number=R`` fields the REF value and the
-    ``k``-th, as ``bcftools norm -m-`` writes them; other fields are kept whole.
+    ``Number=A`` fields keep their ``k``-th value, ``Number=R`` fields the REF value and the ``k``-th,
+    and ``Number=G`` fields the values of genotypes 0/0, 0/k and k/k (diploid order, or 0 and k when
+    haploid), as ``bcftools norm -m-`` writes them; other fields are kept whole.
 
     Examples
     --------
     >>> split_info("AC=1,2;AD=5,6,7;DP=10", 2, 2, {"AC": "A", "AD": "R", "DP": "1"})
     'AC=2;AD=5,7;DP=10'
+    >>> split_info("GL=0,1,2,3,4,5", 2, 2, {"GL": "G"})  # 0/0 0/1 1/1 0/2 1/2 2/2
+    'GL=0,3,5'
     """
     if info is None or n_alt <= 1:
         return info
@@ -101,11 +104,14 @@ def split_info(info: str | None, k: int, n_alt: int, info_number: dict[str, str]
     for item in info.split(";"):
         key, eq, value = item.partition("=")
         number = info_number.get(key)
-        if eq and number in ("A", "R"):
+        if eq and number in ("A", "R", "G"):
             values = value.split(",")
             if number == "A" and len(values) == n_alt:
                 value = values[k - 1]
-            elif number == "R" and len(values) == n_alt + 1:
+            elif number in ("R", "G") and len(values) == n_alt + 1:  # Number=G of a haploid record
                 value = values[0] + "," + values[k]
+            elif number == "G" and len(values) == (n_alt + 1) * (n_alt + 2) // 2:
+                het = k * (k + 1) // 2  # genotype a/b (a <= b) sits at b(b+1)/2 + a
+                value = ",".join(values[i] for i in (0, het, het + k))
         out.append(key + eq + value)
     return ";".join(out)

@@ -163,10 +163,7 @@ def scan_records(
                         break
                     k += 1
                     t = i + 1
-            if gi < 0:
-                err[ln] = ERR_NO_GT
-                continue
-            gt_index[ln] = gi
+            gt_index[ln] = gi  # -1: no GT in FORMAT, every sample's genotype is missing (as bcftools reads it)
 
 
 @jit
@@ -207,6 +204,8 @@ def _parse_line(
         ploidy = 0
         missing = False
         if k == gi and q < e and buf[q] != TAB and buf[q] != COLON:
+            if buf[q] == SLASH or buf[q] == PIPE:  # VCF 4.4 prefix phasing: the first allele's phase
+                q += 1
             while True:
                 c = buf[q]
                 allele = -1

@@ -37,8 +37,10 @@ app = typer.Typer(
 )
 station_app = typer.Typer(help="Create and manage a station (a hospital's store).", no_args_is_help=True)
 store_app = typer.Typer(help="Inspect a station's store.", no_args_is_help=True)
+federation_app = typer.Typer(help="Write the researcher's federation file.", no_args_is_help=True)
 app.add_typer(station_app, name="station")
 app.add_typer(store_app, name="store")
+app.add_typer(federation_app, name="federation")
 
 err = Console(stderr=True)
 out = Console()
@@ -255,6 +257,28 @@ def station_audit(
     for r in log_.rows(max(0, last - tail), tail):
         table.add_row(str(r["seq"]), r["logged_at"], r["actor"], r["action"], json.dumps(r["detail"], sort_keys=True))
     out.print(table)
+
+
+@federation_app.command("add")
+def federation_add(
+    name: Annotated[str, typer.Argument(help="the station's name, as its /info says")],
+    url: Annotated[str, typer.Argument(help="the station's URL, e.g. http://127.0.0.1:8701")],
+    token_env: Annotated[
+        str | None, typer.Option(help="environment variable that will hold the token (keeps it out of the file)")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="the token itself, written into the file (mode 0600)")] = None,
+    federation: Annotated[Path, typer.Option(help="federation file to create or add to")] = Path("federation.toml"),
+    pin: Annotated[bool, typer.Option(help="pin the station's signing and agreement keys from its /info")] = True,
+) -> None:
+    """Add a station to the federation file (created if missing), pinning its keys as it reports them now."""
+    from query.federation import add_station
+
+    entry = add_station(federation, name, url, token_env=token_env, token=token, pin=pin)
+    pinned = [k for k in ("public_key", "agreement_key") if k in entry]
+    err.print(
+        f"{federation}: station {name} at {url}"
+        + (f"; pinned {' and '.join(pinned)} (check them with the station's administrator)" if pinned else "")
+    )
 
 
 @station_app.command("audit-state")

@@ -88,6 +88,49 @@ class FederationFile(BaseModel):
     station: list[StationEntry] = Field(min_length=1)
 
 
+def add_station(
+    path: str | os.PathLike[str],
+    name: str,
+    url: str,
+    token_env: str | None = None,
+    token: str | None = None,
+    pin: bool = True,
+) -> dict[str, str]:
+    """Add a ``[[station]]`` to a federation file (created if missing) and return the entry.
+
+    With ``pin``, the station's signing and agreement keys are read from its open ``/info`` and written
+    into the entry, so that later runs refuse a station whose keys changed.
+    """
+    p = Path(path)
+    raw: dict[str, object] = tomllib.loads(p.read_text()) if p.exists() else {}
+    entry: dict[str, str] = {"name": name, "url": url.rstrip("/")}
+    if (token is None) == (token_env is None):
+        raise InputError("give exactly one of --token-env VAR (the token stays out of the file) or --token TOKEN")
+    entry.update({"token_env": token_env} if token_env is not None else {"token": str(token)})
+    if pin:
+        try:
+            info = httpx.get(f"{entry['url']}/info", timeout=10.0).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise InputError(f"{url}: no station answers there ({exc}); start it, or add it with --no-pin") from None
+        if info.get("name") != name:
+            raise InputError(f"{url} is station {info.get('name')!r}, not {name!r}")
+        entry.update({k: str(info[k]) for k in ("public_key", "agreement_key") if info.get(k)})
+    listed = raw.get("station", [])
+    stations = [
+        s for s in (listed if isinstance(listed, list) else []) if isinstance(s, dict) and s.get("name") != name
+    ]
+    doc = {**raw, "station": [*stations, entry]}
+    FederationFile.model_validate(doc)  # the file stays one that from_file reads
+    import tomli_w
+
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(tomli_w.dumps(doc))
+    if token is not None:
+        tmp.chmod(0o600)
+    tmp.replace(p)
+    return entry
+
+
 @dataclass
 class Federation:
     """Stations that answer together; :meth:`query` runs the query language over them."""

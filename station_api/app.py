@@ -153,6 +153,8 @@ def create_app(station_dir: Path) -> FastAPI:
     """The FastAPI application of the station in ``station_dir`` (a store with ``station.toml``)."""
     store = Store.open(station_dir)
     config = read_config(station_dir)
+    for leftover in store.clean_up():  # what an ingest killed midway left behind
+        log.info("removed %s, left by an ingest that did not finish", leftover)
     audit = AuditLog(store)
     audit.create_view()
     checked = audit.verify()

@@ -179,8 +179,10 @@ class DatasetCache:
         return value
 
     def _inode(self, name: str) -> int:
+        """A token that changes whenever any dataset is committed (a commit renames a folder into
+        ``datasets/``, which changes that folder's modification time)."""
         try:
-            return os.stat(self.store.path / DATASETS / name).st_ino
+            return os.stat(self.store.path / DATASETS).st_mtime_ns
         except OSError:
             return -1
 

@@ -124,3 +124,25 @@ def test_verify__signed_manifests_check_and_a_tampered_one_fails(federation: Pat
     assert bad.returncode == 1 and "signature does not match" in " ".join(bad.stderr.split())
     unpinned = better("verify", str(result), "--federation", str(federation))
     assert unpinned.returncode == 1 and "no public_key pinned" in " ".join(unpinned.stderr.split())
+
+
+def test_federation_add__writes_the_file_and_pins_the_keys(small_cohort: Path, tmp_path: Path) -> None:
+    import httpx
+
+    st = make_station(tmp_path, "milano", small_cohort)
+    fed = tmp_path / "fed.toml"
+    with serve(st.path) as url:
+        add = better("federation", "add", "milano", url, "--token-env", "MILANO_TOKEN", "--federation", str(fed))
+        assert add.returncode == 0, add.stderr
+        text = fed.read_text()
+        info = httpx.get(f"{url}/info").json()
+        assert info["agreement_key"] in text and info["public_key"] in text and "MILANO_TOKEN" in text
+        wrong = better("federation", "add", "nijmegen", url, "--token", "x", "--federation", str(fed))
+        assert wrong.returncode == 1 and "is station 'milano', not 'nijmegen'" in wrong.stderr
+        env = {**os.environ, "MILANO_TOKEN": st.researcher}
+        count = subprocess.run(
+            [sys.executable, "-c", "from query.cli import main; main()", "query", "--federation", str(fed),
+             "--format", "tsv", "COUNT"],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert count.returncode == 0 and int(count.stdout.splitlines()[1]) > 50, count.stderr

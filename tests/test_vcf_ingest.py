@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,49 @@ def test_zoo_multiallelic__info_split_like_bcftools(store: Store, tmp_path: Path
     assert [r["alt"] for r in v] == ["C", "G", "A", "ATT", "ATTT"]
     assert [r["record"] for r in v] == [0, 0, 1, 1, 1]
     assert v[2]["filter"] == "LowQual" and v[2]["qual"] is None and v[2]["id"] is None
+
+
+REAL_WORLD = """##fileformat=VCFv4.2
+##contig=<ID=22>
+##INFO=<ID=GL,Number=G,Type=Float,Description="genotype likelihoods">
+##INFO=<ID=AC,Number=A,Type=Integer,Description="ALT count">
+##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">
+##FORMAT=<ID=PL,Number=G,Type=Integer,Description="Phred likelihoods">
+#CHROM	POS	ID	REF	ALT	QUAL	FILTER	INFO	FORMAT	a	b	c
+22	100	.	A	G,T	.	.	GL=0,1,2,3,4,5;AC=1,2	GT	0|1	1|2	0/0
+22	200	.	C	G	.	.	.	PL	0,10,100	10,0,100	.,.,.
+22	300	.	C	A	.	.	.	GT:PL	0/1:0,1,2	1/1:3,4,5	./.:.
+"""
+
+
+@pytest.mark.validation
+def test_real_world_records__gt_less_and_number_g_as_bcftools_reads_them(store: Store, tmp_path: Path) -> None:
+    """A record without GT (PL only, as bcftools mpileup writes) has every genotype missing, in VCF and BCF
+    alike; a Number=G INFO field is split as ``bcftools norm -m-`` splits it."""
+    import shutil
+    import subprocess
+
+    if shutil.which("bcftools") is None and not os.environ.get("BETTER_REQUIRE_TOOLS"):
+        pytest.skip("bcftools is needed")
+    src = write_text(tmp_path / "r.vcf", REAL_WORLD)
+    bcf = tmp_path / "r.bcf"
+    subprocess.run(["bcftools", "view", "-Ob", "-o", str(bcf), str(src)], check=True)
+    split = subprocess.run(["bcftools", "norm", "-m-", str(src)], capture_output=True, text=True, check=True).stdout
+    query = subprocess.run(
+        ["bcftools", "query", "-f", "%POS\t%ALT\t%INFO/GL[\t%GT]\n", "-"], input=split, capture_output=True, text=True
+    ).stdout.splitlines()
+    code = {"0|0": 0, "0/0": 0, "0|1": 1, "1|0": 1, "0/1": 1, "1|1": 2, "1/1": 2, ".": 3, "./.": 3}
+    want = [(int(f[0]), f[1], f[2], [code[g] for g in f[3:]]) for f in (line.split("\t") for line in query)]
+    for name, path in (("text", src), ("bcf", bcf)):
+        ingest_vcf(store, name, str(path))
+        rows = stored_rows(store, name)
+        got = [(r["pos"], r["alt"], (r["info"] or ".").split("GL=")[-1].split(";")[0], r["codes"]) for r in rows]
+        assert got == want, name
+
+
+def test_vcf44_prefix_phasing__reads_as_the_unprefixed_genotype(store: Store, tmp_path: Path) -> None:
+    plain = REAL_WORLD.replace("VCFv4.2", "VCFv4.4")
+    prefixed = plain.replace("0|1\t1|2", "|0|1\t/1|2")
+    ingest_vcf(store, "plain", str(write_text(tmp_path / "p.vcf", plain)))
+    ingest_vcf(store, "prefixed", str(write_text(tmp_path / "q.vcf", prefixed)))
+    assert [r["codes"] for r in stored_rows(store, "prefixed")] == [r["codes"] for r in stored_rows(store, "plain")]
