@@ -51,4 +51,29 @@ def verify_manifests(manifests: list[dict[str, Any]], keys: dict[str, str | None
             problems.append(f"manifest {i} ({station}): missing or malformed")
         elif manifest.get("station") != station or not verify(str(keys[station]), manifest, signature):
             problems.append(f"manifest {i} ({station}, task {manifest.get('task')}): the signature does not match")
+    problems.extend(missing_releases(manifests))
     return problems, len(manifests)
+
+
+def missing_releases(manifests: list[dict[str, Any]]) -> list[str]:
+    """Releases a result should carry but does not: every station of a masked round signs its part of that
+    round (a round is named by its session and number), so a station whose manifest was taken out shows."""
+    signed: dict[tuple[str, int, str], set[str]] = {}
+    for entry in manifests:
+        m = entry.get("manifest") if isinstance(entry, dict) else None
+        if not isinstance(m, dict) or not isinstance(m.get("secure"), dict) or m.get("exchange") == "seal":
+            continue  # a seal releases nothing, and one given back (another query held an audit) has no opening
+        secure = m["secure"]
+        key = (str(secure.get("session")), int(secure.get("round", -1)), str(m.get("exchange") or "release"))
+        signed.setdefault(key, set()).add(str(m.get("station")))
+        signed[key].update(f"?{p}" for p in secure.get("participants", []))  # who should have signed
+    problems = []
+    for (session, round_no, step), names in sorted(signed.items()):
+        expected = {n[1:] for n in names if n.startswith("?")}
+        present = {n for n in names if not n.startswith("?")}
+        if expected - present:
+            problems.append(
+                f"masked round {round_no} ({step}) of session {session[:8]}: no manifest from "
+                f"{', '.join(sorted(expected - present))}, which took part in it"
+            )
+    return problems

@@ -486,6 +486,15 @@ class TaskManager:
             "software": f"better {__version__}",
             "result_sha256": sha256(outcome.payload),
             "released": outcome.summary,
+            # which masked round this was, and who took part: a result missing one of them shows in verify
+            "secure": {
+                "session": request.secure.session,
+                "round": request.secure.round,
+                "participants": [p.name for p in request.secure.participants],
+            }
+            if request.secure is not None
+            else None,
+            "exchange": request.exchange.phase if request.exchange is not None else None,
         }
 
     def _finish(self, record: TaskRecord, status: Status, error: str | None) -> None:

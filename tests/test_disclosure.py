@@ -267,3 +267,16 @@ def test_empty_selection__is_a_clear_refusal_not_zeros(small_cohort: Path, tmp_p
             with pytest.raises(Exception, match="matches no sample at any station"):
                 fed.query(text)
         assert fed.query("COUNT WHERE age > 500")["COUNT"].to_list() == [0]  # a count of nobody is 0
+
+
+def test_verify__a_result_missing_one_stations_manifests_fails(small_cohort: Path, tmp_path: Path) -> None:
+    from query.provenance import verify_manifests
+
+    with federation(tmp_path, small_cohort) as (fed, _):
+        fed.query("GWAS LINEAR ldl ~ age")
+        keys = {s.name: httpx.get(f"{s.url}/info").json()["public_key"] for s in fed.stations}
+        manifests = fed.manifests
+    assert verify_manifests(manifests, keys) == ([], len(manifests))
+    without = [m for m in manifests if m["station"] != "nijmegen"]
+    problems, _ = verify_manifests(without, keys)
+    assert problems and all("no manifest from nijmegen" in p for p in problems)
