@@ -45,9 +45,8 @@ def encode(x: np.ndarray) -> np.ndarray:
         raise InputError("a statistic is NaN and cannot be securely aggregated")
     big = np.isfinite(a) & (np.abs(a) >= MAX_ABS)
     if big.any():
-        raise InputError(
-            f"a statistic of size {float(np.abs(a[big]).max()):.3g} is beyond the secure-aggregation range "
-            f"(|x| < 2^64); rescale the phenotype or covariates"
+        raise InputError(  # no value: the statistic is this station's own, unmasked
+            "a statistic is beyond the secure-aggregation range (|x| < 2^64); rescale the phenotype or covariates"
         )
     out = _flat_words(a.shape)
     encode_into(a.reshape(-1), _SCALE, INFINITY_AS, out)

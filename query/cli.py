@@ -437,6 +437,7 @@ def query(
     if fmt == "parquet" and out_file is None:
         raise BetterError("--format parquet needs --out FILE")
     fed = Federation.from_file(federation)
+    fed.record_releases = out_file is not None and fmt in ("json", "parquet")  # for better verify
     if secure_aggregation is not None:
         if secure_aggregation not in ("auto", "on", "off"):
             raise BetterError(f"--secure-aggregation {secure_aggregation}: use auto, on or off")
@@ -457,6 +458,10 @@ def query(
     for note in fed.notes:
         err.print(f"[yellow]{note}[/yellow]")
     write(frame, fmt, out_file, fed.notes, out, fed.manifests)
+    if fed.recording is not None and out_file is not None:
+        from query.replay import releases_path, write_releases
+
+        write_releases(releases_path(out_file), text, fed.dataset, fed.secure_aggregation, fed.answered, fed.recording)
     err.print(f"[dim]{result_summary(frame, fed)} in {time.perf_counter() - t0:.1f} s[/dim]")
 
 
@@ -481,15 +486,26 @@ def verify(
         "federation.toml"
     ),
 ) -> None:
-    """Check the stations' signatures on the manifests of a result; exit 1 if any is missing or wrong."""
+    """Check a result: the stations' signatures on its manifests, and its table against the signed releases
+    kept beside it (RESULT.releases); exit 1 if anything is missing or does not match."""
     from query.federation import Federation
     from query.provenance import read_manifests, verify_manifests
+    from query.replay import verify_values
 
     keys = {s.name: s.public_key for s in Federation.from_file(federation).stations}
-    problems, checked = verify_manifests(read_manifests(result), keys)
+    manifests = read_manifests(result)
+    problems, checked = verify_manifests(manifests, keys)
+    rows = None
+    if not problems:
+        problems, rows = verify_values(result, manifests)
     if problems:
         raise BetterError(f"{result}: provenance does NOT verify:\n  " + "\n  ".join(problems))
-    err.print(f"{result}: {checked} signed manifest(s) verified ({', '.join(sorted(keys))})")
+    values = (
+        f"; all {rows} row(s) are what the signed releases give"
+        if rows is not None
+        else " (a job's provenance: its tables are not checked)"
+    )
+    err.print(f"{result}: {checked} signed manifest(s) verified ({', '.join(sorted(keys))}){values}")
 
 
 def _bars(unit: str, transient: bool) -> Progress:

@@ -48,7 +48,7 @@ from query import output
 from query.finished import FinishedRows
 from query.parser import Query, parse
 from query.planner import Plan, StationCatalog, plan
-from query.remote import Model, StationClient, StationError, gather_or_cancel, run_remote_async
+from query.remote import Model, Recording, StationClient, StationError, gather_or_cancel, run_remote_async
 from query.secure import MIN_STATIONS, SecureSession
 from query.withholding import WithheldBy
 
@@ -143,6 +143,10 @@ class Federation:
     last_plan: Plan | None = None
     #: The stations whose answers the last query's result holds.
     answered: list[str] = field(default_factory=list)
+    #: Keep every release of each query (:attr:`recording`), for a result file that ``better verify``
+    #: can check value by value (see :mod:`query.replay`).
+    record_releases: bool = False
+    recording: Recording | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Federation:
@@ -190,8 +194,10 @@ class Federation:
         """Run a query and return its table (an ``EXPLAIN`` query returns the plan, one line a row)."""
         q = parse(text)
         self.notes = []
+        self.recording = Recording() if self.record_releases else None
         for s in self.stations:
             s.manifests.clear()
+            s.recording = self.recording
         if q.explain:
             return pl.DataFrame({"plan": self.explain(text.split(None, 1)[1], naive).splitlines()})
         return asyncio.run(self.run(q, allow_partial, naive, on_round))
@@ -269,6 +275,8 @@ class Federation:
         was_secure = False
         while True:
             secure = None
+            if self.recording is not None:
+                self.recording.releases.clear()  # the result holds the last run's releases only
             try:
                 p, secure = await self._plan(q, stations, naive)
                 if was_secure and secure is None:  # never fall back to the clear

@@ -108,6 +108,36 @@ def to_request(
     )
 
 
+@dataclass(frozen=True)
+class Release:
+    """One release a station made for a query: the request it answered and the bytes it sent back."""
+
+    station: str
+    task: str
+    request: dict[str, Any]
+    #: None for sealed messages relayed to peers (a seal, a finishing step): the table does not depend on
+    #: them, and their manifests are signed all the same.
+    payload: bytes | None
+
+    @property
+    def phase(self) -> str | None:
+        exchange = self.request.get("exchange")
+        return str(exchange["phase"]) if isinstance(exchange, dict) and exchange.get("phase") else None
+
+
+@dataclass
+class Recording:
+    """What a query received, as it came: each station's ``/station`` answer and its releases."""
+
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    releases: list[Release] = field(default_factory=list)
+
+    def forget(self, station: str, tasks: list[str]) -> None:
+        """Drop releases whose round was given back (its seals were never opened)."""
+        gone = set(tasks)
+        self.releases = [r for r in self.releases if not (r.station == station and r.task in gone)]
+
+
 @dataclass
 class StationClient:
     """One station: its name, URL and token."""
@@ -123,6 +153,8 @@ class StationClient:
     timings: list[float] = field(default_factory=list)
     #: Signed manifests of the releases this client received: {"station", "manifest", "signature"}.
     manifests: list[dict[str, Any]] = field(default_factory=list)
+    #: Where to keep every release as it came (for ``better verify``), or None.
+    recording: Recording | None = None
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -227,17 +259,26 @@ class StationClient:
         r = await self._call(client, "GET", f"/tasks/{task_id}/result")
         self._check(r, "result download")
         self.timings.append(time.perf_counter() - t0)
-        return decode_arrays(r.content, f"result from station {self.name}")
+        arrays = decode_arrays(r.content, f"result from station {self.name}")
+        if self.recording is not None:
+            relayed = "blob" in arrays  # messages sealed to the other stations
+            payload = None if relayed else r.content
+            self.recording.releases.append(Release(self.name, task_id, request.model_dump(mode="json"), payload))
+        return arrays
 
     async def station_info(self, client: httpx.AsyncClient) -> dict[str, Any]:
         """``GET /station``: the datasets, their variables and the policy."""
         r = await self._call(client, "GET", "/station")
         self._check(r, "station info")
         info: dict[str, Any] = r.json()
+        if self.recording is not None:
+            self.recording.info[self.name] = info
         return info
 
     async def give_back(self, client: httpx.AsyncClient, tasks: list[str]) -> None:
         """Cancel seals whose round will not be opened, so that the station frees its audit at once."""
+        if self.recording is not None:
+            self.recording.forget(self.name, tasks)
         for task_id in tasks:
             with contextlib.suppress(httpx.HTTPError):  # the station frees it after a while anyway
                 await client.request(

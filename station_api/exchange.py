@@ -21,7 +21,14 @@ from engine.design import KEY_COLUMNS
 from engine.errors import InputError, NotFoundError
 from station_api.config import Policy
 from station_api.finishing import Finishing
-from station_api.policy import PolicyRefusalError, check_model, finishable, release, withheld_rows
+from station_api.policy import (
+    PolicyRefusalError,
+    check_model,
+    finishable,
+    release,
+    with_flags,
+    withheld_rows,
+)
 from station_api.query_audit import Admission, QueryAudit
 from station_api.runner import Prepared
 from station_api.sealed import seal, unseal
@@ -150,9 +157,16 @@ class SealedRounds:
 
 
 def seal_round(
-    sealed: SealedRound, secrets: StationSecrets, audit_counts: np.ndarray | None
+    sealed: SealedRound,
+    secrets: StationSecrets,
+    audit_counts: np.ndarray | None,
+    own_rules: np.ndarray | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """Mask and seal a round's totals to every other participant; the payload lists the blobs."""
+    """Mask and seal a round's totals to every other participant; the payload lists the blobs.
+
+    ``own_rules``: this station's own judgement of its rows (:func:`~station_api.policy.rule_flags`), for a
+    round that releases each station's own sums (``ADJUST station``): a row any station flags is withheld.
+    """
     spec = sealed.request.secure
     assert spec is not None
     participants = participants_of(spec)
@@ -161,6 +175,8 @@ def seal_round(
         arrays["audit"] = audit_counts
     if sealed.people is not None:
         arrays["rows"] = sealed.people
+    if own_rules is not None:
+        arrays["own_rules"] = own_rules
     masked = secrets.mask(arrays, spec.session, spec.round, participants, "judge") if arrays else {}
     sealed.masked = masked
     blobs = seal(secrets, participants, judge_context(sealed.request), sealed.header, masked)
@@ -224,6 +240,8 @@ def open_round(
         check_model(request, sealed.k, admission.set_sizes, policy)
     people = pooled()["rows"] if is_pooled and sealed.people is not None else sealed.people
     rules = withheld_rows(request.kind, people, policy) if people is not None else None
+    if rules is not None and is_pooled and request.adjust is not None:
+        rules = with_flags(rules, pooled()["own_rules"])
     finish = None
     if is_pooled and rules is not None and sealed.frame is not None and sealed.prepared is not None:
         finish = finishable(request.kind, rules)

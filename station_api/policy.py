@@ -96,6 +96,9 @@ def check_model(request: TaskRequest, k: int, set_sizes: tuple[int, ...], policy
     station's own or, in a pooled audit, the sum over the group. The messages name the rule, not the
     numbers.
     """
+    if request.adjust is not None and len(set_sizes) > 2:  # one block of sets per station: add them up
+        per = len(set_sizes) // request.adjust.count
+        set_sizes = tuple(sum(set_sizes[j::per]) for j in range(per))
     n = sum(set_sizes)
     if request.phenotype is not None and request.analysis.startswith("gwas"):
         parameters = k + 1  # covariates with intercept and station indicators, and the genotype
@@ -193,6 +196,20 @@ def withheld_rows(kind: str, people: np.ndarray, policy: Policy) -> dict[str, np
     else:
         rules["case_control_cells"] = np.asarray(_small(cells, k).any(axis=(1, 2)))
     return rules
+
+
+def rule_flags(kind: str, people: np.ndarray, policy: Policy) -> np.ndarray:
+    """:func:`withheld_rows` as one array ``(rows, len(RULES))`` of 0 and 1, to be summed over stations."""
+    rules = withheld_rows(kind, people, policy)
+    flags = np.zeros((len(next(iter(rules.values()))), len(RULES)), dtype=np.int64)
+    for rule, hit in rules.items():
+        flags[:, RULES.index(rule)] = hit
+    return flags
+
+
+def with_flags(rules: dict[str, np.ndarray], flags: np.ndarray) -> dict[str, np.ndarray]:
+    """``rules`` that also withhold every row some station flagged (``flags``: :func:`rule_flags` summed)."""
+    return {rule: np.asarray(hit | (flags[:, RULES.index(rule)] > 0), dtype=bool) for rule, hit in rules.items()}
 
 
 def finishable(kind: str, rules: dict[str, np.ndarray]) -> np.ndarray:

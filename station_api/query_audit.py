@@ -155,6 +155,12 @@ def group_digest(group: Participants) -> str:
     return hashlib.sha256(json.dumps(sorted(map(list, group))).encode()).hexdigest()
 
 
+def _session_key(session: str, participants: Participants) -> str:
+    """A session's record is its participants' too: a round of the same session over other stations (peers
+    a coordinator made up, whose masks it knows) finds nothing admitted."""
+    return f"{session}:{group_digest(participants)}"
+
+
 def _members_digest(members: list[np.ndarray]) -> str:
     h = hashlib.sha256()
     for m in members:
@@ -260,7 +266,7 @@ class QueryAudit:
         """
         digest = _members_digest(members)
         with self._lock:
-            hit = self._sessions.get(session)
+            hit = self._sessions.get(_session_key(session, participants))
             if hit is not None and digest in hit[1]:
                 return {"status": "admitted", "scope": hit[0]}, None
             status = "local" if local_only else self.state.status
@@ -341,7 +347,7 @@ class QueryAudit:
         with self._lock:
             try:
                 if all(h["status"] == "admitted" for h in headers):
-                    hit = self._sessions.get(session)
+                    hit = self._sessions.get(_session_key(session, participants))
                     if hit is None or digest not in hit[1]:
                         raise refusal("audit_session", "this round's selection was not audited in its session")
                     return Admission(hit[0], hit[2])
@@ -349,8 +355,9 @@ class QueryAudit:
             finally:
                 if self._holder == context:
                     self._holder = None
-            scope, digests, _ = self._sessions.pop(session, (admission.scope, set(), ()))
-            self._sessions[session] = (scope, digests | {digest}, admission.set_sizes)
+            key = _session_key(session, participants)
+            scope, digests, _ = self._sessions.pop(key, (admission.scope, set(), ()))
+            self._sessions[key] = (scope, digests | {digest}, admission.set_sizes)
             while len(self._sessions) > SESSIONS_KEPT:
                 self._sessions.pop(next(iter(self._sessions)))
             return admission
@@ -449,10 +456,11 @@ class QueryAudit:
             self.state.partition = part
             self._save()
 
-    def admitted(self, session: str, members: list[np.ndarray]) -> bool:
-        """Whether an earlier sealed round of ``session`` admitted exactly these sets."""
+    def admitted(self, session: str, members: list[np.ndarray], participants: Participants) -> bool:
+        """Whether an earlier sealed round of ``session``, over the same ``participants``, admitted exactly
+        these sets."""
         with self._lock:
-            hit = self._sessions.get(session)
+            hit = self._sessions.get(_session_key(session, participants))
             return hit is not None and _members_digest(members) in hit[1]
 
     # -- persistence ------------------------------------------------------------------------------------

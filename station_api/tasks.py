@@ -31,7 +31,7 @@ from station_api.audit import AuditLog
 from station_api.config import StationConfig
 from station_api.exchange import SealedRound, SealedRounds, judge_context, open_round, seal_round
 from station_api.finishing import Finishing, finish_step
-from station_api.policy import PolicyRefusalError, check_model, check_secure, check_task
+from station_api.policy import PolicyRefusalError, check_model, check_secure, check_task, rule_flags
 from station_api.query_audit import QueryAudit
 from station_api.runner import (
     BlockCache,
@@ -234,7 +234,10 @@ class TaskManager:
         elif request.exchange is None:
             self._claim(context_digest(request.secure.session, request.secure.round, participants_of(request.secure)))
             sealed_kind = request.kind in SEALED_KINDS and request.kind != "logistic_null"
-            if guard and (sealed_kind or not self.query_audit.admitted(request.secure.session, members)):
+            if guard and (
+                sealed_kind
+                or not self.query_audit.admitted(request.secure.session, members, participants_of(request.secure))
+            ):
                 raise PolicyRefusalError(
                     "audit_session",
                     f"a masked {request.kind} round runs sealed, or within a session whose selection a sealed round "
@@ -288,11 +291,14 @@ class TaskManager:
         request, design = prepared.request, prepared.design
         if request.kind in KEY_KINDS:
             return []
-        if request.binary and (request.kind.startswith("logistic") or request.groups == 2):
+        if request.groups == 2 or (request.binary and request.kind.startswith("logistic")):
             case = design.y > 0.5
             masks = [design.include & ~case, design.include & case]
         else:
             masks = [design.include]
+        if request.adjust is not None:  # each station's own sums leave in its indicator's columns: its own
+            index = request.adjust.index  # sets, the others' empty, one block of sets per station index
+            masks = [m if s == index else np.zeros_like(m) for s in range(request.adjust.count) for m in masks]
         ids = prepared.dataset.samples().column("sample_id").to_pylist()
         return self.query_audit.members([str(i) for i in ids], masks)
 
@@ -462,7 +468,12 @@ class TaskManager:
                 frame=prepared.task.get("frame"),
                 prepared=prepared,
             )
-            payload, summary = seal_round(sealed, self.masking, plan.audit_counts)
+            own_rules = (  # ADJUST station releases each station's own cells: judge them here too
+                rule_flags(record.request.kind, computed.people, policy)
+                if record.request.adjust is not None and computed.people is not None
+                else None
+            )
+            payload, summary = seal_round(sealed, self.masking, plan.audit_counts, own_rules)
         except BaseException:
             self.query_audit.abort(plan.context)
             raise

@@ -198,8 +198,8 @@ class TaskRequest(BaseModel):
             raise ValueError("a GWAS needs a phenotype")
         if self.kind.startswith("logistic") and not self.binary:
             raise ValueError("logistic rounds need binary = true")
-        if self.groups == 2 and self.phenotype is None:
-            raise ValueError("case/control counts (groups = 2) need a binary phenotype")
+        if self.groups == 2 and (self.phenotype is None or not self.binary):
+            raise ValueError("case/control counts (groups = 2) need a binary phenotype (binary = true)")
         if (
             self.kind in ("logistic_null", "logistic_score", "logistic_newton")
             and self.state is None

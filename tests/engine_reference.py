@@ -102,7 +102,7 @@ def newton_sums_twin(
         w = p * (1.0 - p)
         r = y[keep] - p
         if firth[v]:
-            h = w * np.einsum("sa,ab,sb->s", X, inv_info[v], X)
+            h = np.clip(w * np.einsum("sa,ab,sb->s", X, inv_info[v], X), 0.0, 1.0)
             r = r + h * (0.5 - p)
         xwx[v] = (X * w[:, None]).T @ X
         score[v] = X.T @ r

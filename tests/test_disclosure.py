@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import polars as pl
 import pytest
 
@@ -182,6 +183,99 @@ def test_ordinary_session__is_answered_in_full(realistic_cohort: Path, tmp_path:
             assert frame.height > 0, text
             if text.startswith("COUNT"):
                 assert not withheld(frame), text
+
+
+def test_adjust_station__one_stations_difference_is_refused(small_cohort: Path, tmp_path: Path) -> None:
+    # ADJUST station releases each station's own sums (in its indicator's columns): two models whose pooled
+    # sets differ by 6 people, but by one at milano (the only one there lacking ldl), would give that
+    # person's phenotypes and genotypes. The audit records each station's own sets.
+    ph = pl.read_csv(small_cohort / "milano.pheno.tsv", separator="\t", null_values="NA")
+    assert ph.filter(pl.col("ldl").is_null()).height == 1
+    with federation(tmp_path, small_cohort) as (fed, _):
+        adjusted = fed.query("GWAS LINEAR bmi ~ pc1 ADJUST station")
+        pooled = fed.query("GWAS LINEAR bmi ~ pc1")
+        assert fed.query("GWAS LINEAR bmi ~ pc1 + ldl").height > 0  # pooled, the same difference is 6 people
+        assert refused(fed, "GWAS LINEAR bmi ~ pc1 + ldl ADJUST station")
+    # and each station's own cells are judged: 1 to 4 ALT carriers at every station, 10 or more in all
+    few = {pos for pos, c in _carriers(small_cohort).items() if all(1 <= x < 5 for x in c) and sum(c) >= 8}
+    assert len(few) >= 2
+    by_rule = dict(zip(adjusted["POS"], adjusted["WITHHELD_BY"], strict=True))
+    assert all("carriers" in str(by_rule[pos]) for pos in few)
+    by_rule = dict(zip(pooled["POS"], pooled["WITHHELD_BY"], strict=True))
+    assert not any("carriers" in str(by_rule[pos]) for pos in few)
+
+
+def _carriers(cohort: Path) -> dict[int, list[int]]:
+    """Per position, the people carrying the ALT allele at each station (bi-allelic sites)."""
+    import pysam
+
+    out: dict[int, list[int]] = {}
+    for name in NAMES:
+        for rec in pysam.VariantFile(str(cohort / f"{name}.vcf.gz")):
+            called = (s["GT"] for s in rec.samples.values() if None not in s["GT"])
+            out.setdefault(rec.pos, []).append(sum(1 for gt in called if sum(gt) > 0))
+    return out
+
+
+def test_counts_in_two_groups__split_cases_and_controls_only(small_cohort: Path) -> None:
+    from station_api.wire import TaskRequest
+
+    base = {"dataset": "cohort", "analysis": "freq", "kind": "counts", "phenotype": "ldl", "groups": 2}
+    with pytest.raises(ValueError, match="need a binary phenotype"):
+        TaskRequest.model_validate({**base, "binary": False})  # split by ldl > 0.5: a set the audit never saw
+    TaskRequest.model_validate({**base, "phenotype": "case", "binary": True})
+
+
+def test_masked_round__with_participants_the_session_did_not_audit_is_refused(
+    small_cohort: Path, tmp_path: Path
+) -> None:
+    # a coordinator that makes up two peers knows their masks: one station's own sums would come back bare
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from query import secure as query_secure
+    from station_api.secure_agg import StationSecrets
+    from station_api.wire import encode_state
+
+    sessions: list[str] = []
+    next_round = query_secure.SecureSession.next_round
+
+    def spy(self: query_secure.SecureSession) -> object:
+        sessions.append(self.session)
+        return next_round(self)
+
+    fakes = [StationSecrets(n, X25519PrivateKey.generate()) for n in ("fake1", "fake2")]
+    with federation(tmp_path, small_cohort) as (fed, stations):
+        query_secure.SecureSession.next_round = spy  # type: ignore[method-assign]
+        try:
+            fed.query("GWAS LOGISTIC case ~ bmi")
+        finally:
+            query_secure.SecureSession.next_round = next_round  # type: ignore[method-assign]
+        url = fed.stations[0].url
+        info = httpx.get(f"{url}/info").json()
+        participants = [
+            {"name": info["name"], "agreement_key": info["agreement_key"]},
+            *({"name": f.name, "agreement_key": f.public_text} for f in fakes),
+        ]
+        body = {
+            "dataset": "cohort",
+            "analysis": "gwas_logistic",
+            "kind": "logistic_null",
+            "phenotype": "case",
+            "covariates": ["bmi"],
+            "binary": True,
+            "state": encode_state({"beta": np.zeros(2)}),
+            "secure": {"session": sessions[-1], "round": 900, "participants": participants},
+        }
+        r = httpx.post(f"{url}/tasks", json=body, headers=auth(stations[0].researcher))
+    assert r.status_code == 403 and "audit_session" in r.text
+
+
+def test_an_out_of_range_statistic__is_refused_without_its_value() -> None:
+    from engine import fixedpoint
+
+    with pytest.raises(Exception, match="beyond the secure-aggregation range") as exc:
+        fixedpoint.encode(np.array([2.61234e24]))
+    assert "2.61" not in str(exc.value) and "e+24" not in str(exc.value)
 
 
 # -- what the coordinator may try against a sealed round -------------------------------------------------

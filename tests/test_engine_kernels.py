@@ -193,3 +193,21 @@ def test_case_control_tests__against_scipy() -> None:
     status = np.repeat([1, 1, 1, 0, 0, 0], np.concatenate([case[0], ctrl[0]]))
     r = np.corrcoef(g, status)[0, 1]
     assert abs(trend_chi2(case, ctrl)[0] - len(g) * r**2) < 1e-9
+
+
+def test_newton_sums__a_huge_inverse_information_cannot_scale_the_score() -> None:
+    """A leverage lies in [0, 1]: whatever ``inv_info`` a coordinator sends, the Firth-corrected score
+    stays within what the data give (a failure past the secure-aggregation range would be a release)."""
+    rng = np.random.default_rng(3)
+    n, m = 60, 4
+    codes = rng.integers(0, 3, size=(m, n)).astype(np.uint8)
+    C = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = (rng.random(n) < 0.5).astype(float)
+    include = np.ones(n, dtype=bool)
+    inputs = NewtonInputs.of(Design(C=C, y=y, include=include, names=("a", "b")))
+    beta = np.zeros((m, 3))
+    firth, loglik = np.ones(m, dtype=bool), np.zeros(m, dtype=bool)
+    huge = np.broadcast_to(np.eye(3) * 1e30, (m, 3, 3)).copy()
+    _, score, _, _ = newton_sums(pack_genotypes(codes), np.arange(m), beta, inputs, huge, firth, loglik)
+    X = np.concatenate([np.broadcast_to(C, (m, n, 2)), codes[:, :, None].astype(float)], axis=2)
+    assert np.all(np.abs(score) <= 1.5 * np.abs(X).sum(axis=1) + 1e-9)

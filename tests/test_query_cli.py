@@ -116,6 +116,13 @@ def test_verify__signed_manifests_check_and_a_tampered_one_fails(federation: Pat
     assert {m["station"] for m in doc["provenance"]} == {"milano", "nijmegen"}
     ok = better("verify", str(result), "--federation", str(fed))
     assert ok.returncode == 0 and "2 signed manifest(s) verified" in " ".join(ok.stderr.split()), ok.stderr
+    assert "all 1 row(s) are what the signed releases give" in " ".join(ok.stderr.split())
+    count = doc["rows"][0][0]
+    doc["rows"][0][0] = str(int(count) + 1)  # the table edited: the signatures still hold, the values do not
+    result.write_text(json.dumps(doc))
+    edited = better("verify", str(result), "--federation", str(fed))
+    assert edited.returncode == 1 and f"the table says {int(count) + 1}, the releases give {count}" in edited.stderr
+    doc["rows"][0][0] = count
     doc["provenance"][0]["manifest"]["released"]["withheld"] = not doc["provenance"][0]["manifest"]["released"][
         "withheld"
     ]

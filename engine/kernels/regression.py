@@ -237,7 +237,9 @@ def logistic_weights(
                         xa = g[s] if a == k else Ct[a, s]
                         for c in range(kk):
                             h += inv_info[i, a, c] * xa * (g[s] if c == k else Ct[c, s])
-                    r[i, s] += w[i, s] * h * (0.5 - p)
+                    # a leverage lies in [0, 1]: clipped, a coordinator's ``inv_info`` cannot scale a
+                    # station's score out of the secure-aggregation range (a failure there is a release)
+                    r[i, s] += min(max(w[i, s] * h, 0.0), 1.0) * (0.5 - p)
         # four interleaved partial sums keep the additions from waiting on each other
         q = n - n % 4
         a0 = a1 = a2 = a3 = 0.0
