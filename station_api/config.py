@@ -61,6 +61,12 @@ class Policy(BaseModel):
         description="auto: under secure aggregation, audit over the people of the audit group (the stations of "
         "the first masked round, or secure_peers); local: over this station's people only",
     )
+    finish_rows: bool = Field(
+        False,
+        description="under a pooled audit, finish variants where 1 to min_cell_count - 1 people of the group lack "
+        "a call among the stations (only their results leave) instead of withholding them; the stations then see "
+        "the group's sums over those few people. Every station of a round must allow it",
+    )
     require_secure_aggregation: bool = Field(
         False, description="release statistics only masked for secure aggregation (never in the clear)"
     )

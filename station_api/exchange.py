@@ -26,6 +26,7 @@ from station_api.policy import (
     check_model,
     finishable,
     release,
+    strictest,
     with_flags,
     withheld_rows,
 )
@@ -233,6 +234,8 @@ def open_round(
                 raise
             admission = Admission("withheld", ())
     is_pooled = admission.scope == "pooled"
+    if is_pooled:  # every station decides the rows alike: on the same totals, by the strictest values
+        policy = strictest(policy, {n: h.get("rows") for n, (h, _) in peers.items()})
     result = dict(sealed.result)
     if admission.scope == "withheld":
         result["withheld"] = np.array(True)
@@ -243,7 +246,13 @@ def open_round(
     if rules is not None and is_pooled and request.adjust is not None:
         rules = with_flags(rules, pooled()["own_rules"])
     finish = None
-    if is_pooled and rules is not None and sealed.frame is not None and sealed.prepared is not None:
+    if (
+        is_pooled
+        and policy.finish_rows
+        and rules is not None
+        and sealed.frame is not None
+        and sealed.prepared is not None
+    ):
         finish = finishable(request.kind, rules)
         if finish.any():
             rounds.keep_finishing(

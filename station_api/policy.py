@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import BetterError
+from engine.errors import BetterError, InputError
 from station_api.config import Policy
 from station_api.wire import TaskRequest
 
@@ -210,6 +210,38 @@ def rule_flags(kind: str, people: np.ndarray, policy: Policy) -> np.ndarray:
 def with_flags(rules: dict[str, np.ndarray], flags: np.ndarray) -> dict[str, np.ndarray]:
     """``rules`` that also withhold every row some station flagged (``flags``: :func:`rule_flags` summed)."""
     return {rule: np.asarray(hit | (flags[:, RULES.index(rule)] > 0), dtype=bool) for rule, hit in rules.items()}
+
+
+#: The policy values that decide a pooled round's rows: every station of the round must decide alike (a
+#: row one station zeroes and another releases would leave the others' own sums bare), so each applies
+#: the strictest of them over the round's stations.
+ROW_POLICY = ("min_cell_count", "min_minor_allele_count", "finish_rows")
+
+
+def row_policy(policy: Policy) -> dict[str, Any]:
+    """The values of ``policy`` that decide a pooled round's rows, for the sealed header."""
+    return {name: getattr(policy, name) for name in ROW_POLICY}
+
+
+def strictest(policy: Policy, peers: dict[str, Any]) -> Policy:
+    """``policy`` with its row values made the strictest over itself and the peers' (``row_policy``)."""
+    values = [row_policy(policy)]
+    for station, v in peers.items():
+        if not isinstance(v, dict) or set(v) != set(ROW_POLICY):
+            raise InputError(
+                f"station {station} did not say how it judges rows; the stations run different BETTER versions"
+            )
+        values.append(v)
+    try:
+        return policy.model_copy(
+            update={
+                "min_cell_count": max(int(v["min_cell_count"]) for v in values),
+                "min_minor_allele_count": max(int(v["min_minor_allele_count"]) for v in values),
+                "finish_rows": all(v["finish_rows"] is True for v in values),
+            }
+        )
+    except (TypeError, ValueError):
+        raise InputError("a station of the round sent row thresholds that are not numbers") from None
 
 
 def finishable(kind: str, rules: dict[str, np.ndarray]) -> np.ndarray:

@@ -31,7 +31,14 @@ from station_api.audit import AuditLog
 from station_api.config import StationConfig
 from station_api.exchange import SealedRound, SealedRounds, judge_context, open_round, seal_round
 from station_api.finishing import Finishing, finish_step
-from station_api.policy import PolicyRefusalError, check_model, check_secure, check_task, rule_flags
+from station_api.policy import (
+    PolicyRefusalError,
+    check_model,
+    check_secure,
+    check_task,
+    row_policy,
+    rule_flags,
+)
 from station_api.query_audit import QueryAudit
 from station_api.runner import (
     BlockCache,
@@ -452,6 +459,7 @@ class TaskManager:
                 )
             else:
                 plan.header = {"status": "off"}
+            plan.header = {**plan.header, "rows": row_policy(policy)}
             computed = on_frame(
                 prepared.request, prepared.task, compute(prepared, on_block, self._compute, self.blocks)
             )

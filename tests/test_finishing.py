@@ -1,5 +1,6 @@
-"""A variant where one person of the whole federation lacks a call: its sums never reach the coordinator,
-yet its result is exact (the stations finish it); alone, a station withholds it."""
+"""A variant where one person of the whole federation lacks a call: its sums never reach the coordinator.
+Where every station's policy allows ``finish_rows``, its result is exact (the stations finish it); by
+default, and alone, it is withheld."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from genomics.store import Store
 from query.federation import Federation
 from query.remote import StationClient
 from station_api.auth import new_token
-from station_api.config import StationConfig, write_config
+from station_api.config import Policy, StationConfig, write_config
 from station_api.launch import station_processes
 from tests.servers import auth
 
@@ -62,21 +63,25 @@ def write_cohort(root: Path, seed: int = 5) -> tuple[dict[str, Path], pl.DataFra
     return paths, pheno, geno
 
 
-def stations(root: Path, data: dict[str, Path]) -> list[tuple[str, Path, str]]:
+def stations(root: Path, data: dict[str, Path], finish: tuple[bool, ...]) -> list[tuple[str, Path, str]]:
     out = []
-    for name in NAMES:
+    for name, finish_rows in zip(NAMES, finish, strict=False):
         store = Store.create(root / name)
         ingest_vcf(store, "c", str(data[name] / f"{name}.vcf"), str(data[name] / f"{name}.tsv"))
         token, record = new_token("ana", "researcher")
-        write_config(store.path, StationConfig(name=name, tokens=[record]))
+        policy = Policy(finish_rows=finish_rows)
+        write_config(store.path, StationConfig(name=name, tokens=[record], policy=policy))
         out.append((name, store.path, token))
     return out
 
 
 @contextmanager
-def federation(root: Path, data: dict[str, Path], n: int = 3) -> Iterator[tuple[Federation, list[str], list[str]]]:
-    """``n`` stations served, and a federation over them (masked with three); yields it, URLs and tokens."""
-    st = stations(root, data)[:n]
+def federation(
+    root: Path, data: dict[str, Path], n: int = 3, finish: tuple[bool, ...] = (True, True, True)
+) -> Iterator[tuple[Federation, list[str], list[str]]]:
+    """``n`` stations served (``finish``: their policies' ``finish_rows``), and a federation over them (masked
+    with three); yields it, URLs and tokens."""
+    st = stations(root, data, finish)[:n]
     with station_processes([p for _, p, _ in st], threads=1) as urls:
         clients = [StationClient(name, u, t) for (name, _, t), u in zip(st, urls, strict=True)]
         yield Federation(clients), urls, [t for _, _, t in st]
@@ -140,3 +145,20 @@ def test_one_missing_call__alone_a_station_withholds_it(cohort: tuple, tmp_path:
     assert rows[101]["WITHHELD"] and rows[101]["WITHHELD_BY"] == "missing_genotypes"  # 1 at alpha
     assert rows[102]["WITHHELD"]  # 2 at alpha, 2 at beta: each alone is too few
     assert not rows[103]["WITHHELD"] and rows[104]["WITHHELD"]  # 3 at beta
+
+
+@pytest.mark.parametrize("finish", [(False, False, False), (True, False, True)])
+def test_one_missing_call__withheld_unless_every_station_finishes_rows(
+    cohort: tuple, tmp_path: Path, finish: tuple[bool, ...]
+) -> None:
+    # by default (and when one station does not allow it: the stations decide rows alike, by the strictest
+    # policy) a variant where 1 person of the group lacks a call is withheld; 6 lacking a call is released
+    _, data, pheno, geno = cohort
+    with federation(tmp_path, data, finish=finish) as (fed, _, _):
+        frame = fed.query("GWAS LINEAR ldl ~ age + sex")
+    rows = {r["POS"]: r for r in frame.iter_rows(named=True)}
+    assert rows[101]["WITHHELD"] and rows[101]["WITHHELD_BY"] == "missing_genotypes"  # 1 at alpha, 0 elsewhere
+    assert rows[104]["WITHHELD"] and rows[104]["WITHHELD_BY"] == "missing_genotypes"  # 3 at beta
+    for pos in (102, 103):  # 6 lacking a call over the group, and none
+        beta, se = ols(pheno, geno[pos])
+        assert not rows[pos]["WITHHELD"] and rows[pos]["BETA"] == pytest.approx(beta, rel=1e-8, abs=1e-10), pos
