@@ -5,11 +5,15 @@ A realistic synthetic cohort (``better synth``: msprime, three stations about 55
 processes with the default policy and secure aggregation on. For each analysis the script prints the
 share of PLINK 2's variants that came back (not withheld) among those the disclosure issue names (FREQ:
 minor allele count >= 5; HWE: MAF >= 5%; GWAS: MAF >= 1%), how many rows each rule withheld, and the
-largest difference from PLINK 2 in -log10 P among the rows that came back.
+largest difference from PLINK 2 in -log10 P among the rows that came back. For the GWAS it also prints
+the share returned among the variants where none or 5 or more analysed people lack a call (PLINK 2's
+OBS_CT): the others are withheld by default (``missing_genotypes``) and finished by the stations with
+``--finish-rows`` (policy ``finish_rows`` at every station).
 
 Usage::
 
     python bench/answers.py [--out bench/out/coverage] [--samples 3000] [--variants 8000] [--seed 1]
+                            [--finish-rows] [--missing-rates uniform]
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=3000)
     ap.add_argument("--variants", type=int, default=8000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--finish-rows", action="store_true", help="every station's policy allows finish_rows")
+    ap.add_argument("--missing-rates", default="variable", help="variable (default) or uniform (1%% everywhere)")
     args = ap.parse_args()
 
     from genomics.ingest import ingest_vcf
@@ -70,7 +76,15 @@ def main() -> None:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    r = synthesize(SynthConfig(out=str(root / "cohort"), samples=args.samples, variants=args.variants, seed=args.seed))
+    r = synthesize(
+        SynthConfig(
+            out=str(root / "cohort"),
+            samples=args.samples,
+            variants=args.variants,
+            seed=args.seed,
+            missing_rates=args.missing_rates,
+        )
+    )
     references(r.out, root)
     clients = []
     with ExitStack() as stack:
@@ -78,7 +92,8 @@ def main() -> None:
             store = Store.create(root / "stations" / name)
             ingest_vcf(store, "c", str(r.out / f"{name}.vcf.gz"), str(r.out / f"{name}.pheno.tsv"))
             token, record = new_token("bench", "researcher")
-            write_config(store.path, StationConfig(name=name, policy=Policy(), tokens=[record]))
+            policy = Policy(finish_rows=args.finish_rows)
+            write_config(store.path, StationConfig(name=name, policy=policy, tokens=[record]))
             url = stack.enter_context(station_process(store.path, threads=1))
             clients.append(StationClient(name, url, token, timeout=600))
         fed = Federation(clients, secure_aggregation="on")
@@ -102,7 +117,11 @@ def main() -> None:
     refs = {"GWAS LINEAR": root / "lin.ldl.glm.linear", "GWAS LOGISTIC": root / "log.case.glm.logistic.hybrid"}
     sizes = dict(zip(r.stations, r.station_sizes, strict=True))
     print(f"cohort: {args.samples} samples, {len(freq)} variants, stations {sizes}")
-    print(f"{'query':<15}{'variants':>9}{'withheld':>10}  {'among':<24}{'returned':>9}  max |d log10 P|  withheld by")
+    print(f"policy: default{' with finish_rows' if args.finish_rows else ''}; missing rates: {args.missing_rates}")
+    print(
+        f"{'query':<15}{'variants':>9}{'withheld':>10}  {'among':<24}{'returned':>9}  {'of those not 1-4 missing':>24}"
+        "  max |d log10 P|  withheld by"
+    )
     for name, frame in frames.items():
         rows = key_rows(frame)
         label, keys = wanted[name]
@@ -111,9 +130,12 @@ def main() -> None:
         if "WITHHELD_BY" in frame.columns:
             for text in frame.filter(pl.col("WITHHELD"))["WITHHELD_BY"].to_list():
                 by.update(x for x in text.split(",") if x)
-        dp = ""
+        dp, others = "", ""
         if name in refs:
             ref = key_rows(pl.read_csv(refs[name], separator="\t", infer_schema_length=0))
+            full = max(int(ref[k]["OBS_CT"]) for k in keys if k in ref)
+            plenty = [k for k in keys if k in ref and not 1 <= full - int(ref[k]["OBS_CT"]) <= 4]
+            others = f"{sum(k in rows and not rows[k]['WITHHELD'] for k in plenty) / max(len(plenty), 1):.2%}"
             diffs = [
                 abs(rows[k]["LOG10_P"] + np.log10(float(ref[k]["P"])))
                 for k in keys
@@ -124,7 +146,7 @@ def main() -> None:
             ]
             dp = f"{max(diffs):.1e}" if diffs else "-"
         share = frame["WITHHELD"].mean()
-        print(f"{name:<15}{frame.height:>9}{share:>10.1%}  {label:<24}{back:>9.2%}  {dp:>15}  {dict(by)}")
+        print(f"{name:<15}{frame.height:>9}{share:>10.1%}  {label:<24}{back:>9.2%}  {others:>24}  {dp:>15}  {dict(by)}")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ class SynthConfig:
     missing_genotype_rate: float = 0.01
     #: Share of variants with no missing genotype at all (as in imputed data); 0 keeps every variant's rate.
     fully_called: float = 0.0
+    #: "variable": each variant's missing rate drawn around ``missing_genotype_rate`` (many variants with
+    #: very few missing calls, a few with many: as in sequencing); "uniform": the same rate everywhere.
+    missing_rates: str = "variable"
 
     def validate(self) -> None:
         if not 1 <= self.stations <= 50:
@@ -55,6 +58,8 @@ class SynthConfig:
             raise InputError(f"--variants {self.variants}: choose between 10 and 5,000,000 variants")
         if not 0.0 <= self.fully_called <= 1.0:
             raise InputError(f"--fully-called {self.fully_called}: a share between 0 and 1")
+        if self.missing_rates not in ("variable", "uniform"):
+            raise InputError(f"--missing-rates {self.missing_rates}: use variable or uniform")
 
 
 @dataclass
@@ -189,6 +194,8 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
         if cfg.missing_genotype_rate > 0
         else np.zeros(hap.shape[0])
     )
+    if cfg.missing_rates == "uniform":
+        rate = np.full(hap.shape[0], cfg.missing_genotype_rate)
     if cfg.fully_called > 0:
         rate[rng.random(hap.shape[0]) < cfg.fully_called] = 0.0
     missing = rng.random((hap.shape[0], n)) < rate[:, None]

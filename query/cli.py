@@ -67,6 +67,9 @@ def synth(
     variants: Annotated[int, typer.Option(help="VCF records (sites) to simulate")] = 8000,
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 42,
     fully_called: Annotated[float, typer.Option(help="share of variants with no missing genotype")] = 0.0,
+    missing_rates: Annotated[
+        str, typer.Option(help="variable: each variant's missing rate around 1% (sequencing); uniform: 1% everywhere")
+    ] = "variable",
     bam: Annotated[bool, typer.Option(help="also simulate indexed BAMs of some samples per station")] = False,
     bam_samples: Annotated[int, typer.Option(help="samples per station that get a BAM")] = 6,
 ) -> None:
@@ -83,6 +86,7 @@ def synth(
             variants=variants,
             seed=seed,
             fully_called=fully_called,
+            missing_rates=missing_rates,
         ),
         on_step=lambda m: err.print(f"[dim]{m}[/dim]"),
     )

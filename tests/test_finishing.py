@@ -160,5 +160,5 @@ def test_one_missing_call__withheld_unless_every_station_finishes_rows(
     assert rows[101]["WITHHELD"] and rows[101]["WITHHELD_BY"] == "missing_genotypes"  # 1 at alpha, 0 elsewhere
     assert rows[104]["WITHHELD"] and rows[104]["WITHHELD_BY"] == "missing_genotypes"  # 3 at beta
     for pos in (102, 103):  # 6 lacking a call over the group, and none
-        beta, se = ols(pheno, geno[pos])
+        beta, _ = ols(pheno, geno[pos])
         assert not rows[pos]["WITHHELD"] and rows[pos]["BETA"] == pytest.approx(beta, rel=1e-8, abs=1e-10), pos

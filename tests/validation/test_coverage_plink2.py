@@ -77,20 +77,34 @@ def share(keys: list[tuple], got: dict[tuple, dict]) -> float:
     return sum(k in got for k in keys) / max(len(keys), 1)
 
 
+def few_missing(ref: dict[tuple, dict], keys: list[tuple], frame: pl.DataFrame) -> list[tuple]:
+    """Variants 1..4 of whose analysed people lack a call (PLINK 2's OBS_CT against the most it has): by
+    default withheld (``missing_genotypes``), unless every station allows ``finish_rows``; the others."""
+    full = max(int(ref[k]["OBS_CT"]) for k in keys)
+    few = [k for k in keys if 1 <= full - int(ref[k]["OBS_CT"]) <= 4]
+    rules = {(r["#CHROM"], r["POS"], r["REF"], r["ALT"]): r["WITHHELD_BY"] for r in frame.iter_rows(named=True)}
+    assert all("missing_genotypes" in rules[k] for k in few)
+    return few
+
+
 def test_coverage__gwas_returns_99pct_of_variants_with_maf_1pct_and_equals_plink2(run: Run) -> None:
+    # every variant with MAF >= 1% comes back but those where 1..4 people lack a call (whose sums would
+    # describe just them: withheld by default; tests/test_finishing.py shows them finished when allowed)
     freq = pooled_freq(run)
     common = [k for k, (f, _) in freq.items() if min(f, 1 - f) >= 0.01]
     assert len(common) > 1000
     lin = released(run.frames["linear"])
-    assert share(common, lin) >= 0.99, share(common, lin)
     ref = read(run.root / "lin.ldl.glm.linear")
+    few = set(few_missing(ref, common, run.frames["linear"]))
+    assert share([k for k in common if k not in few], lin) >= 0.99, share(common, lin)
     dp = [
         abs(-lin[k]["LOG10_P"] - np.log10(float(ref[k]["P"]))) for k in common if k in lin and ref[k]["ERRCODE"] == "."
     ]
-    assert len(dp) > 1000 and max(dp) <= 1e-3
+    assert len(dp) > 800 and max(dp) <= 1e-3
     log = released(run.frames["logistic"])
-    assert share(common, log) >= 0.99, share(common, log)
     ref = read(run.root / "log.case.glm.logistic.hybrid")
+    few = set(few_missing(ref, common, run.frames["logistic"]))
+    assert share([k for k in common if k not in few], log) >= 0.99, share(common, log)
     agree = [k for k in common if k in log and ref[k]["ERRCODE"] == "."]
     assert all(log[k]["FIRTH?"] == ref[k]["FIRTH?"] for k in agree)
 
