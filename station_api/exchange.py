@@ -241,6 +241,8 @@ def open_round(
         result["withheld"] = np.array(True)
     else:
         check_model(request, sealed.k, admission.set_sizes, policy)
+        if audit is not None:
+            audit.confirm(spec.session, sealed.members, participants, admission)
     people = pooled()["rows"] if is_pooled and sealed.people is not None else sealed.people
     rules = withheld_rows(request.kind, people, policy) if people is not None else None
     if rules is not None and is_pooled and request.adjust is not None:

@@ -175,7 +175,8 @@ class QueryAudit:
         self.dir = Path(station) / AUDIT_DIR
         self._lock = threading.RLock()
         self._holder: str | None = None
-        self._sessions: dict[str, tuple[str, set[str], tuple[int, ...]]] = {}
+        #: Per session (and its participants): the scope, and each admitted selection's set sizes.
+        self._sessions: dict[str, tuple[str, dict[str, tuple[int, ...]]]] = {}
         self.state = self._load()
 
     # -- people -----------------------------------------------------------------------------------------
@@ -350,17 +351,23 @@ class QueryAudit:
                     hit = self._sessions.get(_session_key(session, participants))
                     if hit is None or digest not in hit[1]:
                         raise refusal("audit_session", "this round's selection was not audited in its session")
-                    return Admission(hit[0], hit[2])
-                admission = self._open(context, members, mine, headers, participants, pooled_counts, k)
+                    return Admission(hit[0], hit[1][digest])
+                return self._open(context, members, mine, headers, participants, pooled_counts, k)
             finally:
                 if self._holder == context:
                     self._holder = None
-            key = _session_key(session, participants)
-            scope, digests, _ = self._sessions.pop(key, (admission.scope, set(), ()))
-            self._sessions[key] = (scope, digests | {digest}, admission.set_sizes)
+
+    def confirm(
+        self, session: str, members: list[np.ndarray], participants: Participants, admission: Admission
+    ) -> None:
+        """Remember a sealed round's selection as admitted in its session, once every check of the round (the
+        model's size too) has passed: later rounds of the session over the same selection need no seal."""
+        key = _session_key(session, participants)
+        with self._lock:
+            scope, sizes = self._sessions.pop(key, (admission.scope, {}))
+            self._sessions[key] = (scope, {**sizes, _members_digest(members): admission.set_sizes})
             while len(self._sessions) > SESSIONS_KEPT:
                 self._sessions.pop(next(iter(self._sessions)))
-            return admission
 
     def _open(
         self,

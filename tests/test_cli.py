@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def better(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "query.cli", *args], capture_output=True, text=True, timeout=300)
@@ -35,6 +37,7 @@ def test_cli__synth_init_ingest_info(tmp_path: Path) -> None:
     assert r.returncode == 0 and "cohort" in r.stdout and "min_cell_count=5" in r.stdout
 
 
+@pytest.mark.slow
 def test_cli__synth_bam_and_ingest_bam(tmp_path: Path) -> None:
     c = tmp_path / "c"
     r = better(

@@ -125,6 +125,7 @@ def test_job__writes_ssf_tables_plots_and_a_report(federation: Path) -> None:
     assert again.chunks_run == 0
 
 
+@pytest.mark.slow
 def test_job__killed_midway_and_resumed__writes_the_same_bytes(federation: Path) -> None:
     reference = run_job(write_job(federation, "reference")).out
     job = write_job(federation, "resumed")

@@ -251,3 +251,45 @@ def test_pooled_audit__one_seal_at_a_time(tmp_path: Path) -> None:
         audit.seal("second", "s2", members, PARTICIPANTS, "a", True, False)
     audit.abort("first")
     audit.seal("second", "s2", members, PARTICIPANTS, "a", True, False)
+
+
+def test_session__keeps_each_selections_sizes_and_only_what_passed_every_check(tmp_path: Path) -> None:
+    # Rounds of one session go back to a selection sealed before: its own sizes count for the model's
+    # size rules, not the last round's; and a selection whose round failed a later check stays unadmitted.
+    audits = [QueryAudit(tmp_path / name) for name, _ in PARTICIPANTS]
+    ids = [[f"{name}{i}" for i in range(30)] for name, _ in PARTICIPANTS]
+    small, full = np.arange(30) < 6, np.ones(30, dtype=bool)
+
+    def sealed_round(context: str, selection: np.ndarray, confirm: bool) -> list:
+        for lock in (False, True):
+            sealed = []
+            for audit, people in zip(audits, ids, strict=True):
+                members = audit.members(people, [selection])
+                header, counts = audit.seal(
+                    f"{context}{lock}", "S", members, PARTICIPANTS, "a", pin_ok=True, local_only=False, lock=lock
+                )
+                sealed.append((members, header, counts))
+            total = None if any(c is None for *_, c in sealed) else sum(c for *_, c in sealed)
+            try:
+                out = []
+                for i, (audit, (members, header, _)) in enumerate(zip(audits, sealed, strict=True)):
+                    peers = {str(j): s[1] for j, s in enumerate(sealed) if j != i}
+                    admission = audit.open(
+                        f"{context}{lock}", "S", members, header, peers, PARTICIPANTS, lambda t=total: t, 5
+                    )
+                    if confirm:
+                        audit.confirm("S", members, PARTICIPANTS, admission)
+                    out.append(admission)
+                return out
+            except PolicyRefusalError as exc:
+                assert exc.rule == "audit_lock" and not lock
+        raise AssertionError("unreachable")
+
+    assert {a.set_sizes for a in sealed_round("c1", small, confirm=True)} == {(18,)}
+    assert {a.set_sizes for a in sealed_round("c2", full, confirm=True)} == {(90,)}
+    assert {a.set_sizes for a in sealed_round("c3", small, confirm=True)} == {(18,)}  # not the last round's
+    half = np.arange(30) < 15
+    sealed_round("c4", half, confirm=False)  # as when the model's size check refuses the round
+    members = audits[0].members(ids[0], [half])
+    assert not audits[0].admitted("S", members, PARTICIPANTS)
+    assert audits[0].admitted("S", audits[0].members(ids[0], [small]), PARTICIPANTS)

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.errors import InputError
 from query.output import write
 from query.provenance import verify_manifests
 from query.replay import read_releases, releases_path, verify_values, write_releases
@@ -43,11 +44,38 @@ def test_verify__values_edited_payloads_swapped_or_requests_changed_fail(small_c
         manifests = _result(fed, "GWAS LINEAR ldl ~ age + sex WHERE maf >= 0.05", linear)
         logistic = tmp_path / "logistic.parquet"
         logistic_manifests = _result(fed, "GWAS LOGISTIC case ~ age + sex WHERE maf >= 0.05", logistic, "parquet")
+        freq = tmp_path / "freq.json"
+        _releases_hold_only_what_the_coordinator_received(freq, _result(fed, "FREQ", freq), tmp_path)
     assert verify_manifests(manifests, keys)[0] == []
     problems, rows = verify_values(linear, manifests)
     assert problems == [] and rows is not None and rows > 50
     problems, rows = verify_values(logistic, logistic_manifests)
     assert problems == [] and rows is not None and rows > 50
+
+    # the same signed null-model releases of a station in another order: other betas than the replay asks
+    swapped = tmp_path / "swapped.parquet"
+    swapped.write_bytes(logistic.read_bytes())
+    releases_path(swapped).write_bytes(releases_path(logistic).read_bytes())
+
+    def swap_null_rounds(members: dict[str, bytes]) -> None:
+        index = json.loads(members["releases.json"])
+        station = index["stations"][0]
+        at = [
+            i
+            for i, e in enumerate(index["releases"])
+            if e["station"] == station
+            and e["request"]["kind"] == "logistic_null"
+            and e["request"].get("state")
+            and not e["request"].get("exchange")
+        ]
+        assert len(at) >= 2
+        entries = index["releases"]
+        entries[at[0]], entries[at[-1]] = entries[at[-1]], entries[at[0]]
+        members["releases.json"] = json.dumps(index).encode()
+
+    _rewrite_zip(releases_path(swapped), swap_null_rounds)
+    problems, _ = verify_values(swapped, logistic_manifests)
+    assert len(problems) == 1 and "state other than the recorded request" in problems[0], problems
 
     # one P value edited in the table
     doc = json.loads(linear.read_text())
@@ -102,12 +130,26 @@ def test_verify__values_edited_payloads_swapped_or_requests_changed_fail(small_c
         verify_values(edited, manifests)
 
 
-def test_releases__hold_only_what_the_coordinator_received(small_cohort: Path, tmp_path: Path) -> None:
-    with federation(tmp_path, small_cohort) as (fed, _):
-        out = tmp_path / "freq.json"
-        _result(fed, "FREQ", out)
+def _releases_hold_only_what_the_coordinator_received(out: Path, manifests: list[dict], tmp_path: Path) -> None:
     recorded = read_releases(releases_path(out))
     assert set(recorded.stations) == {"milano", "nijmegen", "barcelona"}
+    # a position moved by a few bases is not "within rounding": labels and counts must match exactly
+    doc = json.loads(out.read_text())
+    pos = doc["columns"].index("POS")
+    doc["rows"][3][pos] = str(int(doc["rows"][3][pos]) + 300)
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(doc))
+    releases_path(moved).write_bytes(releases_path(out).read_bytes())
+    problems, _ = verify_values(moved, manifests)
+    assert problems and problems[0].startswith("row 4, POS: the table says")
+    # a table or releases file that is not what verify reads fails with a clear error, never a traceback
+    moved.write_text(json.dumps({**doc, "rows": 5}))
+    with pytest.raises(InputError, match="its table cannot be read"):
+        verify_values(moved, manifests)
+    releases_path(moved).unlink()
+    releases_path(moved).mkdir()
+    with pytest.raises(InputError, match="not a BETTER releases file"):
+        read_releases(releases_path(moved))
     # masked rounds: every release the stations made, and nothing else (one task id each)
     assert len({(r.station, r.task) for r in recorded.releases}) == len(recorded.releases)
     assert {r.request["kind"] for r in recorded.releases} >= {"counts"}

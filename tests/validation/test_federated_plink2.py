@@ -194,7 +194,7 @@ def test_explain__plan_shapes(live: Live) -> None:
     [
         "GWAS LINEAR ldl ~ age + sex WHERE maf >= 0.05 AND call_rate >= 0.97",
         "GWAS LINEAR ldl ~ age + sex WHERE hwe_p > 1e-4 AND mac >= 20",
-        "GWAS LOGISTIC case ~ age + sex WHERE maf >= 0.1",
+        pytest.param("GWAS LOGISTIC case ~ age + sex WHERE maf >= 0.1", marks=pytest.mark.slow),
         "FREQ WHERE maf < 0.2 AND call_rate > 0.98 AND sex = 1",
     ],
 )
@@ -279,6 +279,7 @@ def test_secure_aggregation__stations_refuse_unsafe_rounds(live: Live) -> None:
     assert r.status_code == 403 and r.json()["detail"]["rule"] == "min_secure_participants"
 
 
+@pytest.mark.slow
 def test_secure_aggregation__a_station_that_drops_out_makes_the_query_restart_without_it(
     live: Live, tmp_path: Path
 ) -> None:
