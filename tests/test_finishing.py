@@ -147,7 +147,7 @@ def test_one_missing_call__alone_a_station_withholds_it(cohort: tuple, tmp_path:
     assert not rows[103]["WITHHELD"] and rows[104]["WITHHELD"]  # 3 at beta
 
 
-@pytest.mark.parametrize("finish", [(False, False, False), (True, False, True)])
+@pytest.mark.parametrize("finish", [(False, False, False), pytest.param((True, False, True), marks=pytest.mark.slow)])
 def test_one_missing_call__withheld_unless_every_station_finishes_rows(
     cohort: tuple, tmp_path: Path, finish: tuple[bool, ...]
 ) -> None:
