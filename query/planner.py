@@ -176,15 +176,24 @@ class Plan:
             "pileup": [f"small_cells (1..{k - 1} samples behind a base)"],
         }.get(q.verb, [])
         if q.verb == "gwas":
+            finish = self.secure and all(bool(p.get("finish_rows", False)) for p in self.policies.values())
             rules = [
                 f"minor_allele_count (1..{mac - 1} copies)",
-                f"missing_genotypes (1..{k - 1} people without a call)",
+                f"missing_genotypes (1..{k - 1} people without a call"
+                + (
+                    "; such variants are finished by the stations, which release only their results)" if finish else ")"
+                ),
                 f"carriers (1..{k - 1} people called, or carrying either allele)"
                 if q.model == "linear"
                 else f"case_control_cells (1..{k - 1} cases or controls called, or carrying either allele)",
             ]
         if rules:
             lines.append("  rows withheld by: " + "; ".join(rules) + " (the WITHHELD_BY column names the rule)")
+        if q.adjust_station and self.secure:
+            lines.append(
+                "  ADJUST station: each station's indicator columns carry its own sums, so its own selection is "
+                "audited and its own cells judged too"
+            )
         return lines
 
     def _central(self) -> str:

@@ -186,6 +186,8 @@ def test_plan_shapes() -> None:
     assert plan(parse("FREQ WHERE filter = 'PASS'"), cats).model.pass_only
     adj = plan(parse("GWAS LINEAR ldl ~ age + sex ADJUST station"), cats)
     assert adj.k == 1 + 2 + 2 and "(k = 5)" in adj.explain()
+    adj.secure = True
+    assert "its own selection is audited and its own cells judged too" in adj.explain()
     assert plan(parse("COUNT"), cats).explain().splitlines()[2].startswith("round 1: `sample_count`")
 
 
