@@ -96,8 +96,8 @@ def check_model(request: TaskRequest, k: int, set_sizes: tuple[int, ...], policy
     station's own or, in a pooled audit, the sum over the group. The messages name the rule, not the
     numbers.
     """
-    if request.adjust is not None and len(set_sizes) > 2:  # one block of sets per station: add them up
-        per = len(set_sizes) // request.adjust.count
+    if request.adjust is not None:  # one block of sets per station index (tasks._members): add them up
+        per = max(1, len(set_sizes) // request.adjust.count)
         set_sizes = tuple(sum(set_sizes[j::per]) for j in range(per))
     n = sum(set_sizes)
     if request.phenotype is not None and request.analysis.startswith("gwas"):

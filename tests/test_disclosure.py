@@ -205,6 +205,13 @@ def test_adjust_station__one_stations_difference_is_refused(small_cohort: Path, 
     assert not any("carriers" in str(by_rule[pos]) for pos in few)
 
 
+def test_adjust_station__in_the_clear_audits_each_stations_own_sets(small_cohort: Path, tmp_path: Path) -> None:
+    with federation(tmp_path, small_cohort) as (fed, _):
+        clear = Federation(fed.stations[:2], secure_aggregation="off")
+        frame = clear.query("GWAS LINEAR ldl ~ age + sex ADJUST station")
+    assert frame.height > 0 and not frame["WITHHELD"].all()
+
+
 def _carriers(cohort: Path) -> dict[int, list[int]]:
     """Per position, the people carrying the ALT allele at each station (bi-allelic sites)."""
     import pysam
