@@ -143,6 +143,8 @@ def check_releases(recorded: Recorded, manifests: list[dict[str, Any]]) -> list[
         manifest = signed.get((r.station, r.task))
         if manifest is None:
             problems.append(f"release {i} ({r.station}, task {r.task}): no signed manifest for it")
+        elif r.payload is None and r.phase not in ("seal", "finish"):  # only relayed messages are left out
+            problems.append(f"release {i} ({r.station}, task {r.task}): its payload is missing")
         elif r.payload is not None and manifest.get("result_sha256") != sha256(r.payload):
             problems.append(f"release {i} ({r.station}, task {r.task}): the payload is not the one the station signed")
         elif manifest.get("plan_sha256") != sha256(canonical(r.request)):
