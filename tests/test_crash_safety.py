@@ -3,7 +3,7 @@ one, with a catalog that matches its files; the log verifies; what a crash left 
 
 A child process runs the operation under a tracer that counts the lines executed in the module under test
 and kills the process (SIGKILL) at line ``n``; the parent checks, for every ``n`` up to the operation's
-length (the default run takes 8 points spread over it, the ``slow`` run every line).
+length (the default run takes 4 points spread over it, the ``slow`` run every line).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def check_store(station: Path, old: Path, new: Path) -> str:
     return which
 
 
-@pytest.mark.parametrize("points", [pytest.param(8, id="8-points"), pytest.param(0, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("points", [pytest.param(4, id="4-points"), pytest.param(0, marks=pytest.mark.slow)])
 def test_ingest_killed_at_any_line_of_the_commit__old_or_new_never_a_mix(tmp_path: Path, points: int) -> None:
     old = write_text(tmp_path / "old.vcf", ZOO["two_chromosomes"])
     new = write_text(
@@ -111,7 +111,7 @@ def test_ingest_killed_at_any_line_of_the_commit__old_or_new_never_a_mix(tmp_pat
     assert len(outcomes) >= min(points or length, length) and {"old", "new"} <= set(outcomes), (length, outcomes)
 
 
-@pytest.mark.parametrize("every", [pytest.param(4, id="every-fourth-line"), pytest.param(1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("every", [pytest.param(8, id="every-eighth-line"), pytest.param(1, marks=pytest.mark.slow)])
 def test_audit_append_killed_at_any_line__the_log_verifies(tmp_path: Path, every: int) -> None:
     station = tmp_path / "station"
     store = Store.create(station)

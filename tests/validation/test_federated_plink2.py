@@ -88,7 +88,10 @@ def test_gwas_linear__equals_plink2(live: Live, adjust: str, ref_name: str) -> N
 
 @pytest.mark.parametrize(
     ("adjust", "ref_name"),
-    [("", "log.case.glm.logistic.hybrid"), ("ADJUST station", "logadj.case.glm.logistic.hybrid")],
+    [
+        ("", "log.case.glm.logistic.hybrid"),
+        pytest.param("ADJUST station", "logadj.case.glm.logistic.hybrid", marks=pytest.mark.slow),
+    ],
 )
 def test_gwas_logistic__equals_plink2_hybrid(live: Live, adjust: str, ref_name: str) -> None:
     """Firth and error decisions agree everywhere; Z within 2e-3, except PLINK's single-precision outliers
@@ -229,6 +232,7 @@ def test_errors__name_the_token_and_the_station(live: Live) -> None:
 
 
 # -- secure aggregation (on by default: three stations) -------------------------------------------------
+@pytest.mark.slow  # the unit tests in tests/test_secure_aggregation.py check the same on random cohorts
 def test_secure_aggregation__is_on_and_equals_the_unmasked_run(live: Live) -> None:
     """The comparisons above ran masked; the unmasked run gives the same table within the fixed-point
     precision (the masks cancel exactly; only the rounding of each station's numbers to 2^-40 remains)."""

@@ -166,7 +166,7 @@ def pileup_positions(bam_cohort: Path) -> list[int]:
     return [start + off for _, start, _ in bed[::4] for off in (1, 57, 203)]
 
 
-@pytest.mark.parametrize(("bq", "mq"), [(13, 0), (25, 20)])
+@pytest.mark.parametrize(("bq", "mq"), [pytest.param(13, 0, marks=pytest.mark.slow), (25, 20)])
 def test_pileup__equals_samtools_mpileup(bam_cohort: Path, bq: int, mq: int) -> None:
     files = all_bams(bam_cohort)[::3]
     positions = pileup_positions(bam_cohort)
