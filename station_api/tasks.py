@@ -400,24 +400,34 @@ class TaskManager:
         try:
             outcome = self._work(record, on_block)
         except TaskCancelledError:
-            self._finish(record, "cancelled", None)
-            self.audit.append(record.user, "task.cancelled", {"task": record.id})
+            self._end(record, "cancelled", None, "task.cancelled", {})
             return
         except PolicyRefusalError as exc:
-            self._finish(record, "failed", f"refused by policy ({exc.rule}): {exc}")
+            error = f"refused by policy ({exc.rule}): {exc}"
         except BetterError as exc:
-            self._finish(record, "failed", str(exc))
+            error = str(exc)
         except Exception:  # a bug: the researcher gets a reference, the log gets the traceback
             log.exception("task %s failed", record.id)
-            self._finish(record, "failed", f"internal error in the station; tell its administrator: task {record.id}")
+            error = f"internal error in the station; tell its administrator: task {record.id}"
         else:
-            record.outcome = outcome
-            record.manifest = self._manifest(record, outcome)
-            record.signature = sign(self.key, record.manifest)
-            self._finish(record, "done", None)
-            self.audit.append(record.user, "task.released", {"task": record.id, **outcome.summary})
+            manifest = self._manifest(record, outcome)
+            record.outcome, record.manifest, record.signature = outcome, manifest, sign(self.key, manifest)
+            if not self._end(record, "done", None, "task.released", outcome.summary):
+                record.outcome = None  # not recorded, not released
             return
-        self.audit.append(record.user, "task.failed", {"task": record.id, "error": record.error})
+        self._end(record, "failed", error, "task.failed", {"error": error})
+
+    def _end(self, record: TaskRecord, status: Status, error: str | None, action: str, details: dict[str, Any]) -> bool:
+        """End a task: its audit row first, then the status a client sees (nothing is released unrecorded).
+        False when the audit log cannot be written: the task fails instead."""
+        try:
+            self.audit.append(record.user, action, {"task": record.id, **details})
+        except Exception:
+            log.exception("task %s: the audit log could not be written", record.id)
+            self._finish(record, "failed", "the station could not write its audit log; tell its administrator")
+            return False
+        self._finish(record, status, error)
+        return True
 
     def _work(self, record: TaskRecord, on_block: Any) -> Outcome:
         """The task's station work: a round in the clear or masked, a seal, or an opening."""

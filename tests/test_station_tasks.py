@@ -102,3 +102,19 @@ def test_block_cache__tasks_over_the_same_variants_share_one_read() -> None:
     cache.get(("chunk1",), lambda: read("chunk1"))
     assert reads == ["chunk1", "chunk2", "chunk3", "chunk1"]
     assert cache.fits(1000, 10_000) and not cache.fits(100_000, 10_000)
+
+
+def test_a_release_the_audit_log_cannot_record__is_not_released(
+    manager: TaskManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append = manager.audit.append
+
+    def full_disk(user: str, action: str, details: dict) -> None:
+        if action == "task.released":
+            raise OSError(28, "No space left on device")
+        append(user, action, details)
+
+    monkeypatch.setattr(manager.audit, "append", full_disk)
+    record = manager.submit("ana", REQUEST)
+    wait_for(record, "failed")
+    assert record.outcome is None and "could not write its audit log" in str(record.error)
