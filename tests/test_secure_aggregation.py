@@ -246,7 +246,7 @@ def test_secure__counts_and_sample_count_equal_the_unmasked_run_exactly(c: dict)
     assert run_secure_local(SampleCountProtocol(), stations_of(c)) == run_local(SampleCountProtocol(), stations_of(c))
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(split_cohorts(binary=True), st.sampled_from(["wald", "score", "firth"]))
 def test_secure__logistic_equals_the_unmasked_run(c: dict, test: str) -> None:
     m = c["codes"].shape[0]
