@@ -194,7 +194,7 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
         if cfg.missing_genotype_rate > 0
         else np.zeros(hap.shape[0])
     )
-    if cfg.missing_rates == "uniform":
+    if cfg.missing_rates == "uniform":  # drawn above all the same: the rest of the cohort stays as with "variable"
         rate = np.full(hap.shape[0], cfg.missing_genotype_rate)
     if cfg.fully_called > 0:
         rate[rng.random(hap.shape[0]) < cfg.fully_called] = 0.0

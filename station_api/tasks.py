@@ -412,22 +412,21 @@ class TaskManager:
         else:
             manifest = self._manifest(record, outcome)
             record.outcome, record.manifest, record.signature = outcome, manifest, sign(self.key, manifest)
-            if not self._end(record, "done", None, "task.released", outcome.summary):
-                record.outcome = None  # not recorded, not released
+            self._end(record, "done", None, "task.released", outcome.summary)
             return
         self._end(record, "failed", error, "task.failed", {"error": error})
 
-    def _end(self, record: TaskRecord, status: Status, error: str | None, action: str, details: dict[str, Any]) -> bool:
+    def _end(self, record: TaskRecord, status: Status, error: str | None, action: str, details: dict[str, Any]) -> None:
         """End a task: its audit row first, then the status a client sees (nothing is released unrecorded).
-        False when the audit log cannot be written: the task fails instead."""
+        When the audit log cannot be written the task fails instead, and keeps no result or manifest."""
         try:
             self.audit.append(record.user, action, {"task": record.id, **details})
         except Exception:
             log.exception("task %s: the audit log could not be written", record.id)
+            record.outcome, record.manifest, record.signature = None, None, None
             self._finish(record, "failed", "the station could not write its audit log; tell its administrator")
-            return False
+            return
         self._finish(record, status, error)
-        return True
 
     def _work(self, record: TaskRecord, on_block: Any) -> Outcome:
         """The task's station work: a round in the clear or masked, a seal, or an opening."""

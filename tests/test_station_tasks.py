@@ -117,4 +117,4 @@ def test_a_release_the_audit_log_cannot_record__is_not_released(
     monkeypatch.setattr(manager.audit, "append", full_disk)
     record = manager.submit("ana", REQUEST)
     wait_for(record, "failed")
-    assert record.outcome is None and "could not write its audit log" in str(record.error)
+    assert record.outcome is None and record.manifest is None and "could not write its audit log" in str(record.error)
