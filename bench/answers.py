@@ -63,14 +63,14 @@ def main() -> None:
     ap.add_argument("--missing-rates", default="variable", help="variable (default) or uniform (1%% everywhere)")
     args = ap.parse_args()
 
-    from genomics.ingest import ingest_vcf
-    from genomics.store import Store
-    from genomics.synth import SynthConfig, synthesize
-    from query.federation import Federation
-    from query.remote import StationClient
-    from station_api.auth import new_token
-    from station_api.config import Policy, StationConfig, write_config
-    from station_api.launch import station_process
+    from better.genomics.ingest import ingest_vcf
+    from better.genomics.store import Store
+    from better.genomics.synth import SynthConfig, synthesize
+    from better.query.federation import Federation
+    from better.query.remote import StationClient
+    from better.station_api.auth import new_token
+    from better.station_api.config import Policy, StationConfig, write_config
+    from better.station_api.launch import station_process
 
     root = args.out
     if root.exists():

@@ -25,8 +25,8 @@ OUT = Path(__file__).resolve().parent / "out" / "bam"
 
 
 def make_files(copies: int, files: int) -> tuple[list[Path], Path]:
-    from genomics.synth import SynthConfig, synthesize
-    from genomics.synth_bam import BamConfig, synthesize_bams
+    from better.genomics.synth import SynthConfig, synthesize
+    from better.genomics.synth_bam import BamConfig, synthesize_bams
 
     cohort = OUT / "cohort"
     if not (cohort / "bam" / "targets.bed").exists():
@@ -57,9 +57,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     files, bed = make_files(args.copies, args.files)
 
-    from engine.accelerate import set_threads
-    from genomics.ingest_bam import ingest_bams
-    from genomics.store import Store
+    from better.engine.accelerate import set_threads
+    from better.genomics.ingest_bam import ingest_bams
+    from better.genomics.store import Store
 
     set_threads(1)
     reads = 0

@@ -38,13 +38,13 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from gwas import plink_time
 
-    from genomics.ingest import ingest_vcf
-    from genomics.store import Store
-    from query.federation import Federation
-    from query.remote import StationClient
-    from station_api.auth import new_token
-    from station_api.config import Policy, Server, StationConfig, write_config
-    from station_api.launch import station_process
+    from better.genomics.ingest import ingest_vcf
+    from better.genomics.store import Store
+    from better.query.federation import Federation
+    from better.query.remote import StationClient
+    from better.station_api.auth import new_token
+    from better.station_api.config import Policy, Server, StationConfig, write_config
+    from better.station_api.launch import station_process
 
     if not (args.cohort / "dummy.pgen").exists():
         raise SystemExit(f"no cohort in {args.cohort}: run bash ../shared/bench/make-dummy-cohort.sh {args.cohort}")

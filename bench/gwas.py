@@ -61,11 +61,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
 
-    from engine.accelerate import set_threads
-    from engine.protocol import LinearProtocol, LogisticProtocol, run_local
-    from genomics.design import StationBlocks, build_design
-    from genomics.ingest import ingest_vcf
-    from genomics.store import Store
+    from better.engine.accelerate import set_threads
+    from better.engine.protocol import LinearProtocol, LogisticProtocol, run_local
+    from better.genomics.ingest import ingest_vcf
+    from better.genomics.station_inputs import StationBlocks, build_design
+    from better.genomics.store import Store
 
     set_threads(args.threads)
     if not (args.cohort / "dummy.pgen").exists():
@@ -84,7 +84,7 @@ def main() -> None:
     work = args.cohort / "plink_out"
     work.mkdir(exist_ok=True)
     # Warm-up: compile the kernels on a small region so that timings measure the work, not the JIT.
-    from genomics.regions import Region
+    from better.genomics.regions import Region
 
     small = [
         (d, StationBlocks(ds, Region.parse("1:1-20000")))

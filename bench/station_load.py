@@ -24,11 +24,11 @@ OUT = Path(__file__).resolve().parent / "out" / "load"
 
 
 def setup() -> tuple[Path, str]:
-    from genomics.ingest import ingest_vcf
-    from genomics.store import Store
-    from genomics.synth import SynthConfig, synthesize
-    from station_api.auth import new_token
-    from station_api.config import Policy, StationConfig, write_config
+    from better.genomics.ingest import ingest_vcf
+    from better.genomics.store import Store
+    from better.genomics.synth import SynthConfig, synthesize
+    from better.station_api.auth import new_token
+    from better.station_api.config import Policy, StationConfig, write_config
 
     cohort = OUT / "cohort"
     if not (cohort / "cohort.json").exists():
@@ -42,7 +42,7 @@ def setup() -> tuple[Path, str]:
 
 
 def workload(station: Path, n: int) -> list[dict]:
-    from genomics.store import Store
+    from better.genomics.store import Store
 
     pos = Store.open(station).dataset("cohort").variants(columns=["pos"]).column("pos").to_numpy()
     edges = np.linspace(pos.min(), pos.max() + 1, n // 2 + 1).astype(int)
@@ -67,13 +67,13 @@ def workload(station: Path, n: int) -> list[dict]:
 
 
 def expected(station: Path, body: dict) -> dict[str, np.ndarray]:
-    from engine.protocol import execute
-    from genomics.design import StationBlocks
-    from genomics.store import Store
-    from station_api.config import Policy
-    from station_api.policy import release
-    from station_api.runner import design_of, regions_of
-    from station_api.wire import TaskRequest
+    from better.engine.protocol import execute
+    from better.genomics.station_inputs import StationBlocks
+    from better.genomics.store import Store
+    from better.station_api.config import Policy
+    from better.station_api.policy import release
+    from better.station_api.runner import design_of, regions_of
+    from better.station_api.wire import TaskRequest
 
     req = TaskRequest(**body)
     ds = Store.open(station).dataset("cohort")
@@ -115,8 +115,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from station_api.launch import station_process
-    from station_api.wire import decode_arrays
+    from better.station_api.launch import station_process
+    from better.station_api.wire import decode_arrays
 
     station, token = setup()
     bodies = workload(station, args.tasks)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.stats import hwe_exact
+from better.engine.stats import hwe_exact
 
 #: The pooled variant quantities a filter can use.
 NAMES = ("maf", "mac", "call_rate", "hwe_p")

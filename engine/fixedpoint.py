@@ -10,7 +10,7 @@ far inside the ``2^87`` the signed 128-bit integers hold. Infinities (a log-like
 carried as ``±2^80`` and read back as infinities: a finite sum can never come near that. NaN has no
 encoding and is refused.
 
-The loops are kernels in :mod:`engine.kernels.words`; the tests hold them to Python's integers.
+The loops are kernels in :mod:`better.engine.kernels.words`; the tests hold them to Python's integers.
 
 Examples
 --------
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.errors import InputError
-from engine.kernels.words import add_into, decode_into, encode_into, subtract_into
+from better.engine.errors import InputError
+from better.engine.kernels.words import add_into, decode_into, encode_into, subtract_into
 
 FRACTION_BITS = 40
 #: Largest magnitude a finite value may have.

@@ -13,7 +13,7 @@ holds a nonzero vector that vanishes on every large atom and touches small atoms
 people in all. That is a finite search over at most ``k - 1`` small atoms, decided with exact rational
 arithmetic (no rounding can hide a combination).
 
-This module does no I/O; the station keeps the atoms (:mod:`station_api.query_audit`).
+This module does no I/O; the station keeps the atoms (:mod:`better.station_api.query_audit`).
 
 Examples
 --------

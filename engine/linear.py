@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.accelerate import jit
-from engine.align import Alignment, align
-from engine.design import Block, Design, concat_keys
-from engine.kernels.regression import linear_sums
-from engine.stats import log10_p_t
+from better.engine.accelerate import jit
+from better.engine.design import Block, Design, concat_keys
+from better.engine.kernels.regression import linear_sums
+from better.engine.key_union import KeyUnion, union_keys
+from better.engine.stats import log10_p_t
 
 #: Error codes, as PLINK 2 writes them in ERRCODE.
 ERR_NONE, ERR_CONST_OMITTED, ERR_CONST, ERR_CORR, ERR_VIF, ERR_FEW_OBS, ERR_INVALID, ERR_WITHHELD = range(8)
@@ -104,7 +104,7 @@ def linear_station(design: Design, blocks: Iterable[Block]) -> LinearStats:
     )
 
 
-def combine_linear(stats: list[LinearStats], al: Alignment | None = None) -> LinearStats:
+def combine_linear(stats: list[LinearStats], al: KeyUnion | None = None) -> LinearStats:
     """Add station statistics. A variant a station lacks counts all that station's samples as missing.
 
     ``al``, the stations' variant alignment, is computed unless the caller has it already.
@@ -114,7 +114,7 @@ def combine_linear(stats: list[LinearStats], al: Alignment | None = None) -> Lin
     k = stats[0].k
     if any(s.k != k for s in stats):
         raise ValueError("stations used different numbers of covariates")
-    al = al or align([s.keys for s in stats])
+    al = al or union_keys([s.keys for s in stats])
     m = al.n
     out = LinearStats(
         k=k,

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from engine.design import Block, Design, concat_keys
-from engine.kernels.regression import logistic_weights, score_sums, weighted_gram
+from better.engine.design import Block, Design, concat_keys
+from better.engine.kernels.regression import logistic_weights, score_sums, weighted_gram
 
 MAX_ITER = 25
 FIRTH_MAX_ITER = 100
@@ -162,7 +162,7 @@ def newton_sums(
     ``want_loglik``) for the variants ``rows`` of ``packed`` at coefficients ``beta``, over called samples;
     and their case/control allele counts (:func:`allele_counts`), for the station's policy.
 
-    The per-sample weights come from the :func:`~engine.kernels.regression.logistic_weights` kernel;
+    The per-sample weights come from the :func:`~better.engine.kernels.regression.logistic_weights` kernel;
     the sums over samples are matrix products: ``W P`` for the covariate pairs of ``C'WC``, ``(W g) C``
     for ``C'Wg`` and ``R C`` for ``C'r``. Rows are taken in chunks of bounded size.
     """

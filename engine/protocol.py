@@ -3,7 +3,7 @@
 A protocol hands out one task per round (the same for every station), receives each station's result
 (a dict of numpy arrays), and updates its state; :func:`run_local` drives it in-process, the coordinator
 drives it over HTTP. Station work is :func:`execute`, a pure function of the task, the station's
-:class:`~engine.design.Design` and its genotype blocks.
+:class:`~better.engine.design.Design` and its genotype blocks.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from engine import linear, logistic
-from engine.align import Alignment, align
-from engine.design import KEY_COLUMNS, Block, BlockSource, Design, concat_keys
-from engine.errors import InputError
-from engine.filters import VariantFilter
-from engine.kernels.counts import genotype_counts
-from engine.stats import allelic_chi2, genotypic_chi2, hwe_exact, log10_p_chi2, log10_p_normal, trend_chi2
+from better.engine import linear, logistic
+from better.engine.design import KEY_COLUMNS, Block, BlockSource, Design, concat_keys
+from better.engine.errors import InputError
+from better.engine.filters import VariantFilter
+from better.engine.kernels.counts import genotype_counts
+from better.engine.key_union import KeyUnion, union_keys
+from better.engine.stats import allelic_chi2, genotypic_chi2, hwe_exact, log10_p_chi2, log10_p_normal, trend_chi2
 
 Result = dict[str, np.ndarray]
 Task = dict[str, Any]
@@ -124,14 +124,14 @@ def linear_from_result(r: Result) -> linear.LinearStats:
 def pooled_summary(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """ALT allele count, called and missing sample counts and (from genotype counts only) genotype counts
     ``(m, 3)`` from pooled ``(m, groups, 4)`` genotype or ``(m, groups, 3)`` allele counts: what
-    :meth:`engine.filters.VariantFilter.mask` takes."""
+    :meth:`better.engine.filters.VariantFilter.mask` takes."""
     c = counts.sum(axis=1)
     if counts.shape[2] == 3:  # allele counts: called, ALT alleles, missing
         return c[:, 1], c[:, 0], c[:, 2], None
     return c[:, 1] + 2 * c[:, 2], c[:, :3].sum(axis=1), c[:, 3], c[:, :3]
 
 
-def withheld_of(results: list[Result], al: Alignment) -> np.ndarray:
+def withheld_of(results: list[Result], al: KeyUnion) -> np.ndarray:
     """Per pooled variant: some station withheld its statistics (a ``withheld`` array in its result)."""
     out = np.zeros(al.n, dtype=bool)
     for r, idx in zip(results, al.index, strict=True):
@@ -141,14 +141,14 @@ def withheld_of(results: list[Result], al: Alignment) -> np.ndarray:
 
 
 def combine_counts(
-    results: list[Result], al: Alignment | None = None
+    results: list[Result], al: KeyUnion | None = None
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Pooled keys, counts and the withheld mask; a variant a station lacks is missing there.
 
     Counts are ``(variants, groups, codes)`` with "missing" the last code: genotype counts (4 codes) or
     the allele counts of the logistic score round (3). ``al`` is computed unless given.
     """
-    al = al or align([station_keys(r) for r in results])
+    al = al or union_keys([station_keys(r) for r in results])
     groups, codes = results[0]["counts"].shape[1:]
     total = np.zeros((al.n, groups, codes), dtype=np.int64)
     for r, idx in zip(results, al.index, strict=True):
@@ -371,7 +371,7 @@ class LogisticProtocol(Protocol):
                 self._receive_newton(results)
 
     def _receive_score(self, results: list[Result]) -> None:
-        al = align([station_keys(r) for r in results])
+        al = union_keys([station_keys(r) for r in results])
         m, k = al.n, self.k
         u, gwg, cwg, m_cwc, m_cr = np.zeros(m), np.zeros(m), np.zeros((m, k)), np.zeros((m, k, k)), np.zeros((m, k))
         cwc_total = np.sum([r["cwc"] for r in results], axis=0)
@@ -604,7 +604,7 @@ class LogisticProtocol(Protocol):
 
 def _predictor_stats(r: Result, k: int) -> linear.LinearStats:
     """A score round's unweighted predictor sums as linear statistics with a zero phenotype: enough for
-    the collinearity checks of :func:`engine.linear.finalize_linear`."""
+    the collinearity checks of :func:`better.engine.linear.finalize_linear`."""
     m = int(r["gg"].shape[0])
     return linear.LinearStats(
         k=k,

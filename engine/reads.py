@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.align import align
-from engine.frame import TARGET_COLUMNS
-from engine.kernels.reads import FLAGSTAT_FIELDS, THRESHOLDS
-from engine.protocol import Protocol, Result, Task, withheld_of
+from better.engine.kernels.read_metrics import FLAGSTAT_FIELDS, THRESHOLDS
+from better.engine.key_union import union_keys
+from better.engine.protocol import Protocol, Result, Task, withheld_of
+from better.engine.shared_rows import TARGET_COLUMNS
 
 #: PILEUP's columns of read counts, in this order.
 PILEUP_CODES = ("A", "C", "G", "T", "N", "DEL")
@@ -87,7 +87,7 @@ class CoverageProtocol(Protocol):
         return None if self.total is not None else {"kind": "coverage"}
 
     def receive(self, results: list[Result]) -> None:
-        al = align([{c: r[f"key_{c}"] for c in TARGET_COLUMNS} for r in results], TARGET_COLUMNS)
+        al = union_keys([{c: r[f"key_{c}"] for c in TARGET_COLUMNS} for r in results], TARGET_COLUMNS)
         total: Result = {f"key_{c}": v for c, v in al.keys.items()}
         for name in ("samples", "bases", "sum_depth", "bases_ge", "samples_ge"):
             acc = np.zeros((al.n, *results[0][name].shape[1:]), dtype=np.int64)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from engine.accelerate import jit
+from better.engine.accelerate import jit
 
 LN10 = float(np.log(10.0))
 

@@ -1,11 +1,11 @@
 """Open aligned-read files (BAM, CRAM) with their checks, and stream their records in chunks of arrays.
 
 A BAM is read block by block (BGZF: gzip members of at most 64 KiB, inflated by ISA-L) and parsed by
-:func:`engine.kernels.reads.parse_records`: the file passes once through memory in chunks of a few MiB,
+:func:`better.engine.kernels.read_metrics.parse_records`: the file passes once through memory in chunks of a few MiB,
 and its SHA-256 is computed on the way. A CRAM is decoded by htslib (pysam) against its reference, into
 the same arrays.
 
-Every problem is an :class:`~engine.errors.InputError` naming the file: not a BAM or CRAM, no index, not
+Every problem is an :class:`~better.engine.errors.InputError` naming the file: not a BAM or CRAM, no index, not
 coordinate-sorted, a CRAM without its reference, a truncated file.
 """
 
@@ -22,9 +22,9 @@ import numpy as np
 import pysam
 from isal import igzip, isal_zlib
 
-from engine.errors import InputError
-from engine.kernels.reads import BAD_RECORD, CIGAR_IN_TAG, OK, parse_records
-from genomics.paths import input_file
+from better.engine.errors import InputError
+from better.engine.kernels.read_metrics import BAD_RECORD, CIGAR_IN_TAG, OK, parse_records
+from better.genomics.paths import input_file
 
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _READ_BYTES = 8 << 20

@@ -1,7 +1,7 @@
 """``better ingest``: stream a VCF/BCF (and a phenotype table) into a station's store.
 
 Memory is bounded by the parser's chunk plus one Parquet row group, never by the file. Everything is
-written into a temporary folder and committed atomically by :meth:`genomics.store.Store.commit_dataset`.
+written into a temporary folder and committed atomically by :meth:`better.genomics.store.Store.commit_dataset`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genomics.phenotypes import match_samples, read_phenotypes
-from genomics.schema import SAMPLES_SCHEMA, variants_schema
-from genomics.store import Store, check_dataset_name
-from genomics.vcf import detect_format, open_vcf
+from better.genomics.phenotypes import match_samples, read_phenotypes
+from better.genomics.schema import SAMPLES_SCHEMA, variants_schema
+from better.genomics.store import Store, check_dataset_name
+from better.genomics.vcf import detect_format, open_vcf
 
 #: A row group is flushed at this many bytes of packed genotypes, or at a chromosome change.
 ROW_GROUP_BYTES = 32 << 20
@@ -157,13 +157,13 @@ def ingest_vcf(
     Parameters
     ----------
     store
-        An opened :class:`~genomics.store.Store`.
+        An opened :class:`~better.genomics.store.Store`.
     dataset
         Name of the dataset to create or replace (replaced only if this ingest succeeds).
     vcf
         ``.vcf``, ``.vcf.gz`` (BGZF or gzip) or ``.bcf``; records sorted by chromosome and position.
     phenotypes
-        Optional tab-separated table, sample ID first (see :mod:`genomics.phenotypes`).
+        Optional tab-separated table, sample ID first (see :mod:`better.genomics.phenotypes`).
     chunk_bytes
         Bytes of VCF text parsed at a time (bounds memory).
     on_progress

@@ -8,7 +8,8 @@ Per sample (one file each; the sample ID from the file's read groups, ``SM``, or
   (so mean depth), and bases at >= 10x, 20x and 30x, with ``samtools depth -a`` semantics (table
   ``coverage``).
 
-Each file passes once through bounded memory (:mod:`genomics.bam_reader`, :mod:`engine.kernels.reads`).
+Each file passes once through bounded memory (:mod:`better.genomics.bam_reader`,
+:mod:`better.engine.kernels.read_metrics`).
 The files stay where they are, and their paths and SHA-256 are recorded: ``PILEUP`` queries read them at
 query time through their indexes. As for VCFs, the dataset is written to a temporary folder and committed
 with its catalog rows in one step: a failure leaves nothing behind.
@@ -28,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.errors import InputError
-from engine.kernels.reads import (
+from better.engine.errors import InputError
+from better.engine.kernels.read_metrics import (
     FLAGSTAT_FIELDS,
     OK,
     SPAN_TOO_LONG,
@@ -39,11 +40,11 @@ from engine.kernels.reads import (
     finish,
     new_state,
 )
-from genomics.bam_reader import AlignmentInfo, chunks, inspect
-from genomics.ingest import phenotype_record, software_versions
-from genomics.phenotypes import match_samples, read_phenotypes
-from genomics.schema import SAMPLES_SCHEMA
-from genomics.store import Store, check_dataset_name
+from better.genomics.bam_reader import AlignmentInfo, chunks, inspect
+from better.genomics.ingest import phenotype_record, software_versions
+from better.genomics.phenotypes import match_samples, read_phenotypes
+from better.genomics.schema import SAMPLES_SCHEMA
+from better.genomics.store import Store, check_dataset_name
 
 #: Longest reference span of a read (bases); the depth ring buffer is this long (int32: 16 MiB).
 MAX_READ_SPAN = 1 << 22

@@ -1,11 +1,11 @@
-"""Packing and unpacking of 2-bit genotype codes (PLINK ``.bed`` order, see :mod:`genomics.schema`)."""
+"""Packing and unpacking of 2-bit genotype codes (PLINK ``.bed`` order, see :mod:`better.genomics.schema`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from engine.accelerate import jit, jit_parallel, prange
-from genomics.schema import packed_width
+from better.engine.accelerate import jit, jit_parallel, prange
+from better.genomics.schema import packed_width
 
 
 @jit_parallel

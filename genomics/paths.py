@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from engine.errors import InputError
+from better.engine.errors import InputError
 
 
 def input_file(path: str | os.PathLike[str], what: str = "file") -> str:
@@ -16,11 +16,11 @@ def input_file(path: str | os.PathLike[str], what: str = "file") -> str:
     >>> input_file("/nonexistent.vcf", "VCF")
     Traceback (most recent call last):
     ...
-    engine.errors.InputError: /nonexistent.vcf: no such file; give the path of a VCF
+    better.engine.errors.InputError: /nonexistent.vcf: no such file; give the path of a VCF
     >>> input_file("/tmp", "VCF")
     Traceback (most recent call last):
     ...
-    engine.errors.InputError: /tmp: a directory, not a VCF; give the path of the file inside it
+    better.engine.errors.InputError: /tmp: a directory, not a VCF; give the path of the file inside it
     """
     p = os.fspath(path)
     try:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from engine.errors import InputError
-from genomics.paths import input_file
+from better.engine.errors import InputError
+from better.genomics.paths import input_file
 
 MISSING_TOKENS = frozenset({"", "NA", "na", "N/A", "NaN", "nan", ".", "null", "NULL"})
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

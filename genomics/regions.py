@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.errors import InputError
+from better.engine.errors import InputError
 
 _REGION = re.compile(r"^(?P<chrom>[A-Za-z0-9_.]+)(?::(?P<start>[0-9,]+)(?:-(?P<end>[0-9,]+))?)?$")
 #: Sentinel end of a whole-chromosome region (larger than any real chromosome).

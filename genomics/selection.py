@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from engine.errors import InputError, NotFoundError
+from better.engine.errors import InputError, NotFoundError
 
 Op = Literal["=", "!=", "<", "<=", ">", ">=", "in", "is_missing", "not_missing"]
 _OPS = {"=", "!=", "<", "<=", ">", ">=", "in", "is_missing", "not_missing"}

@@ -39,10 +39,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from engine.errors import NotFoundError, StoreError
-from genomics.regions import Region
-from genomics.schema import STORE_FORMAT_VERSION, VARIANT_META_COLUMNS
-from genomics.selection import Condition, sample_mask
+from better.engine.errors import NotFoundError, StoreError
+from better.genomics.regions import Region
+from better.genomics.schema import STORE_FORMAT_VERSION, VARIANT_META_COLUMNS
+from better.genomics.selection import Condition, sample_mask
 
 CATALOG = "catalog.duckdb"
 DATASETS = "datasets"
@@ -94,9 +94,9 @@ class GenotypeBlock:
     Attributes
     ----------
     variants
-        The metadata columns of :data:`genomics.schema.VARIANT_META_COLUMNS` for these rows.
+        The metadata columns of :data:`better.genomics.schema.VARIANT_META_COLUMNS` for these rows.
     packed
-        ``(rows, ceil(n_samples / 4))`` uint8, the 2-bit layout of :mod:`genomics.schema`; a view of
+        ``(rows, ceil(n_samples / 4))`` uint8, the 2-bit layout of :mod:`better.genomics.schema`; a view of
         Arrow memory, read-only.
     """
 
@@ -146,7 +146,7 @@ class Dataset:
         return pq.read_table(p)
 
     def sample_mask(self, conditions: list[Condition] | tuple[Condition, ...] = ()) -> np.ndarray:
-        """Boolean mask over samples meeting every condition (see :mod:`genomics.selection`)."""
+        """Boolean mask over samples meeting every condition (see :mod:`better.genomics.selection`)."""
         return sample_mask(self.phenotypes(), self.n_samples, conditions)
 
     def _filter(
@@ -212,7 +212,7 @@ class Dataset:
 
 def packed_view(column: pa.Array, n_samples: int) -> np.ndarray:
     """A zero-copy ``(rows, bytes)`` uint8 view of a fixed-size binary genotype column."""
-    from genomics.schema import packed_width
+    from better.genomics.schema import packed_width
 
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
@@ -364,7 +364,7 @@ class Store:
             row = con.execute("SELECT n_samples, kind, folder FROM datasets WHERE name = ?", [name]).fetchone()
             if row is None:
                 names = [r[0] for r in con.execute("SELECT name FROM datasets").fetchall()]
-                from genomics.selection import suggest
+                from better.genomics.selection import suggest
 
                 raise NotFoundError(
                     f"no dataset {name!r} at this station{suggest(name, names)}; "

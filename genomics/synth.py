@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import InputError
+from better.engine.errors import InputError
 
 STATION_NAMES = ("milano", "nijmegen", "barcelona", "lyon", "helsinki", "porto", "zagreb")
 N_DEMES = 3

@@ -21,7 +21,7 @@ import numpy as np
 import pysam
 from cyvcf2 import VCF
 
-from engine.errors import InputError
+from better.engine.errors import InputError
 
 BASES = np.array(list("ACGT"))
 READ_LENGTH = 100

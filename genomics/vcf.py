@@ -1,7 +1,7 @@
 """The front door for variant files: detect the format, pick a reader, check record order.
 
-``.vcf`` and ``.vcf.gz`` go through the fast text path (:mod:`genomics.vcf_text`); ``.bcf`` through
-cyvcf2 (:mod:`genomics.vcf_cyvcf2`). The format is told from the file's bytes, not its name.
+``.vcf`` and ``.vcf.gz`` go through the fast text path (:mod:`better.genomics.vcf_text`); ``.bcf`` through
+cyvcf2 (:mod:`better.genomics.vcf_cyvcf2`). The format is told from the file's bytes, not its name.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from engine.errors import InputError
-from genomics.paths import input_file
-from genomics.vcf_header import VcfHeader
+from better.engine.errors import InputError
+from better.genomics.paths import input_file
+from better.genomics.vcf_header import VcfHeader
 
 Format = Literal["vcf", "vcf.gz", "bcf"]
 
@@ -95,11 +95,11 @@ def open_vcf(
     """
     fmt = detect_format(path)
     if fmt == "bcf":
-        from genomics.vcf_cyvcf2 import iter_cyvcf2_batches
+        from better.genomics.vcf_cyvcf2 import iter_cyvcf2_batches
 
         header, inner = iter_cyvcf2_batches(path)
     else:
-        from genomics.vcf_text import iter_text_batches
+        from better.genomics.vcf_text import iter_text_batches
 
         header, inner = iter_text_batches(path, chunk_bytes=chunk_bytes, on_progress=on_progress)
     checker = SortChecker(path)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from genomics.schema import storage_width, variants_schema
+from better.genomics.schema import storage_width, variants_schema
 
 
 def dot_to_null(values: pa.Array) -> pa.Array:
@@ -42,7 +42,7 @@ def build_batch(
     counts: np.ndarray,
     packed: np.ndarray,
 ) -> pa.RecordBatch:
-    """Assemble one batch following :func:`genomics.schema.variants_schema`."""
+    """Assemble one batch following :func:`better.genomics.schema.variants_schema`."""
     schema = variants_schema(n_samples)
 
     def col(name: str, values: Any) -> pa.Array:

@@ -1,7 +1,7 @@
 """The cyvcf2 reader: BCF input, and the reference that the fast text path is tested against.
 
 One record at a time through htslib; genotypes are turned into codes with numpy per record (no Python
-loop per sample). Slower than :mod:`genomics.vcf_text`, but it reads anything htslib reads.
+loop per sample). Slower than :mod:`better.genomics.vcf_text`, but it reads anything htslib reads.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from engine.errors import InputError
-from genomics.schema import packed_width
-from genomics.vcf_batches import build_batch
-from genomics.vcf_header import VcfHeader, check_sample_ids, split_info
+from better.engine.errors import InputError
+from better.genomics.schema import packed_width
+from better.genomics.vcf_batches import build_batch
+from better.genomics.vcf_header import VcfHeader, check_sample_ids, split_info
 
 _INFO_NUMBER = re.compile(r"^##INFO=<ID=([^,>]+),Number=([^,>]+)")
 
@@ -147,7 +147,7 @@ def iter_cyvcf2_batches(
 
 
 def _flush(cols: dict[str, list], codes: list[np.ndarray], n: int) -> tuple[pa.RecordBatch, np.ndarray]:
-    from genomics.packing import pack_genotypes
+    from better.genomics.packing import pack_genotypes
 
     allc = np.concatenate(codes, axis=0) if codes else np.zeros((0, n), dtype=np.int8)
     counts = (

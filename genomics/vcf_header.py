@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from engine.errors import InputError
+from better.engine.errors import InputError
 
 FIXED_COLUMNS = ("#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
 _META_ID = re.compile(r"^##(INFO|FORMAT|contig)=<ID=([^,>]+)(?:.*?Number=([^,>]+))?")

@@ -1,7 +1,7 @@
 """Numba kernels that parse VCF text records into 2-bit packed genotypes.
 
 Pure functions over a ``uint8`` buffer of whole lines. They never raise: each line gets an error code
-(``ERR_*``) that :mod:`genomics.vcf_text` turns into a message naming the file and line. A slow,
+(``ERR_*``) that :mod:`better.genomics.vcf_text` turns into a message naming the file and line. A slow,
 obviously correct twin lives in ``tests/test_vcf_numba.py``.
 
 Genotype semantics (for the row of ALT allele ``k`` of a record, as after ``bcftools norm -m-``):
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.accelerate import jit, jit_parallel, prange
+from better.engine.accelerate import jit, jit_parallel, prange
 
 TAB, NEWLINE, CR, COLON, COMMA, DOT, SLASH, PIPE = 9, 10, 13, 58, 44, 46, 47, 124
 N_FIXED = 9  # CHROM POS ID REF ALT QUAL FILTER INFO FORMAT

@@ -1,7 +1,7 @@
 """The fast path for VCF text (.vcf and bgzipped .vcf.gz): streamed chunks, parsed by Numba kernels.
 
 The file is read in chunks of whole lines (memory bounded by the chunk size, never by the file); gzip
-members are inflated by ISA-L in a background thread while the kernels of :mod:`genomics.vcf_numba`
+members are inflated by ISA-L in a background thread while the kernels of :mod:`better.genomics.vcf_numba`
 parse the previous chunk on all Numba threads. No Python code runs per sample.
 """
 
@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from isal import igzip_threaded
 
-from engine.errors import InputError
-from genomics import vcf_numba as kernels
-from genomics.schema import packed_width
-from genomics.vcf_batches import build_batch, dot_to_null
-from genomics.vcf_header import VcfHeader, parse_header_text, split_info
+from better.engine.errors import InputError
+from better.genomics import vcf_numba as kernels
+from better.genomics.schema import packed_width
+from better.genomics.vcf_batches import build_batch, dot_to_null
+from better.genomics.vcf_header import VcfHeader, parse_header_text, split_info
 
 #: The 28-byte empty block that ends every complete BGZF file (SAM/BAM specification, section 4.1.2).
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")

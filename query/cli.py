@@ -22,12 +22,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from engine.errors import BetterError
+from better.engine.errors import BetterError
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from query.federation import Federation
+    from better.query.federation import Federation
 
 app = typer.Typer(
     help="BETTER: federated genomics. The analysis travels to the data; only aggregates come back.",
@@ -74,8 +74,8 @@ def synth(
     bam_samples: Annotated[int, typer.Option(help="samples per station that get a BAM")] = 6,
 ) -> None:
     """Generate a synthetic cohort split across stations (msprime genealogies, traits with known causes)."""
-    from genomics.synth import SynthConfig, synthesize
-    from genomics.synth_bam import BamConfig, synthesize_bams
+    from better.genomics.synth import SynthConfig, synthesize
+    from better.genomics.synth_bam import BamConfig, synthesize_bams
 
     t0 = time.perf_counter()
     r = synthesize(
@@ -113,13 +113,13 @@ def station_init(
     name: Annotated[str, typer.Option(help="station name, e.g. milano")],
 ) -> None:
     """Create a station directory: store, catalog and station.toml with safe policy defaults."""
-    from genomics.store import Store
-    from station_api.config import CONFIG_FILE, StationConfig, check_station_name, read_config, write_config
+    from better.genomics.store import Store
+    from better.station_api.config import CONFIG_FILE, StationConfig, check_station_name, read_config, write_config
 
     check_station_name(name)
     store = Store.create(station)
-    from station_api.secure_agg import agreement_key_text, load_or_create_agreement_key
-    from station_api.signing import load_or_create_key, public_key_text
+    from better.station_api.secure_agg import agreement_key_text, load_or_create_agreement_key
+    from better.station_api.signing import load_or_create_key, public_key_text
 
     key = public_key_text(load_or_create_key(station))
     agreement = agreement_key_text(load_or_create_agreement_key(station))
@@ -148,10 +148,10 @@ def station_token(
     ] = None,
 ) -> None:
     """Create a token (printed once, alone on the last line; the station keeps only its hash), or revoke."""
-    from genomics.store import Store
-    from station_api.audit import AuditLog
-    from station_api.auth import new_token
-    from station_api.config import ROLES, read_config, write_config
+    from better.genomics.store import Store
+    from better.station_api.audit import AuditLog
+    from better.station_api.auth import new_token
+    from better.station_api.config import ROLES, read_config, write_config
 
     if revoke is not None:
         config = read_config(station)
@@ -192,9 +192,9 @@ def station_serve(
 
     import uvicorn
 
-    from engine.accelerate import set_threads
-    from station_api.app import check_loopback, create_app
-    from station_api.config import read_config
+    from better.engine.accelerate import set_threads
+    from better.station_api.app import check_loopback, create_app
+    from better.station_api.config import read_config
 
     config = read_config(station)
     set_threads(threads or (config.server.threads or None))
@@ -216,10 +216,10 @@ def station_approve(
     """Approve (or reject) a task waiting under ``approval = "manual"``; list them without a task id."""
     import json
 
-    from genomics.store import Store
-    from station_api.audit import AuditLog
-    from station_api.config import read_config
-    from station_api.tasks import decide_in_catalog, pending_in_catalog
+    from better.genomics.store import Store
+    from better.station_api.audit import AuditLog
+    from better.station_api.config import read_config
+    from better.station_api.tasks import decide_in_catalog, pending_in_catalog
 
     read_config(station)
     store = Store.open(station)
@@ -243,8 +243,8 @@ def station_audit(
     """Show the audit log, or verify that no row was edited or deleted."""
     import json
 
-    from genomics.store import Store
-    from station_api.audit import AuditLog
+    from better.genomics.store import Store
+    from better.station_api.audit import AuditLog
 
     log_ = AuditLog(Store.open(station))
     if verify:
@@ -275,7 +275,7 @@ def federation_add(
     pin: Annotated[bool, typer.Option(help="pin the station's signing and agreement keys from its /info")] = True,
 ) -> None:
     """Add a station to the federation file (created if missing), pinning its keys as it reports them now."""
-    from query.federation import add_station
+    from better.query.federation import add_station
 
     entry = add_station(federation, name, url, token_env=token_env, token=token, pin=pin)
     pinned = [k for k in ("public_key", "agreement_key") if k in entry]
@@ -288,8 +288,8 @@ def federation_add(
 @station_app.command("audit-state")
 def station_audit_state(station: Annotated[Path, typer.Option(help="station directory")]) -> None:
     """Show the query audit's record: its scope and group, the people and selections it holds."""
-    from station_api.config import read_config
-    from station_api.query_audit import QueryAudit
+    from better.station_api.config import read_config
+    from better.station_api.query_audit import QueryAudit
 
     read_config(station)  # a station directory, or a clear error
     state = QueryAudit(station).describe()
@@ -308,10 +308,10 @@ def ingest(
     threads: Annotated[int | None, typer.Option(help="parser threads (default: all cores)")] = None,
 ) -> None:
     """Index a VCF/BCF (and phenotypes) into the station's store."""
-    from engine.accelerate import set_threads
-    from genomics.ingest import ingest_vcf
-    from genomics.store import Store
-    from station_api.config import read_config
+    from better.engine.accelerate import set_threads
+    from better.genomics.ingest import ingest_vcf
+    from better.genomics.store import Store
+    from better.station_api.config import read_config
 
     read_config(station)
     store = Store.open(station)
@@ -351,9 +351,9 @@ def ingest_bam(
     more: Annotated[list[Path] | None, typer.Argument(help="more files: `--bam a.bam b.bam` works too")] = None,
 ) -> None:
     """Index aligned reads: per sample flagstat metrics, MAPQ histogram, depth per target or bin."""
-    from genomics.ingest_bam import ingest_bams
-    from genomics.store import Store
-    from station_api.config import read_config
+    from better.genomics.ingest_bam import ingest_bams
+    from better.genomics.store import Store
+    from better.station_api.config import read_config
 
     read_config(station)
     store = Store.open(station)
@@ -386,8 +386,8 @@ def ingest_bam(
 @store_app.command("info")
 def store_info(station: Annotated[Path, typer.Option(help="station directory")]) -> None:
     """Summarise a station's datasets: counts, chromosomes, phenotype columns and provenance."""
-    from genomics.store import Store
-    from station_api.config import read_config
+    from better.genomics.store import Store
+    from better.station_api.config import read_config
 
     config = read_config(station)
     rows = Store.open(station).summary()
@@ -433,8 +433,8 @@ def query(
     ] = None,
 ) -> None:
     """Run a query over the federation's stations (EXPLAIN QUERY shows the plan instead)."""
-    from query.federation import Federation
-    from query.output import write
+    from better.query.federation import Federation
+    from better.query.output import write
 
     if fmt not in ("table", "tsv", "json", "parquet"):
         raise BetterError(f"--format {fmt}: use table, tsv, json or parquet")
@@ -463,7 +463,7 @@ def query(
         err.print(f"[yellow]{note}[/yellow]")
     write(frame, fmt, out_file, fed.notes, out, fed.manifests)
     if fed.recording is not None and out_file is not None:
-        from query.replay import releases_path, write_releases
+        from better.query.replay import releases_path, write_releases
 
         write_releases(releases_path(out_file), text, fed.dataset, fed.secure_aggregation, fed.answered, fed.recording)
     err.print(f"[dim]{result_summary(frame, fed)} in {time.perf_counter() - t0:.1f} s[/dim]")
@@ -471,7 +471,7 @@ def query(
 
 def result_summary(frame: pl.DataFrame, fed: Federation) -> str:
     """One line: rows, who answered, and how many rows each rule withheld."""
-    from query.withholding import summary
+    from better.query.withholding import summary
 
     line = f"{frame.height} row(s) from {', '.join(fed.answered)}"
     if "WITHHELD" in frame.columns and frame["WITHHELD"].any():
@@ -492,9 +492,9 @@ def verify(
 ) -> None:
     """Check a result: the stations' signatures on its manifests, and its table against the signed releases
     kept beside it (RESULT.releases); exit 1 if anything is missing or does not match."""
-    from query.federation import Federation
-    from query.provenance import read_manifests, verify_manifests
-    from query.replay import verify_values
+    from better.query.federation import Federation
+    from better.query.provenance import read_manifests, verify_manifests
+    from better.query.replay import verify_values
 
     keys = {s.name: s.public_key for s in Federation.from_file(federation).stations}
     manifests = read_manifests(result)
@@ -526,7 +526,7 @@ def _bars(unit: str, transient: bool) -> Progress:
 
 
 def _job_progress() -> tuple[Progress, object]:
-    from query.gwas_job import Progress as JobProgress
+    from better.query.gwas_job import Progress as JobProgress
 
     bars = _bars("chunks", transient=False)
     state: dict[str, TaskID] = {}
@@ -543,7 +543,7 @@ def _job_progress() -> tuple[Progress, object]:
 @app.command()
 def gwas(job: Annotated[Path, typer.Argument(help="the job file (TOML); see docs/gwas-jobs.md")]) -> None:
     """Run (or resume) a batch GWAS job: summary statistics, GWAS-SSF, plots, top hits and a report."""
-    from query.gwas_job import run_job
+    from better.query.gwas_job import run_job
 
     bars, progress = _job_progress()
     with bars:
@@ -559,7 +559,7 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="working folder")] = Path("better-demo"),
 ) -> None:
     """The main job on the synthetic default: three stations as HTTP servers, a federated GWAS, a report."""
-    from query.demo import run_demo, truth_table
+    from better.query.demo import run_demo, truth_table
 
     bars, progress = _job_progress()
     with bars:

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import polars as pl
 
-from genomics.ingest import ingest_vcf
-from genomics.store import Store
-from genomics.synth import SynthConfig, synthesize
-from query.gwas_job import JobResult, Progress, run_job
-from station_api.auth import new_token
-from station_api.config import StationConfig, write_config
-from station_api.launch import station_processes
-from station_api.secure_agg import agreement_key_text, load_or_create_agreement_key
-from station_api.signing import load_or_create_key, public_key_text
+from better.genomics.ingest import ingest_vcf
+from better.genomics.store import Store
+from better.genomics.synth import SynthConfig, synthesize
+from better.query.gwas_job import JobResult, Progress, run_job
+from better.station_api.auth import new_token
+from better.station_api.config import StationConfig, write_config
+from better.station_api.launch import station_processes
+from better.station_api.secure_agg import agreement_key_text, load_or_create_agreement_key
+from better.station_api.signing import load_or_create_key, public_key_text
 
 COVARIATES = ["age", "sex", "pc1", "pc2", "pc3", "pc4"]
 

@@ -2,7 +2,7 @@
 
 .. code-block:: python
 
-    from query.federation import Federation
+    from better.query.federation import Federation
     fed = Federation.from_file("federation.toml")
     df = fed.query("GWAS LINEAR ldl ~ age + sex + pc1 ON 22 WHERE maf >= 0.01")   # a polars DataFrame
     print(fed.explain("GWAS LOGISTIC case ~ age + sex ADJUST station"))
@@ -32,9 +32,9 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from engine.errors import InputError
-from engine.filters import VariantFilter
-from engine.protocol import (
+from better.engine.errors import InputError
+from better.engine.filters import VariantFilter
+from better.engine.protocol import (
     CountsProtocol,
     LinearProtocol,
     LogisticProtocol,
@@ -43,14 +43,14 @@ from engine.protocol import (
     SampleCountProtocol,
     pooled_summary,
 )
-from engine.reads import CoverageProtocol, PileupProtocol, ReadsProtocol
-from query import output
-from query.finished import FinishedRows
-from query.parser import Query, parse
-from query.planner import Plan, StationCatalog, plan
-from query.remote import Model, Recording, StationClient, StationError, gather_or_cancel, run_remote_async
-from query.secure import MIN_STATIONS, SecureSession
-from query.withholding import WithheldBy
+from better.engine.reads import CoverageProtocol, PileupProtocol, ReadsProtocol
+from better.query import output
+from better.query.finished import FinishedRows
+from better.query.parser import Query, parse
+from better.query.planner import Plan, StationCatalog, plan
+from better.query.remote import Model, Recording, StationClient, StationError, gather_or_cancel, run_remote_async
+from better.query.secure import MIN_STATIONS, SecureSession
+from better.query.withholding import WithheldBy
 
 #: Called as each round ends: (stage, round number, task kind, stations, seconds).
 OnRound = Callable[[str, int, str, int, float], None]
@@ -144,7 +144,7 @@ class Federation:
     #: The stations whose answers the last query's result holds.
     answered: list[str] = field(default_factory=list)
     #: Keep every release of each query (:attr:`recording`), for a result file that ``better verify``
-    #: can check value by value (see :mod:`query.replay`).
+    #: can check value by value (see :mod:`better.query.replay`).
     record_releases: bool = False
     recording: Recording | None = None
 

@@ -1,4 +1,4 @@
-"""Rows the stations finished themselves (:mod:`station_api.finishing`), laid over the analysis' result.
+"""Rows the stations finished themselves (:mod:`better.station_api.finishing`), laid over the analysis' result.
 
 Their sums never reached the coordinator: the analysis' own result has them as withheld. The stations
 released their final statistics instead, which replace those rows' columns here; a variant filter the
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.design import KEY_COLUMNS
-from engine.filters import VariantFilter
+from better.engine.design import KEY_COLUMNS
+from better.engine.filters import VariantFilter
 
 
 class FinishedRows:

@@ -50,13 +50,13 @@ from typing import Annotated, Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from engine.errors import InputError
-from genomics.regions import WHOLE, Region
-from query import report
-from query.federation import Federation
-from query.parser import parse
-from query.planner import StationCatalog
-from query.withholding import summary as withheld_summary
+from better.engine.errors import InputError
+from better.genomics.regions import WHOLE, Region
+from better.query import report
+from better.query.federation import Federation
+from better.query.parser import parse
+from better.query.planner import StationCatalog
+from better.query.withholding import summary as withheld_summary
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
 FORMAT_VERSION = 1
@@ -255,7 +255,7 @@ async def _chunk(
     async def one(ph: Phenotype) -> pl.DataFrame:
         return await fed.run(parse(query_text(spec, ph, region)), False, False, on_round)
 
-    from query.remote import gather_or_cancel
+    from better.query.remote import gather_or_cancel
 
     return await gather_or_cancel(*(one(ph) for ph in todo))
 
@@ -381,6 +381,6 @@ def _provenance(
 
 
 def _version() -> str:
-    from station_api import __version__
+    from better.station_api import __version__
 
     return __version__

@@ -16,7 +16,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from query.withholding import WithheldBy
+from better.query.withholding import WithheldBy
 
 LINEAR = ["#CHROM", "POS", "ID", "REF", "ALT", "A1", "TEST", "OBS_CT", "BETA", "SE", "T_STAT", "P"]
 LINEAR_EXTRA = ["A1_FREQ", "LOG10_P", "ERRCODE"]

@@ -15,9 +15,9 @@ from typing import Literal
 from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.exceptions import VisitError
 
-from engine.errors import BetterError
-from genomics.regions import Region
-from station_api.wire import MAX_CONDITIONS, MAX_REGIONS
+from better.engine.errors import BetterError
+from better.genomics.regions import Region
+from better.station_api.wire import MAX_CONDITIONS, MAX_REGIONS
 
 #: Pooled variant quantities usable in WHERE; anything else names a phenotype column.
 VARIANT_FILTERS = ("maf", "mac", "call_rate", "hwe_p", "filter")

@@ -1,7 +1,7 @@
 """From a parsed query to a plan: checked against what the stations hold, split into rounds.
 
 :func:`check` resolves names against the stations' catalogs (``GET /station``): an unknown column, one
-that only some stations have, or a comparison of the wrong type is a :class:`~query.parser.QueryError`
+that only some stations have, or a comparison of the wrong type is a :class:`~better.query.parser.QueryError`
 with a caret. :func:`plan` decides the rounds. Variant filters (maf, mac, call_rate, hwe_p) are pooled
 quantities, so they are computed centrally from pooled counts:
 
@@ -20,11 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.filters import VariantCondition, VariantFilter
-from genomics.selection import suggest
-from query.parser import READ_VERBS, Condition, Name, Query
-from query.remote import Model
-from station_api.wire import Condition as WireCondition
+from better.engine.filters import VariantCondition, VariantFilter
+from better.genomics.selection import suggest
+from better.query.parser import READ_VERBS, Condition, Name, Query
+from better.query.remote import Model
+from better.station_api.wire import Condition as WireCondition
 
 
 @dataclass(frozen=True)

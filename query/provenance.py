@@ -1,4 +1,4 @@
-"""Read and check the signed manifests that come with a result (see ``station_api.signing``)."""
+"""Read and check the signed manifests that come with a result (see ``better.station_api.signing``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.errors import InputError
-from station_api.signing import verify
+from better.engine.errors import InputError
+from better.station_api.signing import verify
 
 
 def read_manifests(path: Path) -> list[dict[str, Any]]:

@@ -20,17 +20,17 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 
-from engine import finals
-from engine.design import KEY_COLUMNS
-from engine.errors import BetterError, InputError
-from engine.frame import FRAMES
-from engine.protocol import Protocol, Result, Task
-from query.finished import FinishedRows
-from query.secure import SecureSession
-from query.withholding import WithheldBy
-from station_api.finishing import MAX_STEPS, MODEL
-from station_api.secure_agg import unmask_sum
-from station_api.wire import (
+from better.engine import finals
+from better.engine.design import KEY_COLUMNS
+from better.engine.errors import BetterError, InputError
+from better.engine.protocol import Protocol, Result, Task
+from better.engine.shared_rows import FRAMES
+from better.query.finished import FinishedRows
+from better.query.secure import SecureSession
+from better.query.withholding import WithheldBy
+from better.station_api.finishing import MAX_STEPS, MODEL
+from better.station_api.secure_agg import unmask_sum
+from better.station_api.wire import (
     SEALED_KINDS,
     Adjust,
     Condition,

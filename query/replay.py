@@ -27,10 +27,10 @@ import httpx
 import numpy as np
 import polars as pl
 
-from engine.errors import BetterError, InputError
-from query.remote import Recording, Release, StationClient, StationError
-from station_api.signing import canonical, sha256
-from station_api.wire import TaskRequest, decode_arrays, decode_state
+from better.engine.errors import BetterError, InputError
+from better.query.remote import Recording, Release, StationClient, StationError
+from better.station_api.signing import canonical, sha256
+from better.station_api.wire import TaskRequest, decode_arrays, decode_state
 
 #: The releases of ``result.json`` are in ``result.json.releases``.
 SUFFIX = ".releases"
@@ -236,7 +236,7 @@ def _same_state(asked: Any, recorded: Any) -> bool:
 
 def replay(recorded: Recorded) -> pl.DataFrame:
     """The table the query gives on the recorded releases alone."""
-    from query.federation import Federation
+    from better.query.federation import Federation
 
     clients = [ReplayClient.of(name, recorded) for name in recorded.stations]
     fed = Federation(list(clients), dataset=recorded.dataset, secure_aggregation=recorded.secure_aggregation)
@@ -250,7 +250,7 @@ def replay(recorded: Recorded) -> pl.DataFrame:
 def read_rows(result: Path) -> tuple[list[str], list[list[str]]] | None:
     """A result file's table as its columns and text rows, or None for a file without one (a batch job's
     ``provenance.json``)."""
-    from query.output import rows_as_text
+    from better.query.output import rows_as_text
 
     try:
         if result.suffix == ".parquet":
@@ -273,7 +273,7 @@ def read_rows(result: Path) -> tuple[list[str], list[list[str]]] | None:
 def compare_tables(replayed: pl.DataFrame, columns: list[str], rows: list[list[str]], rel: float = 2e-5) -> list[str]:
     """Where a table's text rows differ from the replayed table's: up to five differences, each naming the
     row and column. Numbers agree within ``rel`` (the text keeps 6 significant digits)."""
-    from query.output import rows_as_text
+    from better.query.output import rows_as_text
 
     derived = [c for c in replayed.columns if c != "WITHHELD"]
     if columns != derived:

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from query.output import rows_as_text
+from better.query.output import rows_as_text
 
 SSF_LINEAR = ["chromosome", "base_pair_location", "effect_allele", "other_allele", "beta", "standard_error"]
 SSF_LOGISTIC = ["chromosome", "base_pair_location", "effect_allele", "other_allele", "odds_ratio", "standard_error"]
@@ -188,7 +188,7 @@ def read_bed(path: Path) -> list[Gene]:
         try:
             genes.append(Gene(f[0], int(f[1]), int(f[2]), f[3] if len(f) > 3 else f"{f[0]}:{f[1]}"))
         except (IndexError, ValueError):
-            from engine.errors import InputError
+            from better.engine.errors import InputError
 
             raise InputError(f"{path}:{number}: not a BED line (chrom, start, end, name)") from None
     return genes

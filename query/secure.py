@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.align import align
-from engine.design import KEY_COLUMNS
-from station_api.wire import Participant, Secure
+from better.engine.design import KEY_COLUMNS
+from better.engine.key_union import union_keys
+from better.station_api.wire import Participant, Secure
 
 #: Stations secure aggregation needs at the least: with two, each could subtract its own share from the
 #: sum and read the other's.
@@ -59,5 +59,5 @@ class SecureSession:
         async with self._lock:
             if scope not in self._frames:
                 keys = await fetch()
-                self._frames[scope] = align([{c: r[f"key_{c}"] for c in columns} for r in keys], columns).keys
+                self._frames[scope] = union_keys([{c: r[f"key_{c}"] for c in columns} for r in keys], columns).keys
             return self._frames[scope]

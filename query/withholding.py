@@ -1,6 +1,6 @@
 """Why each withheld row was withheld: the stations' rules, collected from the rounds' releases.
 
-Every release flags its withheld rows per rule (``withheld_<rule>`` arrays, :data:`station_api.policy.RULES`);
+Every release flags its withheld rows per rule (``withheld_<rule>`` arrays, :data:`better.station_api.policy.RULES`);
 masked releases arrive summed, so a flag reads "some station withheld it by that rule". A result table
 gets a ``WITHHELD_BY`` column (the rules, comma-separated; empty on rows that were released).
 """
@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from engine.filters import VariantFilter
-from station_api.policy import RULES
+from better.engine.filters import VariantFilter
+from better.station_api.policy import RULES
 
 #: The row key of each kind of result row: a variant, a coverage target, a pileup position.
 ROW_KEYS = (("chrom", "pos", "ref", "alt"), ("chrom", "start", "end", "name"), ("chrom", "pos"))

@@ -28,16 +28,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.errors import BetterError, NotFoundError
-from genomics.store import Store
-from station_api import __version__
-from station_api.audit import AuditLog
-from station_api.auth import Principal, authenticate
-from station_api.config import CONFIG_FILE, Policy, StationConfig, read_config, write_config
-from station_api.policy import PolicyRefusalError
-from station_api.signing import load_or_create_key, public_key_text
-from station_api.tasks import TaskManager, TaskRecord
-from station_api.wire import ARROW_STREAM, WIRE_VERSION, TaskRequest
+from better.engine.errors import BetterError, NotFoundError
+from better.genomics.store import Store
+from better.station_api import __version__
+from better.station_api.audit import AuditLog
+from better.station_api.auth import Principal, authenticate
+from better.station_api.config import CONFIG_FILE, Policy, StationConfig, read_config, write_config
+from better.station_api.policy import PolicyRefusalError
+from better.station_api.signing import load_or_create_key, public_key_text
+from better.station_api.tasks import TaskManager, TaskRecord
+from better.station_api.wire import ARROW_STREAM, WIRE_VERSION, TaskRequest
 
 log = logging.getLogger("better.station")
 

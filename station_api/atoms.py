@@ -8,7 +8,7 @@ membership in the new sets, and the sizes of the parts come from counts (this st
 every group member's: :meth:`Partition.refine`). Stations of a group that refine with the same counts
 hold the same atoms, which a digest chain confirms.
 
-:func:`engine.isolation.isolation_check` then decides on the atoms whether the answered columns can be
+:func:`better.engine.isolation.isolation_check` then decides on the atoms whether the answered columns can be
 combined to single out fewer than ``k`` people.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from engine.isolation import Verdict, isolation_check
+from better.engine.isolation import Verdict, isolation_check
 
 #: Atoms a partition may hold; a refinement beyond it is refused (errs on the patient's side).
 MAX_ATOMS = 4096

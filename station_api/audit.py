@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from genomics.store import Store
+from better.genomics.store import Store
 
 LOG_FILE = "audit.jsonl"
 HEAD_FILE = "audit.head"

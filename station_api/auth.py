@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from station_api.config import TokenRecord
+from better.station_api.config import TokenRecord
 
 _TOKEN = re.compile(r"^btr_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from engine.errors import StoreError
+from better.engine.errors import StoreError
 
 CONFIG_FILE = "station.toml"
 ANALYSES = ("count", "freq", "hwe", "gwas_linear", "gwas_logistic", "coverage", "reads", "pileup")

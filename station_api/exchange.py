@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from engine.design import KEY_COLUMNS
-from engine.errors import InputError, NotFoundError
-from station_api.config import Policy
-from station_api.finishing import Finishing
-from station_api.policy import (
+from better.engine.design import KEY_COLUMNS
+from better.engine.errors import InputError, NotFoundError
+from better.station_api.config import Policy
+from better.station_api.finishing import Finishing
+from better.station_api.policy import (
     PolicyRefusalError,
     check_model,
     finishable,
@@ -30,11 +30,11 @@ from station_api.policy import (
     with_flags,
     withheld_rows,
 )
-from station_api.query_audit import Admission, QueryAudit
-from station_api.runner import Prepared
-from station_api.sealed import seal, unseal
-from station_api.secure_agg import StationSecrets, context_digest, participants_of, unmask_sum
-from station_api.wire import TaskRequest, encode_arrays
+from better.station_api.query_audit import Admission, QueryAudit
+from better.station_api.runner import Prepared
+from better.station_api.sealed import seal, unseal
+from better.station_api.secure_agg import StationSecrets, context_digest, participants_of, unmask_sum
+from better.station_api.wire import TaskRequest, encode_arrays
 
 #: Seconds a seal's result is kept for its opening, and how many are kept at once.
 KEEP_SECONDS = 600.0
@@ -165,7 +165,7 @@ def seal_round(
 ) -> tuple[bytes, dict[str, Any]]:
     """Mask and seal a round's totals to every other participant; the payload lists the blobs.
 
-    ``own_rules``: this station's own judgement of its rows (:func:`~station_api.policy.rule_flags`), for a
+    ``own_rules``: this station's own judgement of its rows (:func:`~better.station_api.policy.rule_flags`), for a
     round that releases each station's own sums (``ADJUST station``): a row any station flags is withheld.
     """
     spec = sealed.request.secure
@@ -195,7 +195,7 @@ def open_round(
     rounds: SealedRounds,
 ) -> tuple[bytes, dict[str, Any]]:
     """Open a sealed round: check every peer's message, audit, judge the rows, release masked; rows only
-    the stations may finish are kept for the finishing steps (:mod:`station_api.finishing`)."""
+    the stations may finish are kept for the finishing steps (:mod:`better.station_api.finishing`)."""
     request = sealed.request
     spec = request.secure
     assert spec is not None and opening.exchange is not None

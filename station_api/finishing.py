@@ -4,10 +4,10 @@ A variant where 1 to ``min_cell_count - 1`` people of the audit group have no ca
 released: PLINK drops those people from the variant's model, and the sums that drop them describe just
 them. Under a pooled audit the stations can still give its exact result. After the sealed round's
 opening each station keeps the sums of those rows (a :class:`Finishing`); in ``finish`` steps they seal
-them to each other, each adds them up, runs the same analysis (:class:`engine.protocol.LinearProtocol`, or
-:class:`engine.protocol.LogisticProtocol` with its Newton rounds, for which each station computes its own
+them to each other, each adds them up, runs the same analysis (:class:`better.engine.protocol.LinearProtocol`, or
+:class:`better.engine.protocol.LogisticProtocol` with its Newton rounds, for which each station computes its own
 sums at the betas it derived itself) and, when the analysis is done, releases only the final statistics
-(:mod:`engine.finals`), masked. The station that sorts first puts them in; the others add zeros.
+(:mod:`better.engine.finals`), masked. The station that sorts first puts them in; the others add zeros.
 
 The coordinator relays the steps and learns the results, as for every other variant, and nothing else.
 """
@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from engine import finals
-from engine.design import KEY_COLUMNS
-from engine.errors import InputError
-from engine.filters import VariantFilter
-from engine.protocol import LinearProtocol, LogisticProtocol, Protocol, execute
-from station_api.runner import Prepared, block_source
-from station_api.sealed import seal, unseal
-from station_api.secure_agg import StationSecrets, context_digest, participants_of, unmask_sum
-from station_api.wire import TaskRequest, encode_arrays
+from better.engine import finals
+from better.engine.design import KEY_COLUMNS
+from better.engine.errors import InputError
+from better.engine.filters import VariantFilter
+from better.engine.protocol import LinearProtocol, LogisticProtocol, Protocol, execute
+from better.station_api.runner import Prepared, block_source
+from better.station_api.sealed import seal, unseal
+from better.station_api.secure_agg import StationSecrets, context_digest, participants_of, unmask_sum
+from better.station_api.wire import TaskRequest, encode_arrays
 
 #: The per-row sums each round kind finishes with, and its totals (the same whatever the rows).
 ROWS = {

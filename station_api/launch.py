@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from engine.errors import BetterError
+from better.engine.errors import BetterError
 
 
 def free_port() -> int:

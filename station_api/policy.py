@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import BetterError, InputError
-from station_api.config import Policy
-from station_api.wire import TaskRequest
+from better.engine.errors import BetterError, InputError
+from better.station_api.config import Policy
+from better.station_api.wire import TaskRequest
 
 
 class PolicyRefusalError(BetterError):
@@ -246,7 +246,7 @@ def strictest(policy: Policy, peers: dict[str, Any]) -> Policy:
 
 def finishable(kind: str, rules: dict[str, np.ndarray]) -> np.ndarray:
     """Rows withheld only because 1 to ``min_cell_count - 1`` people lack a call: under a pooled audit the
-    stations can finish them and release their results (:mod:`station_api.finishing`)."""
+    stations can finish them and release their results (:mod:`better.station_api.finishing`)."""
     if kind not in ("linear", "logistic_score") or "missing_genotypes" not in rules:
         return np.zeros(len(next(iter(rules.values()))), dtype=bool)
     others = np.zeros_like(rules["missing_genotypes"])
@@ -271,7 +271,7 @@ def release(
     audit group, whose sample totals the query audit has judged, so this station's own totals are not.
     A withheld row is zeroed and flagged, in ``withheld`` and in ``withheld_<rule>`` for each rule.
     ``rules``: per-row judgements made before (they replace judging ``people``). ``finish``: rows whose
-    sums stay among the stations, which finish them (:mod:`station_api.finishing`): zeroed like withheld
+    sums stay among the stations, which finish them (:mod:`better.station_api.finishing`): zeroed like withheld
     rows, and flagged ``finish``.
     """
     out = dict(result)

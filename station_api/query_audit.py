@@ -4,7 +4,7 @@ it has released (to anyone, over any dataset, across re-ingests) singles out few
 
 People are keyed by sample ID, station-wide (:class:`PersonRegistry`), so the same person in two
 datasets, or in a dataset ingested again with one more sample, is one person. Every released set becomes
-a column of a :class:`~station_api.atoms.Partition`; :func:`engine.isolation.isolation_check` decides on
+a column of a :class:`~better.station_api.atoms.Partition`; :func:`better.engine.isolation.isolation_check` decides on
 it. Two scopes:
 
 - **local**: the atoms are this station's own people. Sound whatever the coordinator sees: every
@@ -13,7 +13,7 @@ it. Two scopes:
 - **pooled**: under secure aggregation the coordinator sees only sums over the stations of a fixed
   **audit group** (pinned at first use, or by ``secure_peers``). The atoms are then pooled over the
   group: each station refines with the sum of every member's counts, exchanged masked and sealed station
-  to station (:mod:`station_api.sealed`), so no station learns another's counts and the coordinator
+  to station (:mod:`better.station_api.sealed`), so no station learns another's counts and the coordinator
   learns nothing. A station in a group releases only masked, and only with exactly its group: a round
   with fewer stations, or in the clear, could be subtracted from a pooled one.
 
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import BetterError
-from station_api.atoms import GENESIS, MAX_ATOMS, MAX_COLUMNS, Partition
-from station_api.policy import PolicyRefusalError
+from better.engine.errors import BetterError
+from better.station_api.atoms import GENESIS, MAX_ATOMS, MAX_COLUMNS, Partition
+from better.station_api.policy import PolicyRefusalError
 
 AUDIT_DIR = "audit"
 STATE_FILE = "state.npz"

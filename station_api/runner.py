@@ -16,21 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from engine.align import INTEGER_KEYS
-from engine.design import KEY_COLUMNS, Block, Design
-from engine.errors import InputError
-from engine.frame import FRAMES, conform
-from engine.kernels.counts import genotype_counts
-from engine.protocol import execute
-from genomics import reads_tasks
-from genomics.design import StationBlocks, build_design, variant_keys
-from genomics.regions import Region, merge_regions
-from genomics.selection import Condition
-from genomics.store import DATASETS, Dataset, Store
-from station_api.config import Policy
-from station_api.policy import GENOTYPE_JUDGED, people_rows, release
-from station_api.secure_agg import StationSecrets, participants_of
-from station_api.wire import READ_ANALYSES, TaskRequest, decode_state, encode_arrays
+from better.engine.design import KEY_COLUMNS, Block, Design
+from better.engine.errors import InputError
+from better.engine.kernels.counts import genotype_counts
+from better.engine.key_union import INTEGER_KEYS
+from better.engine.protocol import execute
+from better.engine.shared_rows import FRAMES, conform
+from better.genomics import read_tables
+from better.genomics.regions import Region, merge_regions
+from better.genomics.selection import Condition
+from better.genomics.station_inputs import StationBlocks, build_design, variant_keys
+from better.genomics.store import DATASETS, Dataset, Store
+from better.station_api.config import Policy
+from better.station_api.policy import GENOTYPE_JUDGED, people_rows, release
+from better.station_api.secure_agg import StationSecrets, participants_of
+from better.station_api.wire import READ_ANALYSES, TaskRequest, decode_state, encode_arrays
 
 #: Result arrays with one row per variant, by round; they form the Arrow table.
 _ROWS_KEY = "key_pos"
@@ -59,7 +59,7 @@ def variants_in_scope(dataset: Dataset, request: TaskRequest, task: dict[str, An
         return 0
     regions = regions_of(request)
     if request.kind in ("target_keys", "coverage"):
-        own = int(reads_tasks.targets_in(dataset, regions)[1].shape[0])
+        own = int(read_tables.targets_in(dataset, regions)[1].shape[0])
     elif regions is None:
         own = dataset.n_variants
     else:
@@ -314,13 +314,13 @@ def compute(
         found = variant_keys(dataset, regions_of(request), request.pass_only)
         return Computed({f"key_{c}": v for c, v in found.items()}, None)
     if request.kind == "target_keys":
-        return Computed(reads_tasks.target_keys(dataset, regions_of(request)), None)
+        return Computed(read_tables.target_keys(dataset, regions_of(request)), None)
     if request.kind == "coverage":
-        result = reads_tasks.coverage(dataset, regions_of(request), include)
+        result = read_tables.coverage(dataset, regions_of(request), include)
     elif request.kind == "reads":
-        result = reads_tasks.reads(dataset, include)
+        result = read_tables.reads(dataset, include)
     elif request.kind == "pileup":
-        result = reads_tasks.pileup(
+        result = read_tables.pileup(
             dataset,
             include,
             task["key_chrom"].tolist(),

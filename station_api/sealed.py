@@ -2,7 +2,7 @@
 
 Some decisions need totals over every station that the coordinator must not see: the people behind each
 variant's statistics (a total of 1 to 4 withholds it) and the query audit's counts
-(:mod:`station_api.query_audit`). In a **sealed** round each station masks those counts for secure
+(:mod:`better.station_api.query_audit`). In a **sealed** round each station masks those counts for secure
 aggregation (so that no other station learns its own numbers, only their sum), then encrypts the masked
 words once per peer with AES-256-GCM under a key only the two of them hold (X25519 and HKDF-SHA256, bound
 to the round's context and to the direction, sender to recipient). The coordinator hands each station the
@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from engine.errors import InputError
-from station_api.secure_agg import StationSecrets, shared_secret
-from station_api.wire import decode_arrays, encode_arrays
+from better.engine.errors import InputError
+from better.station_api.secure_agg import StationSecrets, shared_secret
+from better.station_api.wire import decode_arrays, encode_arrays
 
 _NONCE = bytes(12)  # every key seals one message: the key is unique to (round, sender, recipient)
 #: Largest sealed blob accepted, in bytes of base64 text.

@@ -6,7 +6,7 @@ for this round alone: the salt is a digest of the round's *context* (the query's
 the round number and the list of participants with their keys). AES-256 in counter mode turns that key
 into a stream of 128-bit words, the pair's mask. The station whose name sorts first adds the mask, the
 other subtracts it; all arithmetic is on fixed-point numbers modulo 2^128
-(:mod:`engine.fixedpoint`), so in the sum over all participants every mask cancels exactly, while one
+(:mod:`better.engine.fixedpoint`), so in the sum over all participants every mask cancels exactly, while one
 station's masked words are uniformly distributed to anyone who lacks the secrets it shares with all
 the others.
 
@@ -32,10 +32,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from engine import fixedpoint
-from engine.errors import InputError
-from engine.kernels.words import add_into, subtract_into
-from station_api.signing import canonical, load_or_create_pem_key
+from better.engine import fixedpoint
+from better.engine.errors import InputError
+from better.engine.kernels.words import add_into, subtract_into
+from better.station_api.signing import canonical, load_or_create_pem_key
 
 AGREEMENT_KEY_FILE = "agreement.key"
 PREFIX = "x25519:"
@@ -76,7 +76,7 @@ def context_digest(session: str, round_no: int, participants: list[tuple[str, st
     """SHA-256 naming one round: the same bytes at every participant, different for every round.
 
     ``purpose`` separates the masks of a round's release from those of what its stations exchange among
-    themselves before it (``"judge"``, :mod:`station_api.sealed`).
+    themselves before it (``"judge"``, :mod:`better.station_api.sealed`).
     """
     spec: dict[str, object] = {
         "v": 1,

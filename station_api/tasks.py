@@ -23,15 +23,15 @@ from typing import Any, Literal
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from engine.design import KEY_COLUMNS
-from engine.errors import BetterError, InputError, NotFoundError
-from genomics.store import Store
-from station_api import __version__
-from station_api.audit import AuditLog
-from station_api.config import StationConfig
-from station_api.exchange import SealedRound, SealedRounds, judge_context, open_round, seal_round
-from station_api.finishing import Finishing, finish_step
-from station_api.policy import (
+from better.engine.design import KEY_COLUMNS
+from better.engine.errors import BetterError, InputError, NotFoundError
+from better.genomics.store import Store
+from better.station_api import __version__
+from better.station_api.audit import AuditLog
+from better.station_api.config import StationConfig
+from better.station_api.exchange import SealedRound, SealedRounds, judge_context, open_round, seal_round
+from better.station_api.finishing import Finishing, finish_step
+from better.station_api.policy import (
     PolicyRefusalError,
     check_model,
     check_secure,
@@ -39,8 +39,8 @@ from station_api.policy import (
     row_policy,
     rule_flags,
 )
-from station_api.query_audit import QueryAudit
-from station_api.runner import (
+from better.station_api.query_audit import QueryAudit
+from better.station_api.runner import (
     BlockCache,
     DatasetCache,
     Outcome,
@@ -51,7 +51,7 @@ from station_api.runner import (
     prepare,
     run_task,
 )
-from station_api.secure_agg import (
+from better.station_api.secure_agg import (
     ContextRegistry,
     StationSecrets,
     context_digest,
@@ -59,8 +59,8 @@ from station_api.secure_agg import (
     participants_of,
     shared_secret,
 )
-from station_api.signing import canonical, load_or_create_key, sha256, sign
-from station_api.wire import KEY_KINDS, SEALED_KINDS, TaskRequest
+from better.station_api.signing import canonical, load_or_create_key, sha256, sign
+from better.station_api.wire import KEY_KINDS, SEALED_KINDS, TaskRequest
 
 log = logging.getLogger("better.station")
 
@@ -216,7 +216,7 @@ class TaskManager:
 
         Three kinds of request: a round in the clear (audited over this station's own people), a masked
         round of a session whose selection a sealed round audited already, and a sealed round's seal or
-        opening (:mod:`station_api.exchange`).
+        opening (:mod:`better.station_api.exchange`).
         """
         policy = self.config.policy
         if request.exchange is not None and request.exchange.phase == "open":

@@ -8,7 +8,7 @@ per variant become the columns of a table (matrices per variant as fixed-size li
 ``application/vnd.apache.arrow.stream``; in a task the state is that stream in base64.
 
 Everything decoded here may come from an attacker: sizes, types and shapes are checked, and any
-failure is an :class:`~engine.errors.InputError` that says what was wrong.
+failure is an :class:`~better.engine.errors.InputError` that says what was wrong.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from engine.errors import InputError
+from better.engine.errors import InputError
 
 WIRE_VERSION = 1
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -102,7 +102,7 @@ class Participant(BaseModel):
 
 
 class Secure(BaseModel):
-    """Secure aggregation of this round: the station masks its release (see :mod:`station_api.secure_agg`)."""
+    """Secure aggregation of this round: the station masks its release (see :mod:`better.station_api.secure_agg`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -130,13 +130,13 @@ StationName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{
 
 
 class Exchange(BaseModel):
-    """A sealed round's step (see :mod:`station_api.sealed`).
+    """A sealed round's step (see :mod:`better.station_api.sealed`).
 
     ``seal``: compute the round, keep the result, and return, for each other participant, a message
     only that station can open (masked counts for the totals the release is judged on). ``open``: the
     messages the other participants sealed to this station (by sender); the station sums the totals,
     decides, and releases what it kept. ``finish``: a step of the rows the stations finish themselves
-    (:mod:`station_api.finishing`): first without messages (the station seals its sums), then with the
+    (:mod:`better.station_api.finishing`): first without messages (the station seals its sums), then with the
     others' messages of the step before, until the station releases those rows' results.
     """
 

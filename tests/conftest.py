@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from genomics.store import Store
-from genomics.synth import SynthConfig, synthesize
-from station_api.config import StationConfig, write_config
+from better.genomics.store import Store
+from better.genomics.synth import SynthConfig, synthesize
+from better.station_api.config import StationConfig, write_config
 
 # Numba compiles a kernel the first time a test calls it: a per-example deadline would fail that example.
 settings.register_profile("better", deadline=None)
@@ -45,7 +45,7 @@ def bgzip(src: Path, dst: Path) -> Path:
 @pytest.fixture(scope="session")
 def bam_cohort(small_cohort: Path) -> Path:
     """Indexed BAMs of 6 samples per station of the small cohort (``small_cohort/bam``)."""
-    from genomics.synth_bam import BamConfig, synthesize_bams
+    from better.genomics.synth_bam import BamConfig, synthesize_bams
 
     out = small_cohort / "bam"
     if not (out / "targets.bed").exists():

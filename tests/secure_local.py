@@ -7,11 +7,11 @@ import secrets
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from engine.align import align
-from engine.design import KEY_COLUMNS, BlockSource, Design, concat_keys
-from engine.frame import FRAME_KINDS, conform
-from engine.protocol import Protocol, execute
-from station_api.secure_agg import StationSecrets, unmask_sum
+from better.engine.design import KEY_COLUMNS, BlockSource, Design, concat_keys
+from better.engine.key_union import union_keys
+from better.engine.protocol import Protocol, execute
+from better.engine.shared_rows import FRAME_KINDS, conform
+from better.station_api.secure_agg import StationSecrets, unmask_sum
 
 
 def station_secrets(n: int) -> list[StationSecrets]:
@@ -19,13 +19,13 @@ def station_secrets(n: int) -> list[StationSecrets]:
 
 
 def run_secure_local(protocol: Protocol, stations: list[tuple[Design, BlockSource]]) -> dict[str, np.ndarray]:
-    """:func:`engine.protocol.run_local`, but every release is laid on the union of variants, masked,
+    """:func:`better.engine.protocol.run_local`, but every release is laid on the union of variants, masked,
     and only the sum of the masked releases reaches the protocol."""
     keys = station_secrets(len(stations))
     participants = [(s.name, s.public_text) for s in keys]
     session = secrets.token_hex(16)
     own = [concat_keys([b.keys for b in blocks(None)]) for _, blocks in stations]
-    frame = align([{c: k[c] for c in KEY_COLUMNS} for k in own]).keys
+    frame = union_keys([{c: k[c] for c in KEY_COLUMNS} for k in own]).keys
     round_no = 0
     while (task := protocol.next_task()) is not None:
         masked = []

@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from genomics.ingest import ingest_vcf
-from genomics.store import Store
-from station_api.auth import new_token
-from station_api.config import Policy, Server, StationConfig, write_config
-from station_api.launch import station_process
+from better.genomics.ingest import ingest_vcf
+from better.genomics.store import Store
+from better.station_api.auth import new_token
+from better.station_api.config import Policy, Server, StationConfig, write_config
+from better.station_api.launch import station_process
 
 
 @dataclass(frozen=True)

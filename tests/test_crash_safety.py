@@ -17,9 +17,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from genomics.ingest import ingest_vcf
-from genomics.store import DATASETS, Store
-from station_api.audit import AuditLog
+from better.genomics.ingest import ingest_vcf
+from better.genomics.store import DATASETS, Store
+from better.station_api.audit import AuditLog
 from tests.conftest import write_text
 from tests.zoo import ZOO, vcf
 
@@ -39,9 +39,9 @@ CHILD = textwrap.dedent(
             return tracer
         return tracer
 
-    from genomics.ingest import ingest_vcf
-    from genomics.store import Store
-    from station_api.audit import AuditLog
+    from better.genomics.ingest import ingest_vcf
+    from better.genomics.store import Store
+    from better.station_api.audit import AuditLog
     store = Store.open(sys.argv[3])
     sys.settrace(tracer)
     if target.endswith("store.py"):

@@ -13,13 +13,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from genomics.ingest import ingest_vcf
-from genomics.store import Store
-from query.federation import Federation
-from query.remote import StationClient, StationError
-from station_api.auth import new_token
-from station_api.config import Policy, read_config, write_config
-from station_api.launch import station_processes
+from better.genomics.ingest import ingest_vcf
+from better.genomics.store import Store
+from better.query.federation import Federation
+from better.query.remote import StationClient, StationError
+from better.station_api.auth import new_token
+from better.station_api.config import Policy, read_config, write_config
+from better.station_api.launch import station_processes
 from tests.servers import StationSetup, auth, make_station
 
 NAMES = ("milano", "nijmegen", "barcelona")
@@ -151,7 +151,7 @@ def test_errors__never_quote_a_value(small_cohort: Path, tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def realistic_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1,500 people at three stations, 1% missing genotypes, missing ldl (3%), case (2%) and age (1%)."""
-    from genomics.synth import SynthConfig, synthesize
+    from better.genomics.synth import SynthConfig, synthesize
 
     out = tmp_path_factory.mktemp("realistic")
     synthesize(SynthConfig(out=str(out), samples=1500, variants=600, stations=3, seed=11))
@@ -225,7 +225,7 @@ def _carriers(cohort: Path) -> dict[int, list[int]]:
 
 
 def test_counts_in_two_groups__split_cases_and_controls_only(small_cohort: Path) -> None:
-    from station_api.wire import TaskRequest
+    from better.station_api.wire import TaskRequest
 
     base = {"dataset": "cohort", "analysis": "freq", "kind": "counts", "phenotype": "ldl", "groups": 2}
     with pytest.raises(ValueError, match="need a binary phenotype"):
@@ -239,9 +239,9 @@ def test_masked_round__with_participants_the_session_did_not_audit_is_refused(
     # a coordinator that makes up two peers knows their masks: one station's own sums would come back bare
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from query import secure as query_secure
-    from station_api.secure_agg import StationSecrets
-    from station_api.wire import encode_state
+    from better.query import secure as query_secure
+    from better.station_api.secure_agg import StationSecrets
+    from better.station_api.wire import encode_state
 
     sessions: list[str] = []
     next_round = query_secure.SecureSession.next_round
@@ -278,7 +278,7 @@ def test_masked_round__with_participants_the_session_did_not_audit_is_refused(
 
 
 def test_an_out_of_range_statistic__is_refused_without_its_value() -> None:
-    from engine import fixedpoint
+    from better.engine import fixedpoint
 
     with pytest.raises(Exception, match="beyond the secure-aggregation range") as exc:
         fixedpoint.encode(np.array([2.61234e24]))
@@ -371,7 +371,7 @@ def test_empty_selection__is_a_clear_refusal_not_zeros(small_cohort: Path, tmp_p
 
 
 def test_verify__a_result_missing_one_stations_manifests_fails(small_cohort: Path, tmp_path: Path) -> None:
-    from query.provenance import verify_manifests
+    from better.query.provenance import verify_manifests
 
     with federation(tmp_path, small_cohort) as (fed, _):
         fed.query("GWAS LINEAR ldl ~ age")

@@ -8,14 +8,14 @@ import pkgutil
 
 import pytest
 
-import engine
-import genomics
-import query
-import station_api
+import better.engine
+import better.genomics
+import better.query
+import better.station_api
 
 MODULES = sorted(
     m.name
-    for pkg in (engine, genomics, query, station_api)
+    for pkg in (better.engine, better.genomics, better.query, better.station_api)
     for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")
 )
 

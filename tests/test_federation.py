@@ -7,10 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.design import Block, Design
-from engine.errors import InputError
-from engine.protocol import CountsProtocol, LinearProtocol, LogisticProtocol, run_local
-from genomics.packing import pack_genotypes
+from better.engine.design import Block, Design
+from better.engine.errors import InputError
+from better.engine.protocol import CountsProtocol, LinearProtocol, LogisticProtocol, run_local
+from better.genomics.packing import pack_genotypes
 from tests.engine_reference import pooled_ols
 
 KEYS = {"chrom": "1", "ref": "A", "alt": "G"}

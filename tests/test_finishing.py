@@ -14,13 +14,13 @@ import polars as pl
 import pytest
 import statsmodels.api as sm
 
-from genomics.ingest import ingest_vcf
-from genomics.store import Store
-from query.federation import Federation
-from query.remote import StationClient
-from station_api.auth import new_token
-from station_api.config import Policy, StationConfig, write_config
-from station_api.launch import station_processes
+from better.genomics.ingest import ingest_vcf
+from better.genomics.store import Store
+from better.query.federation import Federation
+from better.query.remote import StationClient
+from better.station_api.auth import new_token
+from better.station_api.config import Policy, StationConfig, write_config
+from better.station_api.launch import station_processes
 from tests.servers import auth
 
 NAMES = ("alpha", "beta", "gamma")

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from query.gwas_job import run_job
-from query.output import LINEAR
-from station_api.config import Policy
+from better.query.gwas_job import run_job
+from better.query.output import LINEAR
+from better.station_api.config import Policy
 from tests.servers import make_station, serve
 
 SSF_REQUIRED = ["chromosome", "base_pair_location", "effect_allele", "other_allele"]

@@ -9,9 +9,9 @@ import numpy as np
 import pysam
 import pytest
 
-from engine.errors import InputError
-from genomics.ingest_bam import ingest_bams
-from genomics.store import Store
+from better.engine.errors import InputError
+from better.genomics.ingest_bam import ingest_bams
+from better.genomics.store import Store
 
 
 def bams(bam_cohort: Path, station: str = "milano") -> list[str]:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import BetterError, InputError, StoreError
-from genomics.ingest import ingest_vcf
-from genomics.store import DATASETS, Store
+from better.engine.errors import BetterError, InputError, StoreError
+from better.genomics.ingest import ingest_vcf
+from better.genomics.store import DATASETS, Store
 from tests.conftest import bgzip, write_text
 from tests.zoo import ZOO, vcf
 

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from genomics.packing import pack_genotypes, unpack_genotypes
-from genomics.vcf_numba import find_newlines
+from better.genomics.packing import pack_genotypes, unpack_genotypes
+from better.genomics.vcf_numba import find_newlines
 from tests.reference import python_unpack
 
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.isolation import isolation_check
-from station_api.policy import PolicyRefusalError
-from station_api.query_audit import AuditBusyError, QueryAudit
+from better.engine.isolation import isolation_check
+from better.station_api.policy import PolicyRefusalError
+from better.station_api.query_audit import AuditBusyError, QueryAudit
 
 
 # -- the oracle: sets as vectors over people, brute force over small supports ---------------------------

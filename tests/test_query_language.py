@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from query.parser import QueryError, parse
-from query.planner import StationCatalog, plan
+from better.query.parser import QueryError, parse
+from better.query.planner import StationCatalog, plan
 
 VARIABLES = {"age": "number", "sex": "integer", "ldl": "number", "case": "integer", "smoking": "text", "pc1": "number"}
 

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.kernels.reads import (
+from better.engine.kernels.read_metrics import (
     DEPTH_EXCLUDE,
     DUP,
     MUNMAP,

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.errors import InputError
-from query.output import write
-from query.provenance import verify_manifests
-from query.replay import read_releases, releases_path, verify_values, write_releases
+from better.engine.errors import InputError
+from better.query.output import write
+from better.query.provenance import verify_manifests
+from better.query.replay import read_releases, releases_path, verify_values, write_releases
 from tests.test_disclosure import federation
 
 

@@ -15,16 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.errors import InputError
-from genomics.ingest import ingest_vcf
-from genomics.phenotypes import QUERY_WORDS, read_phenotypes
-from genomics.store import Store
-from query.federation import Federation
-from query.parser import QueryError, parse
-from query.remote import StationClient, StationError
-from station_api.audit import LOG_FILE, AuditLog
-from station_api.config import Policy
-from station_api.launch import station_processes
+from better.engine.errors import InputError
+from better.genomics.ingest import ingest_vcf
+from better.genomics.phenotypes import QUERY_WORDS, read_phenotypes
+from better.genomics.store import Store
+from better.query.federation import Federation
+from better.query.parser import QueryError, parse
+from better.query.remote import StationClient, StationError
+from better.station_api.audit import LOG_FILE, AuditLog
+from better.station_api.config import Policy
+from better.station_api.launch import station_processes
 from tests.conftest import write_text
 from tests.servers import auth, make_station, serve
 

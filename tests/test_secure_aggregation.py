@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from engine import fixedpoint
-from engine.errors import InputError
-from engine.frame import conform
-from engine.protocol import CountsProtocol, LinearProtocol, LogisticProtocol, SampleCountProtocol, run_local
-from station_api.config import Policy
-from station_api.policy import PolicyRefusalError, check_secure
-from station_api.secure_agg import (
+from better.engine import fixedpoint
+from better.engine.errors import InputError
+from better.engine.protocol import CountsProtocol, LinearProtocol, LogisticProtocol, SampleCountProtocol, run_local
+from better.engine.shared_rows import conform
+from better.station_api.config import Policy
+from better.station_api.policy import PolicyRefusalError, check_secure
+from better.station_api.secure_agg import (
     LAYOUT_FIELD,
     ContextRegistry,
     StationSecrets,
@@ -29,7 +29,7 @@ from station_api.secure_agg import (
     parse_agreement_key,
     unmask_sum,
 )
-from station_api.wire import TaskRequest
+from better.station_api.wire import TaskRequest
 from tests.secure_local import run_secure_local, station_secrets
 from tests.test_federation import aligned, close, split_cohorts, stations_of
 

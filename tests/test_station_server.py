@@ -13,15 +13,15 @@ import httpx
 import numpy as np
 import pytest
 
-from engine.protocol import execute
-from genomics.design import StationBlocks
-from genomics.store import Store
-from query.remote import Model, StationClient, StationError, run_remote, to_request
-from station_api.audit import AuditLog
-from station_api.config import Policy, Server
-from station_api.policy import release
-from station_api.runner import design_of, prepare, run_task
-from station_api.wire import ARROW_STREAM, decode_arrays, encode_state
+from better.engine.protocol import execute
+from better.genomics.station_inputs import StationBlocks
+from better.genomics.store import Store
+from better.query.remote import Model, StationClient, StationError, run_remote, to_request
+from better.station_api.audit import AuditLog
+from better.station_api.config import Policy, Server
+from better.station_api.policy import release
+from better.station_api.runner import design_of, prepare, run_task
+from better.station_api.wire import ARROW_STREAM, decode_arrays, encode_state
 from tests.servers import StationSetup, auth, make_station, serve
 
 FAKE_ID = "0" * 32
@@ -128,7 +128,7 @@ def test_counts_task__released_result_equals_in_process_run_under_the_policy(
     got = decode_arrays(r.content)
     # the same task in-process, through the same policy
     ds = Store.open(st.path).dataset("cohort")
-    from station_api.wire import TaskRequest
+    from better.station_api.wire import TaskRequest
 
     req = TaskRequest(**counts_body(where=[{"column": "age", "op": ">", "value": 30}]))
     want, _ = release(
@@ -164,7 +164,7 @@ def test_linear_round__rare_variants_and_few_missing_are_withheld(milano: tuple[
 
 
 def test_remote_protocol__equals_in_process_over_one_station(milano: tuple[StationSetup, str]) -> None:
-    from engine.protocol import LogisticProtocol
+    from better.engine.protocol import LogisticProtocol
 
     st, url = milano
     model = Model("cohort", "gwas_logistic", "case", ("age", "sex"), binary=True)
@@ -227,8 +227,8 @@ def test_bad_requests__clear_4xx_and_never_a_traceback(milano: tuple[StationSetu
 
 def test_results__only_their_owner_sees_them(milano: tuple[StationSetup, str]) -> None:
     st, url = milano
-    from station_api.auth import new_token
-    from station_api.config import read_config, write_config
+    from better.station_api.auth import new_token
+    from better.station_api.config import read_config, write_config
 
     status = submit_and_wait(url, st.researcher, counts_body())
     token, record = new_token("eve", "researcher")

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-import station_api.tasks as tasks_module
-from genomics.ingest import ingest_vcf
-from genomics.store import Store
-from station_api.audit import AuditLog
-from station_api.config import StationConfig
-from station_api.tasks import TaskManager
-from station_api.wire import TaskRequest
+import better.station_api.tasks as tasks_module
+from better.genomics.ingest import ingest_vcf
+from better.genomics.store import Store
+from better.station_api.audit import AuditLog
+from better.station_api.config import StationConfig
+from better.station_api.tasks import TaskManager
+from better.station_api.wire import TaskRequest
 
 REQUEST = TaskRequest(dataset="cohort", analysis="freq", kind="counts")
 
@@ -84,7 +84,7 @@ def test_block_cache__tasks_over_the_same_variants_share_one_read() -> None:
     """The phenotypes of a GWAS chunk arrive together: the station reads their genotypes once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from station_api.runner import BlockCache
+    from better.station_api.runner import BlockCache
 
     cache = BlockCache(entries=2)
     reads: list[str] = []

@@ -7,12 +7,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine.errors import InputError, NotFoundError
-from genomics.ingest import ingest_vcf
-from genomics.packing import unpack_genotypes
-from genomics.regions import Region
-from genomics.selection import Condition
-from genomics.store import Store
+from better.engine.errors import InputError, NotFoundError
+from better.genomics.ingest import ingest_vcf
+from better.genomics.packing import unpack_genotypes
+from better.genomics.regions import Region
+from better.genomics.selection import Condition
+from better.genomics.store import Store
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_blocks__other_chromosome_is_empty(ingested: Store) -> None:
 
 
 def test_station_blocks__targeted_rounds_equal_the_full_pass(ingested: Store) -> None:
-    from genomics.design import StationBlocks
+    from better.genomics.station_inputs import StationBlocks
 
     ds = ingested.dataset("milano")
     source = StationBlocks(ds, max_variants=64)
@@ -107,7 +107,7 @@ def test_catalog__views_and_provenance(ingested: Store, small_cohort: Path) -> N
 def test_row_groups__bounded_and_prunable(store: Store, small_cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pyarrow.parquet as pq
 
-    import genomics.ingest as ing
+    import better.genomics.ingest as ing
 
     monkeypatch.setattr(ing, "ROW_GROUP_MAX_ROWS", 100)
     ingest_vcf(store, "pooled", str(small_cohort / "pooled.vcf.gz"), chunk_bytes=10_000)

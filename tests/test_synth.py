@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import InputError
-from genomics.phenotypes import read_phenotypes
-from genomics.synth import SynthConfig, synthesize
+from better.engine.errors import InputError
+from better.genomics.phenotypes import read_phenotypes
+from better.genomics.synth import SynthConfig, synthesize
 
 
 def digest(path: Path) -> str:

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genomics.ingest import ingest_vcf
-from genomics.packing import unpack_genotypes
-from genomics.store import Store
-from genomics.vcf import open_vcf
+from better.genomics.ingest import ingest_vcf
+from better.genomics.packing import unpack_genotypes
+from better.genomics.store import Store
+from better.genomics.vcf import open_vcf
 from tests.conftest import bgzip, write_text
 from tests.reference import cyvcf2_rows
 from tests.zoo import ZOO

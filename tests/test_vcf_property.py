@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genomics.packing import unpack_genotypes
-from genomics.store import packed_view
-from genomics.vcf import open_vcf
+from better.genomics.packing import unpack_genotypes
+from better.genomics.store import packed_view
+from better.genomics.vcf import open_vcf
 from tests.reference import cyvcf2_rows
 from tests.zoo import vcf
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.accelerate import jit_parallel, prange
-from engine.kernels.packed import nonzero_codes
+from better.engine.accelerate import jit_parallel, prange
+from better.engine.kernels.packed import nonzero_codes
 
 
 @jit_parallel

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.accelerate import jit
+from better.engine.accelerate import jit
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.accelerate import jit
+from better.engine.accelerate import jit
 
 
 @jit

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.accelerate import jit, jit_parallel, prange
-from engine.kernels.fastexp import exp_into
-from engine.kernels.packed import nonzero_codes
+from better.engine.accelerate import jit, jit_parallel, prange
+from better.engine.kernels.fastexp import exp_into
+from better.engine.kernels.packed import nonzero_codes
 
 
 @jit

@@ -1,4 +1,4 @@
-"""Kernels for 128-bit fixed-point words ``(n, 2)`` of ``uint64`` (low, high): see :mod:`engine.fixedpoint`.
+"""Kernels for 128-bit fixed-point words ``(n, 2)`` of ``uint64`` (low, high): see :mod:`better.engine.fixedpoint`.
 
 Each is one pass over the words, in place where it can be: masking a station's release touches every
 word once per peer, and the releases run to millions of words.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.accelerate import jit
+from better.engine.accelerate import jit
 
 _TWO63 = 9223372036854775808.0
 _TWO64 = 18446744073709551616.0

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from genomics.ingest import ingest_vcf
-from genomics.store import Store
-from genomics.synth import SynthConfig, synthesize
+from better.genomics.ingest import ingest_vcf
+from better.genomics.store import Store
+from better.genomics.synth import SynthConfig, synthesize
 
 COVARS = ["age", "sex", "pc1", "pc2", "pc3", "pc4"]
 TOOLS_MISSING = any(shutil.which(t) is None for t in ("plink2", "bcftools"))

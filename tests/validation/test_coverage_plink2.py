@@ -13,11 +13,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from query.federation import Federation
-from query.remote import StationClient
-from station_api.auth import new_token
-from station_api.config import Policy, StationConfig, write_config
-from station_api.launch import station_process
+from better.query.federation import Federation
+from better.query.remote import StationClient
+from better.station_api.auth import new_token
+from better.station_api.config import Policy, StationConfig, write_config
+from better.station_api.launch import station_process
 from tests.validation.conftest import PlinkCohort, needs_tools, read
 
 pytestmark = [pytest.mark.validation, needs_tools]

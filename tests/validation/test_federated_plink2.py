@@ -16,14 +16,14 @@ import polars as pl
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from genomics.ingest import ingest_vcf
-from genomics.store import Store
-from query.federation import Federation
-from query.parser import QueryError
-from query.remote import StationClient, StationError
-from station_api.auth import new_token
-from station_api.config import Policy, StationConfig, write_config
-from station_api.launch import free_port, station_process
+from better.genomics.ingest import ingest_vcf
+from better.genomics.store import Store
+from better.query.federation import Federation
+from better.query.parser import QueryError
+from better.query.remote import StationClient, StationError
+from better.station_api.auth import new_token
+from better.station_api.config import Policy, StationConfig, write_config
+from better.station_api.launch import free_port, station_process
 from tests.validation.conftest import PlinkCohort, needs_tools, read
 
 pytestmark = [pytest.mark.validation, needs_tools]
@@ -173,7 +173,7 @@ def test_a_small_count__is_withheld(live: Live) -> None:
     finally:
         httpx.put(f"{live.urls[0]}/admin/policy", json=OPEN.model_dump(), headers=admin)
     assert frame["WITHHELD"].to_list() == [True] and frame["COUNT"].to_list() == [None]
-    from query.output import rows_as_text
+    from better.query.output import rows_as_text
 
     assert rows_as_text(frame) == [["withheld"]]
 
@@ -265,7 +265,7 @@ def _secure_count(live: Live, station: int, participants: list[dict[str, str]], 
 
 
 def test_secure_aggregation__stations_refuse_unsafe_rounds(live: Live) -> None:
-    from station_api.secure_agg import StationSecrets
+    from better.station_api.secure_agg import StationSecrets
     from tests.secure_local import station_secrets
 
     me = live.fed.stations[0]

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genomics.ingest import ingest_vcf
-from genomics.store import Store
-from genomics.synth import SynthConfig, synthesize
+from better.genomics.ingest import ingest_vcf
+from better.genomics.store import Store
+from better.genomics.synth import SynthConfig, synthesize
 
 TOOLS = ("plink2", "bcftools")
 pytestmark = [

@@ -10,9 +10,9 @@ import csv
 import numpy as np
 import pytest
 
-from engine.protocol import CountsProtocol, LinearProtocol, LogisticProtocol, run_local
-from genomics.design import StationBlocks, build_design
-from genomics.store import Store
+from better.engine.protocol import CountsProtocol, LinearProtocol, LogisticProtocol, run_local
+from better.genomics.station_inputs import StationBlocks, build_design
+from better.genomics.store import Store
 from tests.validation.conftest import COVARS, PlinkCohort, needs_tools, read
 
 pytestmark = [pytest.mark.validation, needs_tools]
@@ -92,7 +92,7 @@ def test_logistic__equals_plink2_hybrid(cohort: dict) -> None:
     assert n_firth > 50, "the cohort should exercise the Firth fallback"
     assert len(off) <= 0.01 * len(res["pos"])
     # Each variant where PLINK differs: statsmodels on the pooled samples agrees with BETTER.
-    from genomics.packing import unpack_genotypes
+    from better.genomics.packing import unpack_genotypes
 
     for i in off[:5]:
         X, Y = [], []
@@ -128,7 +128,7 @@ def test_hwe_and_counts__equal_plink2_hardy(cohort: dict) -> None:
 
 
 def _everyone(ds):  # type: ignore[no-untyped-def]
-    from engine.design import Design
+    from better.engine.design import Design
 
     n = ds.n_samples
     return Design(C=np.ones((n, 1)), y=np.zeros(n), include=np.ones(n, dtype=bool), names=("intercept",))

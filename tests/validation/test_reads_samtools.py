@@ -16,15 +16,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from engine.kernels.reads import FLAGSTAT_FIELDS, THRESHOLDS
-from genomics.ingest_bam import ingest_bams
-from genomics.pileup import pileup_counts
-from genomics.store import Store
-from query.federation import Federation
-from query.remote import StationClient, StationError
-from station_api.auth import new_token
-from station_api.config import Policy, StationConfig, write_config
-from station_api.launch import station_process
+from better.engine.kernels.read_metrics import FLAGSTAT_FIELDS, THRESHOLDS
+from better.genomics.ingest_bam import ingest_bams
+from better.genomics.pileup import pileup_counts
+from better.genomics.store import Store
+from better.query.federation import Federation
+from better.query.remote import StationClient, StationError
+from better.station_api.auth import new_token
+from better.station_api.config import Policy, StationConfig, write_config
+from better.station_api.launch import station_process
 
 pytestmark = [
     pytest.mark.validation,
@@ -293,6 +293,6 @@ def test_federated_pileup_and_reads__withhold_and_refuse_under_the_min_count(
 
 
 def _tokens(store: Store) -> list:
-    from station_api.config import read_config
+    from better.station_api.config import read_config
 
     return read_config(store.path).tokens

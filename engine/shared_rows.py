@@ -3,7 +3,7 @@
 Secure aggregation adds the stations' arrays element by element, so every station must release arrays
 over the same variants in the same order. A variant the station does not hold is filled in as if all its
 analysed samples had a missing genotype there: exactly how the centre treats such a variant when it
-aligns plain results (:func:`engine.protocol.combine_counts`, :func:`engine.linear.combine_linear`).
+aligns plain results (:func:`better.engine.protocol.combine_counts`, :func:`better.engine.linear.combine_linear`).
 So a sum of conformed results equals the plain combination, variant for variant.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.align import align
-from engine.design import KEY_COLUMNS
-from engine.errors import InputError
+from better.engine.design import KEY_COLUMNS
+from better.engine.errors import InputError
+from better.engine.key_union import union_keys
 
 #: Key columns of a coverage target (0-based, half-open, and its name).
 TARGET_COLUMNS = ("chrom", "start", "end", "name")
@@ -76,7 +76,7 @@ def frame_rows(
     m = int(np.asarray(frame[columns[1]]).shape[0])
     if all(mine[c].shape[0] == m and np.array_equal(mine[c], np.asarray(frame[c])) for c in columns):
         return np.arange(m)
-    al = align([frame, mine], columns)
+    al = union_keys([frame, mine], columns)
     if al.n != m:
         raise InputError(
             f"this station holds {al.n - m} row(s) that the round's list lacks; the coordinator must send the "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.accelerate import jit
+from better.engine.accelerate import jit
 
 #: ``samtools flagstat`` counters, in this order, for QC-passed (row 0) and QC-failed (row 1) reads.
 FLAGSTAT_FIELDS = (

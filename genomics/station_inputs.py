@@ -1,4 +1,4 @@
-"""Build a station's :class:`engine.design.Design` and genotype blocks from its store."""
+"""Build a station's :class:`better.engine.design.Design` and genotype blocks from its store."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.design import KEY_COLUMNS, LABEL_COLUMNS, Block, Design, Targets
-from engine.errors import InputError, NotFoundError
-from genomics.regions import Region, merge_regions
-from genomics.selection import Condition, suggest
-from genomics.store import Dataset
+from better.engine.design import KEY_COLUMNS, LABEL_COLUMNS, Block, Design, Targets
+from better.engine.errors import InputError, NotFoundError
+from better.genomics.regions import Region, merge_regions
+from better.genomics.selection import Condition, suggest
+from better.genomics.store import Dataset
 
 
 def _numeric_column(ph: pa.Table, name: str, n: int, what: str) -> np.ndarray:
@@ -112,7 +112,7 @@ def variant_keys(
 
 
 class StationBlocks:
-    """A station's :data:`~engine.design.BlockSource` for one analysis over a dataset (and region).
+    """A station's :data:`~better.engine.design.BlockSource` for one analysis over a dataset (and region).
 
     A full pass streams the store. Targeted rounds (the last Newton rounds of a logistic fit name the
     same few variants again and again) read those variants' rows once and then serve them from memory;

@@ -1,4 +1,5 @@
-"""Align per-variant statistics of several stations on the variant key (chrom, pos, ref, alt)."""
+"""The union of several stations' row keys (variants by chrom, pos, ref, alt; or targets), and where each
+station's rows fall in it: how per-row statistics of different stations are added up."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from engine.design import KEY_COLUMNS
+from better.engine.design import KEY_COLUMNS
 
 
 @dataclass(frozen=True)
-class Alignment:
+class KeyUnion:
     """The union of variants over stations and where each station's rows go.
 
     ``keys`` holds the union in (chromosome of first appearance, position) order; ``index[s][r]`` is the
@@ -30,7 +31,7 @@ class Alignment:
 INTEGER_KEYS = ("pos", "start", "end")
 
 
-def align(station_keys: list[dict[str, np.ndarray]], columns: tuple[str, ...] = KEY_COLUMNS) -> Alignment:
+def union_keys(station_keys: list[dict[str, np.ndarray]], columns: tuple[str, ...] = KEY_COLUMNS) -> KeyUnion:
     """Union of the stations' keys (variant keys by default), and each station's row positions in it.
 
     The first of ``columns`` is the contig, the second the position the union is sorted by within a
@@ -41,7 +42,7 @@ def align(station_keys: list[dict[str, np.ndarray]], columns: tuple[str, ...] = 
     >>> a = {"chrom": np.array(["1", "1"]), "pos": np.array([5, 9]), "ref": np.array(["A", "C"]),
     ...      "alt": np.array(["G", "T"])}
     >>> b = {"chrom": np.array(["1"]), "pos": np.array([7]), "ref": np.array(["A"]), "alt": np.array(["C"])}
-    >>> al = align([a, b])
+    >>> al = union_keys([a, b])
     >>> al.keys["pos"].tolist(), [i.tolist() for i in al.index]
     ([5, 7, 9], [[0, 2], [1]])
     """
@@ -71,4 +72,4 @@ def align(station_keys: list[dict[str, np.ndarray]], columns: tuple[str, ...] = 
         part = mapped.filter(pl.col("_station") == s).sort("_row")
         index.append(part.get_column("_union").to_numpy().astype(np.int64))
     keys = {c: union.get_column(c).to_numpy() for c in columns}
-    return Alignment(keys, index)
+    return KeyUnion(keys, index)

@@ -1,4 +1,4 @@
-"""A station's read-level rounds over a "reads" dataset: the arrays that :mod:`engine.reads` sums.
+"""A station's read-level rounds over a "reads" dataset: the arrays that :mod:`better.engine.reads` sums.
 
 ``target_keys`` lists the targets overlapping the query's regions; ``coverage`` sums their depth
 over the selected samples; ``reads`` sums the flagstat counters and MAPQ histograms; ``pileup`` reads
@@ -11,13 +11,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from engine.frame import TARGET_COLUMNS
-from engine.kernels.reads import FLAGSTAT_FIELDS, THRESHOLDS
-from engine.protocol import Result
-from engine.reads import coverage_station, pileup_station, reads_station
-from genomics.pileup import pileup_counts
-from genomics.regions import Region
-from genomics.store import Dataset
+from better.engine.kernels.read_metrics import FLAGSTAT_FIELDS, THRESHOLDS
+from better.engine.protocol import Result
+from better.engine.reads import coverage_station, pileup_station, reads_station
+from better.engine.shared_rows import TARGET_COLUMNS
+from better.genomics.pileup import pileup_counts
+from better.genomics.regions import Region
+from better.genomics.store import Dataset
 
 
 def targets_in(dataset: Dataset, regions: Sequence[Region] | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -44,7 +44,7 @@ def target_keys(dataset: Dataset, regions: Sequence[Region] | None) -> Result:
 
 
 def coverage(dataset: Dataset, regions: Sequence[Region] | None, include: np.ndarray) -> Result:
-    """Per-target depth sums over the selected samples (see :func:`engine.reads.coverage_station`)."""
+    """Per-target depth sums over the selected samples (see :func:`better.engine.reads.coverage_station`)."""
     keys, wanted = targets_in(dataset, regions)
     cov = dataset.table("coverage")
     target = cov.column("target").to_numpy()
