@@ -62,7 +62,9 @@ def main() -> None:
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
 
     from better.engine.accelerate import set_threads
-    from better.engine.protocol import LinearProtocol, LogisticProtocol, run_local
+    from better.engine.analyses.linear import LinearProtocol
+    from better.engine.analyses.logistic import LogisticProtocol
+    from better.engine.protocol import run_local
     from better.genomics.ingest import ingest_vcf
     from better.genomics.station_inputs import StationBlocks, build_design
     from better.genomics.store import Store

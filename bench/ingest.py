@@ -94,7 +94,7 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, flo
 
 def better_ingest(vcf: Path, threads: int, work: Path) -> tuple[float, float]:
     station = work / f"station-{time.monotonic_ns()}"
-    better = [sys.executable, "-m", "better.query.cli"]
+    better = [sys.executable, "-m", "better.cli"]
     run([*better, "station", "init", "--station", str(station), "--name", "bench"])
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
     result = timed(

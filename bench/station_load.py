@@ -67,18 +67,19 @@ def workload(station: Path, n: int) -> list[dict]:
 
 
 def expected(station: Path, body: dict) -> dict[str, np.ndarray]:
-    from better.engine.protocol import execute
+    from better.engine.protocol import GenotypeData, execute
     from better.genomics.station_inputs import StationBlocks
     from better.genomics.store import Store
     from better.station_api.config import Policy
     from better.station_api.policy import release
     from better.station_api.runner import design_of, regions_of
-    from better.station_api.wire import TaskRequest
+    from better.wire.messages import TaskRequest
 
     req = TaskRequest(**body)
     ds = Store.open(station).dataset("cohort")
     task = {"kind": req.kind, "groups": 1}
-    out, _ = release(req.kind, execute(task, design_of(ds, req), StationBlocks(ds, regions_of(req))), Policy())
+    data = GenotypeData(design_of(ds, req), StationBlocks(ds, regions_of(req)))
+    out, _ = release(req.kind, execute(task, data), Policy())
     return out
 
 
@@ -116,7 +117,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from better.station_api.launch import station_process
-    from better.station_api.wire import decode_arrays
+    from better.wire.arrays import decode_arrays
 
     station, token = setup()
     bodies = workload(station, args.tasks)

@@ -9,6 +9,8 @@ import numpy as np
 
 #: Key columns that identify a variant across stations.
 KEY_COLUMNS = ("chrom", "pos", "ref", "alt")
+#: Key columns of a coverage target (0-based, half-open, and its name).
+TARGET_COLUMNS = ("chrom", "start", "end", "name")
 #: Optional key entries a block may carry along (not part of the identity): the VCF ID.
 LABEL_COLUMNS = ("id",)
 

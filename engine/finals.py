@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from better.engine.linear import ERRCODE_NAMES
+from better.engine.analyses.linear import ERRCODE_NAMES
 
 #: Every ERRCODE either model writes (linear's, then logistic's own); a final's code is its index here.
 ERRCODES = (*ERRCODE_NAMES, "VIF_INFINITE", "FIRTH_CONVERGE_FAIL", "UNFINISHED")

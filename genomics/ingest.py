@@ -6,7 +6,6 @@ written into a temporary folder and committed atomically by :meth:`better.genomi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import threading
@@ -22,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from better.genomics.checksums import sha256_file
 from better.genomics.phenotypes import match_samples, read_phenotypes
 from better.genomics.schema import SAMPLES_SCHEMA, variants_schema
 from better.genomics.store import Store, check_dataset_name
@@ -47,17 +47,6 @@ class IngestReport:
     phenotype_columns: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     sha256: str = ""
-
-
-def sha256_file(path: str, block: int = 1 << 22, stop: threading.Event | None = None) -> str:
-    """Hex SHA-256 of a file, read in blocks; returns early (empty string) once ``stop`` is set."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            if stop is not None and stop.is_set():
-                return ""
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def software_versions() -> dict[str, str]:

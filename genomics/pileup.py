@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import pysam
 
+from better.engine.analyses.pileup import PILEUP_CODES
 from better.engine.errors import InputError
 from better.engine.kernels.read_metrics import DEPTH_EXCLUDE
-from better.engine.reads import PILEUP_CODES
 
 _CODE = {b: i for i, b in enumerate("ACGTN")}
 _DEL = PILEUP_CODES.index("DEL")

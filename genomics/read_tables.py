@@ -1,8 +1,8 @@
-"""A station's read-level rounds over a "reads" dataset: the arrays that :mod:`better.engine.reads` sums.
-
-``target_keys`` lists the targets overlapping the query's regions; ``coverage`` sums their depth
-over the selected samples; ``reads`` sums the flagstat counters and MAPQ histograms; ``pileup`` reads
-the selected samples' files at the positions asked for.
+"""A "reads" dataset's tables as the arrays the read-level rounds add up
+(:mod:`better.engine.analyses.coverage`, :mod:`~better.engine.analyses.reads`,
+:mod:`~better.engine.analyses.pileup`): the targets overlapping the query's regions and their depth
+sums per sample, the flagstat counters and MAPQ histograms per sample, and read counts at positions read
+from the samples' files.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from better.engine.design import TARGET_COLUMNS
 from better.engine.kernels.read_metrics import FLAGSTAT_FIELDS, THRESHOLDS
-from better.engine.protocol import Result
-from better.engine.reads import coverage_station, pileup_station, reads_station
-from better.engine.shared_rows import TARGET_COLUMNS
 from better.genomics.pileup import pileup_counts
 from better.genomics.regions import Region
 from better.genomics.store import Dataset
@@ -37,14 +35,12 @@ def targets_in(dataset: Dataset, regions: Sequence[Region] | None) -> tuple[dict
     return {c: keys[c] for c in TARGET_COLUMNS}, t.column("target").to_numpy()[idx]
 
 
-def target_keys(dataset: Dataset, regions: Sequence[Region] | None) -> Result:
-    """The targets a coverage round covers, as key columns (in the clear, for secure aggregation's frame)."""
-    keys, _ = targets_in(dataset, regions)
-    return {f"key_{c}": v for c, v in keys.items()}
-
-
-def coverage(dataset: Dataset, regions: Sequence[Region] | None, include: np.ndarray) -> Result:
-    """Per-target depth sums over the selected samples (see :func:`better.engine.reads.coverage_station`)."""
+def target_depth(
+    dataset: Dataset, regions: Sequence[Region] | None
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample and target of ``regions``: the targets' key columns, then sample index, target row and
+    sums ``[bases, summed depth, bases >= T...]`` (what
+    :func:`better.engine.analyses.coverage.coverage_station` adds up)."""
     keys, wanted = targets_in(dataset, regions)
     cov = dataset.table("coverage")
     target = cov.column("target").to_numpy()
@@ -55,11 +51,12 @@ def coverage(dataset: Dataset, regions: Sequence[Region] | None, include: np.nda
     names = ["bases", "sum_depth", *(f"bases_ge_{t}x" for t in THRESHOLDS)]
     sums = np.stack([cov.column(n).to_numpy()[sel] for n in names], axis=1)
     sample = cov.column("sample_index").to_numpy()[sel]
-    return coverage_station(keys, sample, mine[sel], sums, include)
+    return keys, sample, mine[sel], sums
 
 
-def reads(dataset: Dataset, include: np.ndarray) -> Result:
-    """Flagstat counters and MAPQ histograms summed over the selected samples."""
+def read_metrics(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: the flagstat counters ``(samples, 2, fields)`` (passed, QC-failed) and the MAPQ
+    histogram ``(samples, 256)``."""
     t = dataset.table("reads")
     n = t.num_rows
     flagstat = np.zeros((n, 2, len(FLAGSTAT_FIELDS)), dtype=np.int64)
@@ -69,10 +66,10 @@ def reads(dataset: Dataset, include: np.ndarray) -> Result:
     q = dataset.table("mapq")
     mapq = np.zeros((n, 256), dtype=np.int64)
     np.add.at(mapq, (q.column("sample_index").to_numpy(), q.column("mapq").to_numpy()), q.column("reads").to_numpy())
-    return reads_station(flagstat, mapq, include)
+    return flagstat, mapq
 
 
-def pileup(
+def pileup_counts_of(
     dataset: Dataset,
     include: np.ndarray,
     chrom: Sequence[str],
@@ -80,8 +77,9 @@ def pileup(
     min_base_quality: int,
     min_mapping_quality: int,
     on_sample: Callable[[int], None] | None = None,
-) -> Result:
-    """Read counts at ``pos`` summed over the selected samples' files (opened through their indexes)."""
+) -> np.ndarray:
+    """Read counts ``(samples, positions, codes)`` at ``pos`` in each selected sample's file (opened
+    through its index)."""
     t = dataset.table("reads", ["sample_index", "file", "reference"])
     files = t.column("file").to_pylist()
     refs = t.column("reference").to_pylist()
@@ -90,4 +88,4 @@ def pileup(
         counts[k] = pileup_counts(files[s], refs[s], chrom, pos, min_base_quality, min_mapping_quality)
         if on_sample is not None:
             on_sample(1)  # progress, and where a cancelled task stops
-    return pileup_station(counts)
+    return counts

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from better.engine.errors import InputError
+from better.genomics.tsv import write_tsv
 
 STATION_NAMES = ("milano", "nijmegen", "barcelona", "lyon", "helsinki", "porto", "zagreb")
 N_DEMES = 3
@@ -244,9 +245,7 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
                     f"{b:.4f}",
                 ]
             )
-    with open(out / "truth.tsv", "w") as f:
-        f.write("trait\tchrom\tpos\tid\tref\talt\talt_freq\teffect\n")
-        f.writelines("\t".join(r) + "\n" for r in truth_rows)
+    write_tsv(out / "truth.tsv", ["trait", "chrom", "pos", "id", "ref", "alt", "alt_freq", "effect"], truth_rows)
     files["truth.tsv"] = str(out / "truth.tsv")
     result = SynthResult(
         out=out,
@@ -309,10 +308,7 @@ def _phenotype_columns(rows, age, sex, bmi, smoking, pcs, ldl, case, na_age, na_
 
 
 def _write_table(path: Path, id_name: str, ids: np.ndarray, cols: dict[str, np.ndarray]) -> str:
-    with open(path, "w") as f:
-        f.write("\t".join([id_name, *cols]) + "\n")
-        for i in range(ids.size):
-            f.write("\t".join([str(ids[i]), *(str(c[i]) for c in cols.values())]) + "\n")
+    write_tsv(path, [id_name, *cols], zip(ids.astype(str), *cols.values(), strict=True))
     return str(path)
 
 

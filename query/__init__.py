@@ -1,1 +1,2 @@
-"""The query side: DSL, planner, coordinator, batch jobs, reports and the ``better`` CLI."""
+"""The coordinator's side: the query language, the planner, the federation that runs queries over stations,
+and result tables. Batch jobs (:mod:`better.jobs`) and the ``better`` CLI (:mod:`better.cli`) sit above it."""

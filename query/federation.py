@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,20 +29,19 @@ from typing import Annotated, Literal
 import httpx
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from better.engine.analyses.counts import CountsProtocol, pooled_summary
+from better.engine.analyses.coverage import CoverageProtocol
+from better.engine.analyses.linear import LinearProtocol
+from better.engine.analyses.logistic import LogisticProtocol
+from better.engine.analyses.pileup import PileupProtocol
+from better.engine.analyses.reads import ReadsProtocol
+from better.engine.analyses.sample_count import SampleCountProtocol
+from better.engine.design import KEY_COLUMNS
 from better.engine.errors import InputError
 from better.engine.filters import VariantFilter
-from better.engine.protocol import (
-    CountsProtocol,
-    LinearProtocol,
-    LogisticProtocol,
-    Protocol,
-    Result,
-    SampleCountProtocol,
-    pooled_summary,
-)
-from better.engine.reads import CoverageProtocol, PileupProtocol, ReadsProtocol
+from better.engine.protocol import Protocol, Result
 from better.query import output
 from better.query.finished import FinishedRows
 from better.query.parser import Query, parse
@@ -51,6 +49,7 @@ from better.query.planner import Plan, StationCatalog, plan
 from better.query.remote import Model, Recording, StationClient, StationError, gather_or_cancel, run_remote_async
 from better.query.secure import MIN_STATIONS, SecureSession
 from better.query.withholding import WithheldBy
+from better.station_api.tomlfile import load_toml, read_toml, validate
 
 #: Called as each round ends: (stage, round number, task kind, stations, seconds).
 OnRound = Callable[[str, int, str, int, float], None]
@@ -102,7 +101,7 @@ def add_station(
     into the entry, so that later runs refuse a station whose keys changed.
     """
     p = Path(path)
-    raw: dict[str, object] = tomllib.loads(p.read_text()) if p.exists() else {}
+    raw = read_toml(p, "federation file") if p.exists() else {}
     entry: dict[str, str] = {"name": name, "url": url.rstrip("/")}
     if (token is None) == (token_env is None):
         raise InputError("give exactly one of --token-env VAR (the token stays out of the file) or --token TOKEN")
@@ -120,7 +119,7 @@ def add_station(
         s for s in (listed if isinstance(listed, list) else []) if isinstance(s, dict) and s.get("name") != name
     ]
     doc = {**raw, "station": [*stations, entry]}
-    FederationFile.model_validate(doc)  # the file stays one that from_file reads
+    validate(FederationFile, doc, p)  # the file stays one that from_file reads
     import tomli_w
 
     tmp = p.with_suffix(".tmp")
@@ -152,18 +151,7 @@ class Federation:
     def from_file(cls, path: str | os.PathLike[str]) -> Federation:
         """Read a federation file; tokens named by ``token_env`` come from the environment."""
         p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{p}: no such federation file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{p}: not valid TOML ({exc})") from None
-        try:
-            spec = FederationFile.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first["loc"])
-            raise InputError(f"{p}: {where}: {first['msg']}") from None
+        spec = load_toml(p, FederationFile, "federation file")
         names = [s.name for s in spec.station]
         if len(set(names)) != len(names):
             raise InputError(f"{p}: a station name appears twice")
@@ -401,13 +389,8 @@ def _aligned_keep(res: dict[str, np.ndarray], counts_proto: CountsProtocol, vf: 
     """The filter from a separate counts round, matched to the analysis' rows by variant key."""
     assert counts_proto.counts is not None
     keep = _keep(vf, counts_proto.counts, counts_proto.withheld)
-    index = {
-        key: i
-        for i, key in enumerate(
-            zip(*(counts_proto.keys[c].tolist() for c in ("chrom", "pos", "ref", "alt")), strict=True)
-        )
-    }
-    rows = zip(*(res[c].tolist() for c in ("chrom", "pos", "ref", "alt")), strict=True)
+    index = {key: i for i, key in enumerate(zip(*(counts_proto.keys[c].tolist() for c in KEY_COLUMNS), strict=True))}
+    rows = zip(*(res[c].tolist() for c in KEY_COLUMNS), strict=True)
     return np.array([keep[index[k]] if k in index else False for k in rows], dtype=bool)
 
 
@@ -423,7 +406,7 @@ def _collect_ids(results: list[Result], ids: dict[tuple, str]) -> None:
         if "key_id" not in r:
             continue
         for key, vid in zip(
-            zip(*(r[f"key_{c}"].tolist() for c in ("chrom", "pos", "ref", "alt")), strict=True),
+            zip(*(r[f"key_{c}"].tolist() for c in KEY_COLUMNS), strict=True),
             r["key_id"].tolist(),
             strict=True,
         ):

@@ -7,7 +7,7 @@ in every text form: never a number.
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from better.engine.design import KEY_COLUMNS
+from better.genomics.tsv import cell, tsv_text
 from better.query.withholding import WithheldBy
 
 LINEAR = ["#CHROM", "POS", "ID", "REF", "ALT", "A1", "TEST", "OBS_CT", "BETA", "SE", "T_STAT", "P"]
@@ -58,7 +60,7 @@ def table(
             schema={"COUNT": pl.Int64, "WITHHELD": pl.Boolean},
         )
     n = len(res["pos"])
-    keys = list(zip(res["chrom"].tolist(), res["pos"].tolist(), res["ref"].tolist(), res["alt"].tolist(), strict=True))
+    keys: list[tuple[object, ...]] = list(zip(*(res[c].tolist() for c in KEY_COLUMNS), strict=True))
     base = {
         "#CHROM": [str(c) for c in res["chrom"]],
         "POS": np.asarray(res["pos"], dtype=np.int64),
@@ -87,11 +89,8 @@ def table(
             names = ("OBS_CT", "OR", "LOG(OR)_SE", "Z_STAT", "P", "A1_FREQ", "LOG10_P")
             cols = {**common, **{c: res[c] for c in names}, "FIRTH?": list(res["FIRTH?"]), "ERRCODE": errcode}
             order = LOGISTIC + LOGISTIC_EXTRA
-    frame = pl.DataFrame({c: _series(c, cols[c]) for c in order}).with_columns(
-        pl.Series("WITHHELD", withheld), pl.Series("WITHHELD_BY", (withheld_by or WithheldBy()).column(keys, withheld))
-    )
-    numbers = [c for c in frame.columns if c not in _LABELS]
-    return frame.with_columns([pl.when(pl.col("WITHHELD")).then(None).otherwise(pl.col(c)).alias(c) for c in numbers])
+    frame = pl.DataFrame({c: _series(c, cols[c]) for c in order})
+    return _hide_withheld(frame, withheld, keys, withheld_by, _LABELS)
 
 
 def read_table(res: dict[str, np.ndarray], withheld_by: WithheldBy | None = None) -> pl.DataFrame:
@@ -105,11 +104,23 @@ def read_table(res: dict[str, np.ndarray], withheld_by: WithheldBy | None = None
         keys = list(zip(frame["#CHROM"], (frame["START"] - 1).to_list(), frame["END"], frame["NAME"], strict=True))
     elif "POS" in frame.columns:
         keys = list(zip(frame["#CHROM"], frame["POS"], strict=True))
+    labels = {"#CHROM", "POS", "START", "END", "NAME", "WITHHELD", "WITHHELD_BY"}
+    return _hide_withheld(frame, withheld, keys, withheld_by, labels)
+
+
+def _hide_withheld(
+    frame: pl.DataFrame,
+    withheld: np.ndarray,
+    keys: Sequence[tuple[object, ...]],
+    withheld_by: WithheldBy | None,
+    labels: Collection[str],
+) -> pl.DataFrame:
+    """``frame`` with ``WITHHELD`` and ``WITHHELD_BY`` (the rules, per row ``keys``) and, on withheld rows,
+    every column but ``labels`` null."""
     frame = frame.with_columns(
         pl.Series("WITHHELD", withheld),
         pl.Series("WITHHELD_BY", (withheld_by or WithheldBy()).column(keys, withheld.tolist())),
     )
-    labels = {"#CHROM", "POS", "START", "END", "NAME", "WITHHELD", "WITHHELD_BY"}
     numbers = [c for c in frame.columns if c not in labels]
     return frame.with_columns([pl.when(pl.col("WITHHELD")).then(None).otherwise(pl.col(c)).alias(c) for c in numbers])
 
@@ -124,21 +135,12 @@ def _series(name: str, values: object) -> pl.Series:
 
 
 def _text(value: object, withheld: bool, column: str) -> str:
-    if withheld and column not in _LABELS:
-        return "withheld"
-    if value is None:
-        return "NA"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NA"
-        return f"{value:.6g}"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    return str(value)
+    return "withheld" if withheld and column not in _LABELS else cell(value)
 
 
 def rows_as_text(frame: pl.DataFrame) -> list[list[str]]:
-    """Each row as the strings every text format shows (``withheld``, ``NA``, 6 significant digits)."""
+    """Each row as the strings every text format shows: ``withheld`` for a withheld value, else by
+    :func:`better.genomics.tsv.cell` (``NA``, 6 significant digits)."""
     cols = [c for c in frame.columns if c != "WITHHELD"]
     withheld = frame["WITHHELD"].to_list() if "WITHHELD" in frame.columns else [False] * frame.height
     return [
@@ -193,7 +195,7 @@ def write(
         return
     text_rows = rows_as_text(frame)
     if fmt == "tsv":
-        body = "\t".join(cols) + "\n" + "".join("\t".join(r) + "\n" for r in text_rows)
+        body = tsv_text(cols, text_rows)
     elif fmt == "json":
         doc = {"columns": cols, "rows": text_rows, "notes": notes, "provenance": provenance or []}
         body = json.dumps(doc, indent=1) + "\n"
@@ -213,7 +215,7 @@ def write(
                 more += (", " if more else "") + (f"columns {', '.join(hidden)} left out" if hidden else "")
                 console.print(f"... {more}: --format tsv (or --out FILE) shows everything")
             return
-        body = "\t".join(cols) + "\n" + "".join("\t".join(r) + "\n" for r in text_rows)
+        body = tsv_text(cols, text_rows)
     else:
         raise ValueError(f"unknown format {fmt!r}: use table, tsv, json or parquet")
     if out is None:

@@ -17,7 +17,7 @@ from lark.exceptions import VisitError
 
 from better.engine.errors import BetterError
 from better.genomics.regions import Region
-from better.station_api.wire import MAX_CONDITIONS, MAX_REGIONS
+from better.wire.messages import MAX_CONDITIONS, MAX_REGIONS
 
 #: Pooled variant quantities usable in WHERE; anything else names a phenotype column.
 VARIANT_FILTERS = ("maf", "mac", "call_rate", "hwe_p", "filter")

@@ -20,11 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from better.engine.analyses import analysis as declared_analysis
 from better.engine.filters import VariantCondition, VariantFilter
 from better.genomics.selection import suggest
 from better.query.parser import READ_VERBS, Condition, Name, Query
 from better.query.remote import Model
-from better.station_api.wire import Condition as WireCondition
+from better.wire.messages import Condition as WireCondition
 
 
 @dataclass(frozen=True)
@@ -285,9 +286,10 @@ def plan(
     label: str | None = None,
 ) -> Plan:
     """Check ``query`` against the stations and choose its rounds."""
-    reads = query.verb in READ_VERBS
+    analysis = f"gwas_{query.model}" if query.verb == "gwas" else query.verb
+    data = declared_analysis(analysis).data  # the kind of dataset it reads: variants, or aligned reads
     try:
-        datasets = {c.name: c.dataset(dataset, "reads" if reads else "variants") for c in catalogs}
+        datasets = {c.name: c.dataset(dataset, data) for c in catalogs}
     except ValueError as exc:
         raise query.error((0, len(query.text)), str(exc)) from None
     for c in catalogs:
@@ -298,12 +300,12 @@ def plan(
             )
     for c in catalogs:
         have = c.datasets[datasets[c.name]].get("kind", "variants")
-        if have != ("reads" if reads else "variants"):
+        if have != data:
             verb = query.verb.upper()
             raise query.error(
                 (0, len(query.text)),
                 f"station {c.name}'s dataset {datasets[c.name]!r} holds {have}; {verb} needs "
-                + ("aligned reads (better ingest-bam)" if reads else "variants (better ingest)"),
+                + ("aligned reads (better ingest-bam)" if data == "reads" else "variants (better ingest)"),
             )
     check(query, catalogs, datasets)
     names = {datasets[c.name] for c in catalogs}
@@ -318,15 +320,6 @@ def plan(
     )
     vf = VariantFilter(conds)
     pass_only = any(c.column.text == "filter" for c in query.variant_conditions)
-    analysis = {
-        "count": "count",
-        "freq": "freq",
-        "hwe": "hwe",
-        "gwas": f"gwas_{query.model}",
-        "coverage": "coverage",
-        "reads": "reads",
-        "pileup": "pileup",
-    }[query.verb]
     model = Model(
         dataset=names.pop(),
         analysis=analysis,

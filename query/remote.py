@@ -21,25 +21,17 @@ import httpx
 import numpy as np
 
 from better.engine import finals
+from better.engine.analyses import round_kind
 from better.engine.design import KEY_COLUMNS
 from better.engine.errors import BetterError, InputError
 from better.engine.protocol import Protocol, Result, Task
-from better.engine.shared_rows import FRAMES
 from better.query.finished import FinishedRows
 from better.query.secure import SecureSession
 from better.query.withholding import WithheldBy
-from better.station_api.finishing import MAX_STEPS, MODEL
-from better.station_api.secure_agg import unmask_sum
-from better.station_api.wire import (
-    SEALED_KINDS,
-    Adjust,
-    Condition,
-    Exchange,
-    Secure,
-    TaskRequest,
-    decode_arrays,
-    encode_state,
-)
+from better.station_api.finishing import MAX_STEPS
+from better.wire.arrays import decode_arrays, encode_state
+from better.wire.masking import unmask_sum
+from better.wire.messages import Adjust, Condition, Exchange, Secure, TaskRequest
 
 T = TypeVar("T")
 
@@ -392,7 +384,7 @@ async def run_remote_async(
                     )
                     raise
 
-        async def finish_rows(task: Task, spec: Secure, rows: np.ndarray, frame: dict[str, np.ndarray]) -> None:
+        async def finish_rows(task: Task, spec: Secure, rows: np.ndarray, shared: dict[str, np.ndarray]) -> None:
             """Relay the finishing steps of the rows the stations finish, until they release the results."""
             names = [s.name for s in stations]
             kind = str(task["kind"])
@@ -407,9 +399,11 @@ async def run_remote_async(
                 ]
                 out = await gather_or_cancel(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
                 if "blob" not in out[0]:
-                    done = finals.decode(MODEL[kind], unmask_sum(out, names))
+                    sums = round_kind(kind).finishing
+                    assert sums is not None
+                    done = finals.decode(sums.model, unmask_sum(out, names))
                     if finished is not None:
-                        finished.add({c: frame[c][rows] for c in KEY_COLUMNS}, done)
+                        finished.add({c: shared[c][rows] for c in KEY_COLUMNS}, done)
                     return
                 blobs = {name: {} for name in names}
                 for sender, arrays in zip(names, out, strict=True):
@@ -430,29 +424,29 @@ async def run_remote_async(
                 if on_results is not None:
                     on_results(results)
             else:
-                frame = None
-                spec = FRAMES.get(str(task["kind"]))
-                if spec is not None:
-                    scope = (model.dataset, model.regions, model.pass_only, spec.keys_round)
-                    frame = await secure.frame(scope, partial(key_lists, spec.keys_round), spec.columns)
-                    task = {**task, **{f"key_{c}": v for c, v in frame.items()}}
-                kind = str(task["kind"])
+                shared = None
+                kind_spec = round_kind(str(task["kind"]))
+                if kind_spec.shared is not None:
+                    keys_round = kind_spec.shared.keys_round
+                    scope = (model.dataset, model.regions, model.pass_only, keys_round)
+                    shared = await secure.shared_rows(scope, partial(key_lists, keys_round), kind_spec.shared.columns)
+                    task = {**task, **{f"key_{c}": v for c, v in shared.items()}}
                 sealed: Secure | None = None
-                if kind in SEALED_KINDS and not (kind == "logistic_null" and audited):
+                if kind_spec.sealed == "always" or (kind_spec.sealed == "first" and not audited):
                     sealed, masked = await sealed_round(task)
                     audited = True
                 else:
                     masked = await everywhere(task, secure.next_round())
                 total = unmask_sum(masked, [s.name for s in stations])
-                if frame is not None:
-                    total.update({f"key_{c}": v for c, v in frame.items()})
+                if shared is not None:
+                    total.update({f"key_{c}": v for c, v in shared.items()})
                     rows = np.asarray(total.pop("finish", np.zeros(0, dtype=bool)), dtype=bool)
                     if sealed is not None and rows.any():
-                        await finish_rows(task, sealed, rows, frame)
+                        await finish_rows(task, sealed, rows, shared)
                 results = [total]
             if withheld_by is not None:
                 withheld_by.add(results, task)
-            if protocol.rounds == 0 and str(task["kind"]) != "sample_count":
+            if protocol.rounds == 0 and not round_kind(str(task["kind"])).whole_count:
                 _refuse_empty(results)
             protocol.receive(results)
             if on_round is not None:

@@ -28,9 +28,11 @@ import numpy as np
 import polars as pl
 
 from better.engine.errors import BetterError, InputError
+from better.genomics.checksums import sha256
 from better.query.remote import Recording, Release, StationClient, StationError
-from better.station_api.signing import canonical, sha256
-from better.station_api.wire import TaskRequest, decode_arrays, decode_state
+from better.wire.arrays import decode_arrays, decode_state
+from better.wire.masking import canonical
+from better.wire.messages import TaskRequest
 
 #: The releases of ``result.json`` are in ``result.json.releases``.
 SUFFIX = ".releases"

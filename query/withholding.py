@@ -12,11 +12,12 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from better.engine.design import KEY_COLUMNS
 from better.engine.filters import VariantFilter
 from better.station_api.policy import RULES
 
 #: The row key of each kind of result row: a variant, a coverage target, a pileup position.
-ROW_KEYS = (("chrom", "pos", "ref", "alt"), ("chrom", "start", "end", "name"), ("chrom", "pos"))
+ROW_KEYS = (KEY_COLUMNS, ("chrom", "start", "end", "name"), ("chrom", "pos"))
 
 
 class WithheldBy:

@@ -6,17 +6,18 @@ Tokens are added by ``better station token`` and stored only as salted hashes.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from better.engine.analyses import analyses
 from better.engine.errors import StoreError
+from better.station_api.tomlfile import load_toml
+from better.wire.messages import AnalysisName
 
 CONFIG_FILE = "station.toml"
-ANALYSES = ("count", "freq", "hwe", "gwas_linear", "gwas_logistic", "coverage", "reads", "pileup")
 ROLES = ("researcher", "admin")
 
 
@@ -33,11 +34,7 @@ class Policy(BaseModel):
     min_minor_allele_count: int = Field(
         5, ge=0, le=1000, description="a variant's minor allele seen fewer times (but some) is withheld"
     )
-    allowed_analyses: list[
-        Literal["count", "freq", "hwe", "gwas_linear", "gwas_logistic", "coverage", "reads", "pileup"]
-    ] = Field(
-        default_factory=lambda: list(ANALYSES)  # type: ignore[arg-type]
-    )
+    allowed_analyses: list[AnalysisName] = Field(default_factory=lambda: list(analyses()))
     max_variants_per_task: int = Field(1_000_000, ge=1, le=100_000_000)
     rate_limit_per_minute: int = Field(
         600,
@@ -134,14 +131,7 @@ def read_config(station: Path) -> StationConfig:
             f"{station}: no {CONFIG_FILE}; create the station with "
             f"`better station init --station {station} --name NAME`"
         )
-    try:
-        return StationConfig.model_validate(tomllib.loads(path.read_text()))
-    except tomllib.TOMLDecodeError as exc:
-        raise StoreError(f"{path}: not valid TOML ({exc})") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise StoreError(f"{path}: {where}: {first['msg']}") from None
+    return load_toml(path, StationConfig, CONFIG_FILE)
 
 
 def check_station_name(name: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from better.engine.analyses import judges_later_rounds, round_kind
 from better.engine.design import KEY_COLUMNS
 from better.engine.errors import InputError, NotFoundError
 from better.station_api.config import Policy
@@ -33,8 +34,10 @@ from better.station_api.policy import (
 from better.station_api.query_audit import Admission, QueryAudit
 from better.station_api.runner import Prepared
 from better.station_api.sealed import seal, unseal
-from better.station_api.secure_agg import StationSecrets, context_digest, participants_of, unmask_sum
-from better.station_api.wire import TaskRequest, encode_arrays
+from better.station_api.secure_agg import StationSecrets
+from better.wire.arrays import encode_arrays
+from better.wire.masking import context_digest, unmask_sum
+from better.wire.messages import TaskRequest, participants_of
 
 #: Seconds a seal's result is kept for its opening, and how many are kept at once.
 KEEP_SECONDS = 600.0
@@ -76,17 +79,18 @@ class SealedRound:
     members: list[np.ndarray]
     k: int
     n_rows: int | None
-    frame: dict[str, np.ndarray] | None = None
+    shared_rows: dict[str, np.ndarray] | None = None
     prepared: Prepared | None = None
     sealed_at: float = field(default_factory=time.monotonic)
 
 
 class SealedRounds:
-    """Seals waiting for their opening, and the Newton judgements of opened score rounds."""
+    """Seals waiting for their opening, and the row judgements of opened rounds that later rounds take (a
+    logistic score round's, for the session's Newton rounds)."""
 
     def __init__(self) -> None:
         self._kept: dict[str, SealedRound] = {}
-        self._newton: dict[str, dict[tuple[Any, ...], dict[str, bool]]] = {}
+        self._judged: dict[str, dict[tuple[Any, ...], dict[str, bool]]] = {}
         self._finishing: dict[str, Finishing] = {}
         self._lock = threading.Lock()
 
@@ -136,20 +140,20 @@ class SealedRounds:
         with self._lock:
             self._finishing.pop(context, None)
 
-    def remember_newton(self, session: str, keys: dict[str, np.ndarray], rules: dict[str, np.ndarray]) -> None:
-        """The score round's judgement of each variant, for the session's Newton rounds."""
+    def remember_rules(self, session: str, keys: dict[str, np.ndarray], rules: dict[str, np.ndarray]) -> None:
+        """A round's judgement of each variant, for the session's later rounds that take it."""
         rows = zip(*(keys[c].tolist() for c in KEY_COLUMNS), strict=True)
         judged = {key: {r: bool(v[i]) for r, v in rules.items()} for i, key in enumerate(rows)}
         with self._lock:
-            self._newton[session] = judged
-            while len(self._newton) > MAX_KEPT:
-                del self._newton[next(iter(self._newton))]
+            self._judged[session] = judged
+            while len(self._judged) > MAX_KEPT:
+                del self._judged[next(iter(self._judged))]
 
-    def newton_rules(self, session: str, keys: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-        """Per rule, which of ``keys`` the session's score round withheld (a variant it did not judge is
-        withheld by every rule); None when no score round of the session was opened here."""
+    def remembered_rules(self, session: str, keys: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Per rule, which of ``keys`` the session's judging round withheld (a variant it did not judge is
+        withheld by every rule); None when no such round of the session was opened here."""
         with self._lock:
-            judged = self._newton.get(session)
+            judged = self._judged.get(session)
         if judged is None:
             return None
         rows = list(zip(*(np.asarray(keys[c]).tolist() for c in KEY_COLUMNS), strict=True))
@@ -230,7 +234,7 @@ def open_round(
                 policy.min_cell_count,
             )
         except PolicyRefusalError as exc:
-            if request.kind != "sample_count" or exc.rule != "query_audit":
+            if not round_kind(request.kind).whole_count or exc.rule != "query_audit":
                 raise
             admission = Admission("withheld", ())
     is_pooled = admission.scope == "pooled"
@@ -252,20 +256,22 @@ def open_round(
         is_pooled
         and policy.finish_rows
         and rules is not None
-        and sealed.frame is not None
+        and sealed.shared_rows is not None
         and sealed.prepared is not None
     ):
         finish = finishable(request.kind, rules)
         if finish.any():
             rounds.keep_finishing(
                 context.hex(),
-                Finishing.of(request.kind, sealed.prepared, request, sealed.frame, finish, sealed.result, sealed.user),
+                Finishing.of(
+                    request.kind, sealed.prepared, request, sealed.shared_rows, finish, sealed.result, sealed.user
+                ),
             )
     released, summary = release(request.kind, result, policy, people, pooled=is_pooled, rules=rules, finish=finish)
-    if request.kind == "logistic_score" and rules is not None and sealed.frame is not None:
+    if judges_later_rounds(request.kind) and rules is not None and sealed.shared_rows is not None:
         if finish is not None:  # the stations finish those rows; their Newton rounds are not the coordinator's
             rules = {**rules, "missing_genotypes": rules["missing_genotypes"] | finish}
-        rounds.remember_newton(spec.session, sealed.frame, rules)
+        rounds.remember_rules(spec.session, sealed.shared_rows, rules)
     masked = secrets.mask(released, spec.session, spec.round, participants)
     summary.update({"secure_round": spec.round, "audit_scope": admission.scope})
     return encode_arrays(masked, sealed.n_rows, compress=False), summary

@@ -4,9 +4,10 @@ A variant where 1 to ``min_cell_count - 1`` people of the audit group have no ca
 released: PLINK drops those people from the variant's model, and the sums that drop them describe just
 them. Under a pooled audit the stations can still give its exact result. After the sealed round's
 opening each station keeps the sums of those rows (a :class:`Finishing`); in ``finish`` steps they seal
-them to each other, each adds them up, runs the same analysis (:class:`better.engine.protocol.LinearProtocol`, or
-:class:`better.engine.protocol.LogisticProtocol` with its Newton rounds, for which each station computes its own
-sums at the betas it derived itself) and, when the analysis is done, releases only the final statistics
+them to each other, each adds them up, runs the same analysis
+(:class:`better.engine.analyses.linear.LinearProtocol`, or
+:class:`better.engine.analyses.logistic.LogisticProtocol` with its Newton rounds, for which each station
+computes its own sums at the betas it derived itself) and, when the analysis is done, releases only the final statistics
 (:mod:`better.engine.finals`), masked. The station that sorts first puts them in; the others add zeros.
 
 The coordinator relays the steps and learns the results, as for every other variant, and nothing else.
@@ -21,23 +22,21 @@ from typing import Any
 import numpy as np
 
 from better.engine import finals
+from better.engine.analyses import round_kind
+from better.engine.analyses.linear import LinearProtocol
+from better.engine.analyses.logistic import LogisticProtocol
 from better.engine.design import KEY_COLUMNS
 from better.engine.errors import InputError
 from better.engine.filters import VariantFilter
-from better.engine.protocol import LinearProtocol, LogisticProtocol, Protocol, execute
+from better.engine.protocol import GenotypeData, Protocol, execute
+from better.engine.rounds import Finishing as FinishingSums
 from better.station_api.runner import Prepared, block_source
 from better.station_api.sealed import seal, unseal
-from better.station_api.secure_agg import StationSecrets, context_digest, participants_of, unmask_sum
-from better.station_api.wire import TaskRequest, encode_arrays
+from better.station_api.secure_agg import StationSecrets
+from better.wire.arrays import encode_arrays
+from better.wire.masking import context_digest, unmask_sum
+from better.wire.messages import TaskRequest, participants_of
 
-#: The per-row sums each round kind finishes with, and its totals (the same whatever the rows).
-ROWS = {
-    "linear": ("cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy"),
-    "logistic_score": ("u", "gwg", "cwg", "m_cwc", "m_cr", "counts", "cg", "gg", "n_miss", "m_cc"),
-    "logistic_newton": ("xwx", "score", "loglik"),
-}
-TOTALS = {"linear": ("cc", "cy", "yy", "n"), "logistic_score": ("cwc", "cr", "cc", "n", "group_size")}
-MODEL = {"linear": "linear", "logistic_score": "logistic"}
 #: Most finish steps a logistic fit may take (Newton and Firth rounds, with room to spare).
 MAX_STEPS = 200
 
@@ -64,15 +63,16 @@ class Finishing:
         kind: str,
         prepared: Prepared,
         request: TaskRequest,
-        frame: dict[str, np.ndarray],
+        shared: dict[str, np.ndarray],
         rows: np.ndarray,
         result: dict[str, np.ndarray],
         user: str,
     ) -> Finishing:
-        """The rows ``rows`` (of the round's frame) of a kept result."""
-        sums = {n: np.asarray(result[n])[rows] for n in ROWS[kind]}
-        sums.update({n: np.asarray(result[n]) for n in TOTALS[kind]})
-        return cls(kind, prepared, request, {c: np.asarray(frame[c])[rows] for c in KEY_COLUMNS}, sums, user)
+        """The rows ``rows`` (of the round's shared rows) of a kept result."""
+        spec = _finishing(kind)
+        sums = {n: np.asarray(result[n])[rows] for n in spec.rows}
+        sums.update({n: np.asarray(result[n]) for n in spec.totals})
+        return cls(kind, prepared, request, {c: np.asarray(shared[c])[rows] for c in KEY_COLUMNS}, sums, user)
 
     def context(self, purpose: str) -> tuple[bytes, str, int, list[tuple[str, str]]]:
         spec = self.request.secure
@@ -100,8 +100,15 @@ def finish_step(
     task = f.protocol.next_task()
     if task is None:
         return _release(f, secrets)
-    local = execute(task, f.prepared.design, block_source(f.prepared, None, None))
-    return _seal(f, {n: local[n] for n in ROWS["logistic_newton"]}, secrets)
+    local = execute(task, GenotypeData(f.prepared.design, block_source(f.prepared, None, None)))
+    return _seal(f, {n: local[n] for n in _finishing(str(task["kind"])).rows}, secrets)
+
+
+def _finishing(kind: str) -> FinishingSums:
+    spec = round_kind(kind).finishing
+    if spec is None:
+        raise InputError(f"the stations do not finish the rows of a {kind} round")
+    return spec
 
 
 def _seal(f: Finishing, arrays: dict[str, np.ndarray], secrets: StationSecrets) -> tuple[bytes, dict[str, Any]]:
@@ -147,7 +154,7 @@ def _start(f: Finishing, pooled: dict[str, Any]) -> Protocol:
 
 def _release(f: Finishing, secrets: StationSecrets) -> tuple[bytes, dict[str, Any]]:
     assert f.protocol is not None
-    model = MODEL[f.kind]
+    model = _finishing(f.kind).model
     result = f.protocol.result()
     pooled_counts = _filter_counts(f)
     encoded = finals.encode(model, result, pooled_counts)

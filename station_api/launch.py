@@ -33,7 +33,7 @@ def station_process(
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-c", "from query.cli import main; main()", "station", "serve"]
+    cmd = [sys.executable, "-c", "from better.cli import main; main()", "station", "serve"]
     cmd += ["--station", str(station), "--port", str(port)]
     if threads:
         cmd += ["--threads", str(threads)]

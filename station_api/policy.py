@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from better.engine.analyses import analysis, round_kind
 from better.engine.errors import BetterError, InputError
+from better.engine.rounds import RULES
 from better.station_api.config import Policy
-from better.station_api.wire import TaskRequest
+from better.wire.messages import TaskRequest
 
 
 class PolicyRefusalError(BetterError):
@@ -59,7 +61,7 @@ def check_secure(request: TaskRequest, policy: Policy, name: str, agreement_key:
     """
     spec = request.secure
     if spec is None:
-        if policy.require_secure_aggregation and request.kind not in ("variant_keys", "target_keys"):
+        if policy.require_secure_aggregation and not round_kind(request.kind).lists_keys:
             raise PolicyRefusalError(
                 "require_secure_aggregation",
                 "this station releases statistics only masked for secure aggregation; run the query with "
@@ -100,7 +102,7 @@ def check_model(request: TaskRequest, k: int, set_sizes: tuple[int, ...], policy
         per = max(1, len(set_sizes) // request.adjust.count)
         set_sizes = tuple(sum(set_sizes[j::per]) for j in range(per))
     n = sum(set_sizes)
-    if request.phenotype is not None and request.analysis.startswith("gwas"):
+    if request.phenotype is not None and analysis(request.analysis).needs_phenotype:
         parameters = k + 1  # covariates with intercept and station indicators, and the genotype
         if 0 < n < policy.min_samples_per_parameter * parameters:
             raise PolicyRefusalError(
@@ -133,44 +135,9 @@ def _require_total(n: int, policy: Policy, what: str) -> None:
         )
 
 
-#: The rules that withhold a row (a variant, a target, a position), in the order results list them.
-RULES = ("minor_allele_count", "carriers", "missing_genotypes", "case_control_cells", "small_cells")
-#: Per round kind: the per-row arrays a withheld row has zeroed, and those that never leave.
-_ZEROED: dict[str, tuple[str, ...]] = {
-    "counts": ("counts",),
-    "linear": ("cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy"),
-    "logistic_score": ("u", "gwg", "cwg", "m_cwc", "m_cr", "counts", "cg", "gg", "n_miss", "m_cc"),
-    "logistic_newton": ("xwx", "score", "loglik"),
-    "coverage": ("samples", "bases", "sum_depth", "bases_ge", "samples_ge"),
-    "pileup": ("counts", "samples"),
-}
-_DROPPED: dict[str, tuple[str, ...]] = {"logistic_newton": ("counts",), "pileup": ("carriers",)}
-#: Round kinds whose rows are judged on genotype counts computed beside the kernel (``groups``).
-GENOTYPE_JUDGED = {"linear": 1, "logistic_score": 2, "logistic_newton": 2}
-ROW_KINDS = tuple(_ZEROED)
-
-
-def people_rows(kind: str, result: dict[str, np.ndarray], genotypes: np.ndarray | None = None) -> np.ndarray | None:
-    """The per-row counts of people behind a result's numbers, which the rules judge.
-
-    Genotype counts ``(rows, groups, 4)`` (hom-ref, het, hom-alt, missing) for variant rounds (``genotypes``,
-    computed beside the kernel, for the regression rounds); samples covered and samples at each depth or
-    carrying each base for reads rounds; None for rounds without rows.
-    """
-    if kind == "counts":
-        return np.asarray(result["counts"], dtype=np.int64)
-    if kind in GENOTYPE_JUDGED:
-        return genotypes
-    if kind == "coverage":
-        return np.concatenate([result["samples"][:, None], result["samples_ge"]], axis=1).astype(np.int64)
-    if kind == "pileup":
-        return np.concatenate([result["samples"][:, None], result["carriers"]], axis=1).astype(np.int64)
-    return None
-
-
 def withheld_rows(kind: str, people: np.ndarray, policy: Policy) -> dict[str, np.ndarray]:
-    """Per rule, the rows it withholds, judged on ``people`` (:func:`people_rows`, this station's own or
-    summed over an audit group).
+    """Per rule of the round kind, the rows it withholds, judged on ``people`` (the kind's people counts,
+    this station's own or summed over an audit group).
 
     - ``minor_allele_count``: the minor allele is seen 1 to ``min_minor_allele_count - 1`` times.
     - ``carriers`` (linear): the people called, carrying the ALT allele or carrying the REF allele number
@@ -181,21 +148,20 @@ def withheld_rows(kind: str, people: np.ndarray, policy: Policy) -> dict[str, np
     - ``small_cells`` (reads): a target or position with 1 to ``min_cell_count - 1`` samples behind it.
     """
     k = policy.min_cell_count
-    if kind in ("coverage", "pileup"):
+    wanted = round_kind(kind).rules
+    if wanted == ("small_cells",):  # samples behind each row
         return {"small_cells": np.asarray(_small(people, k).any(axis=1))}
     hom_ref, het, hom_alt, missing = (people[:, :, i] for i in range(4))
     alt = (het + 2 * hom_alt).sum(axis=1)
     ref = (2 * hom_ref + het).sum(axis=1)
-    rules: dict[str, np.ndarray] = {"minor_allele_count": _small(np.minimum(alt, ref), policy.min_minor_allele_count)}
-    if kind == "counts":
-        return rules
     cells = np.stack([hom_ref + het + hom_alt, het + hom_alt, hom_ref + het], axis=-1)  # called, ALT, REF carriers
-    rules["missing_genotypes"] = _small(missing.sum(axis=1), k)
-    if kind == "linear":
-        rules["carriers"] = np.asarray(_small(cells.sum(axis=1), k).any(axis=1))
-    else:
-        rules["case_control_cells"] = np.asarray(_small(cells, k).any(axis=(1, 2)))
-    return rules
+    judge = {
+        "minor_allele_count": lambda: _small(np.minimum(alt, ref), policy.min_minor_allele_count),
+        "missing_genotypes": lambda: _small(missing.sum(axis=1), k),
+        "carriers": lambda: np.asarray(_small(cells.sum(axis=1), k).any(axis=1)),
+        "case_control_cells": lambda: np.asarray(_small(cells, k).any(axis=(1, 2))),
+    }
+    return {rule: np.asarray(judge[rule](), dtype=bool) for rule in RULES if rule in wanted}
 
 
 def rule_flags(kind: str, people: np.ndarray, policy: Policy) -> np.ndarray:
@@ -246,8 +212,10 @@ def strictest(policy: Policy, peers: dict[str, Any]) -> Policy:
 
 def finishable(kind: str, rules: dict[str, np.ndarray]) -> np.ndarray:
     """Rows withheld only because 1 to ``min_cell_count - 1`` people lack a call: under a pooled audit the
-    stations can finish them and release their results (:mod:`better.station_api.finishing`)."""
-    if kind not in ("linear", "logistic_score") or "missing_genotypes" not in rules:
+    stations can finish them and release their results (:mod:`better.station_api.finishing`), for a round
+    kind whose rows may be finished and which is not itself a later round of a finished row."""
+    spec = round_kind(kind)
+    if spec.finishing is None or spec.rules_from is not None or "missing_genotypes" not in rules:
         return np.zeros(len(next(iter(rules.values()))), dtype=bool)
     others = np.zeros_like(rules["missing_genotypes"])
     for rule, hit in rules.items():
@@ -267,21 +235,22 @@ def release(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Apply the policy to one task's result: what may leave, and a summary for the audit log.
 
-    ``people`` are the per-row counts to judge (:func:`people_rows`); ``pooled``: they are the sums over an
-    audit group, whose sample totals the query audit has judged, so this station's own totals are not.
+    ``people`` are the per-row counts to judge (the kind's, or those computed beside its kernel);
+    ``pooled``: they are the sums over an audit group, whose sample totals the query audit has judged, so
+    this station's own totals are not.
     A withheld row is zeroed and flagged, in ``withheld`` and in ``withheld_<rule>`` for each rule.
     ``rules``: per-row judgements made before (they replace judging ``people``). ``finish``: rows whose
     sums stay among the stations, which finish them (:mod:`better.station_api.finishing`): zeroed like withheld
     rows, and flagged ``finish``.
     """
+    spec = round_kind(kind)
     out = dict(result)
-    for name in _DROPPED.get(kind, ()):
+    for name in spec.dropped:
         out.pop(name, None)
-    if kind == "variant_keys":  # the variant list, as FREQ results have always shown it
-        return out, {"kind": kind, "variants": int(np.asarray(out["key_pos"]).shape[0])}
-    if kind == "target_keys":  # the capture design (or bins), which is not about anyone
-        return out, {"kind": kind, "targets": int(np.asarray(out["key_start"]).shape[0])}
-    if kind == "sample_count":  # withheld: the query audit refused it, or (alone) too few samples here
+    if spec.lists_keys:  # the variant list (as FREQ results have always shown it), or the capture design
+        listed = "variants" if spec.data == "variants" else "targets"
+        return out, {"kind": kind, listed: len(next(iter(out.values()), []))}
+    if spec.whole_count:  # withheld: the query audit refused it, or (alone) too few samples here
         small_here = not pooled and bool(_small(np.asarray(out["n"]), policy.min_cell_count))
         hide = bool(out.get("withheld", False)) or small_here
         out["n"] = np.array(0 if hide else int(out["n"]))
@@ -295,11 +264,11 @@ def release(
             _require_total(int(out["n"]) - int(out["n_case"]), policy, "controls")
         for size in np.asarray(out.get("group_size", [])).tolist():
             _require_total(size, policy, "samples in a group")
-    if kind not in _ZEROED:
+    if not spec.rules:
         return out, {"kind": kind}
-    calls = _own_calls(kind, result)
+    calls = spec.calls(result) if spec.calls is not None else None
     if rules is None:
-        people = people if people is not None else people_rows(kind, result)
+        people = people if people is not None else spec.people(result) if spec.people is not None else None
         assert people is not None, f"a {kind} release needs the people behind its rows"
         rules = withheld_rows(kind, people, policy)
     withheld = np.zeros(len(next(iter(rules.values()))), dtype=bool)
@@ -308,7 +277,7 @@ def release(
     if finish is not None:
         out["finish"] = finish
         withheld |= finish
-    for name in _ZEROED[kind]:
+    for name in spec.zeroed:
         if name in out:
             out[name] = np.where(_rows(withheld, out[name]), 0, out[name]).astype(out[name].dtype)
     out["withheld"] = withheld
@@ -323,21 +292,6 @@ def release(
     if finish is not None:
         summary["finished_by_stations"] = int(finish.sum())
     return out, summary
-
-
-def _own_calls(kind: str, result: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """This station's called and missing samples and ALT alleles per variant row: counts FREQ shows."""
-    if kind == "counts":
-        c = np.asarray(result["counts"]).sum(axis=1)
-        return c[:, :3].sum(axis=1), c[:, 3], c[:, 1] + 2 * c[:, 2]
-    if kind == "linear":
-        missing = np.asarray(result["n_miss"], dtype=np.int64)
-        alt = np.rint(np.asarray(result["cg"])[:, 0]).astype(np.int64) if len(missing) else missing
-        return int(result["n"]) - missing, missing, alt
-    if kind == "logistic_score":
-        c = np.asarray(result["counts"]).sum(axis=1)  # called samples, ALT alleles, missing samples
-        return c[:, 0], c[:, 2], c[:, 1]
-    return None
 
 
 def _rows(mask: np.ndarray, like: np.ndarray) -> np.ndarray:

@@ -16,21 +16,25 @@ from typing import Any
 
 import numpy as np
 
+from better.engine.analyses import analysis, round_kind
 from better.engine.design import KEY_COLUMNS, Block, Design
 from better.engine.errors import InputError
 from better.engine.kernels.counts import genotype_counts
 from better.engine.key_union import INTEGER_KEYS
 from better.engine.protocol import execute
-from better.engine.shared_rows import FRAMES, conform
+from better.engine.rounds import RoundKind, StateArray
+from better.engine.shared_rows import GENOTYPE_COUNTS, conform
 from better.genomics import read_tables
 from better.genomics.regions import Region, merge_regions
 from better.genomics.selection import Condition
-from better.genomics.station_inputs import StationBlocks, build_design, variant_keys
+from better.genomics.station_data import StoreData
+from better.genomics.station_inputs import StationBlocks, build_design
 from better.genomics.store import DATASETS, Dataset, Store
 from better.station_api.config import Policy
-from better.station_api.policy import GENOTYPE_JUDGED, people_rows, release
-from better.station_api.secure_agg import StationSecrets, participants_of
-from better.station_api.wire import READ_ANALYSES, TaskRequest, decode_state, encode_arrays
+from better.station_api.policy import release
+from better.station_api.secure_agg import StationSecrets
+from better.wire.arrays import decode_state, encode_arrays
+from better.wire.messages import TaskRequest, participants_of
 
 #: Result arrays with one row per variant, by round; they form the Arrow table.
 _ROWS_KEY = "key_pos"
@@ -52,20 +56,21 @@ def regions_of(request: TaskRequest) -> list[Region] | None:
 
 
 def variants_in_scope(dataset: Dataset, request: TaskRequest, task: dict[str, Any]) -> int:
-    """How many variants the task reads (for the variant cap and for progress)."""
-    if request.kind in ("logistic_newton", "pileup"):
+    """How many variants (or targets, or positions) the task reads (for the variant cap and progress)."""
+    kind = round_kind(request.kind)
+    if kind.scope == "task":
         return int(task["key_pos"].shape[0])
-    if request.kind in ("sample_count", "logistic_null", "reads"):
+    if kind.scope == "none":
         return 0
     regions = regions_of(request)
-    if request.kind in ("target_keys", "coverage"):
+    if kind.scope == "targets":
         own = int(read_tables.targets_in(dataset, regions)[1].shape[0])
     elif regions is None:
         own = dataset.n_variants
     else:
         own = sum(dataset.variants(r, ["pos"]).num_rows for r in regions)
-    frame = task.get("frame")  # the round's shared rows, which may be more than this station's
-    return max(own, len(next(iter(frame.values())))) if frame is not None else own
+    shared = task.get("shared_rows")  # the round's shared rows, which may be more than this station's
+    return max(own, len(next(iter(shared.values())))) if shared is not None else own
 
 
 def design_of(dataset: Dataset, request: TaskRequest) -> Design:
@@ -87,33 +92,42 @@ def design_of(dataset: Dataset, request: TaskRequest) -> Design:
 
 
 def engine_task(request: TaskRequest, design: Design, max_variants: int) -> dict[str, Any]:
-    """The engine's task dict, with the round state checked against the design."""
-    state = decode_state(request.state)
-    k = design.k
+    """The engine's task dict, with the round state checked against the kind's schema and the design."""
+    kind = round_kind(request.kind)
     task: dict[str, Any] = {"kind": request.kind, "groups": request.groups}
-    if request.kind in ("logistic_null", "logistic_score"):
-        task["beta"] = _array(state, "beta", np.float64, (k,), finite=True)
-    if request.kind in FRAMES and request.secure is not None:
-        task["frame"] = _keys(state, max_variants, FRAMES[request.kind].columns)
-    elif request.kind == "pileup":
-        a = int(np.asarray(state.get("key_pos", np.zeros(0))).shape[0])
-        if not 1 <= a <= 256:
-            raise InputError(f"task state: a pileup round takes 1 to 256 positions, not {a}")
-        task["key_chrom"] = _array(state, "key_chrom", str, (a,))
-        task["key_pos"] = _array(state, "key_pos", np.int64, (a,))
-        for name, top in (("min_base_quality", 93), ("min_mapping_quality", 255)):
-            value = _array(state, name, np.int64, ())
-            if not 0 <= int(value) <= top:
-                raise InputError(f"task state: {name} must be between 0 and {top}")
-            task[name] = int(value)
-    elif request.kind == "logistic_newton":
-        task.update({f"key_{c}": v for c, v in _keys(state, max_variants).items()})
-        a = int(task["key_pos"].shape[0])
-        task["beta"] = _array(state, "beta", np.float64, (a, k + 1), finite=True)
-        task["firth"] = _array(state, "firth", np.bool_, (a,))
-        task["loglik"] = _array(state, "loglik", np.bool_, (a,))
-        task["inv"] = _array(state, "inv", np.float64, (a, k + 1, k + 1), finite=True)
+    if not kind.state and not (kind.shared is not None and request.secure is not None):
+        return task
+    state = decode_state(request.state)
+    if kind.shared is not None and request.secure is not None:
+        task["shared_rows"] = _keys(state, max_variants, kind.shared.columns)
+    rows = _rows_named(kind, state, max_variants) if kind.rows_in_state else 0
+    sizes = {"rows": rows, "k": design.k, "k+1": design.k + 1}
+    for name, spec in kind.state.items():
+        task[name] = _checked(state, name, spec, tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape))
     return task
+
+
+def _rows_named(kind: RoundKind, state: dict[str, np.ndarray], max_variants: int) -> int:
+    """How many rows a round's state names: at least one, at most the kind's and the station's caps."""
+    named = [name for name, spec in kind.state.items() if spec.shape[:1] == ("rows",)]
+    first = "key_pos" if "key_pos" in named else named[0]
+    a = int(np.asarray(state.get(first, np.zeros(0))).shape[0])
+    top = min(max_variants, kind.max_rows or max_variants)
+    if not 1 <= a <= top:
+        cap = f"the station's cap of {max_variants} variants per task" if top == max_variants else f"{top}"
+        raise InputError(f"task state: a {kind.name} round names 1 to {cap} rows, not {a}")
+    return a
+
+
+def _checked(state: dict[str, np.ndarray], name: str, spec: StateArray, shape: tuple[int, ...]) -> Any:
+    """One state array, checked against its declaration (a bounded scalar comes back as an int)."""
+    a = _array(state, name, spec.dtype, shape, finite=spec.finite)
+    if spec.bounds is None:
+        return a
+    low, high = spec.bounds
+    if not low <= int(a) <= high:
+        raise InputError(f"task state: {name} must be between {low} and {high}")
+    return int(a)
 
 
 def _keys(
@@ -201,7 +215,7 @@ class DatasetCache:
 def prepare(datasets: Callable[[str], Dataset], request: TaskRequest, policy: Policy) -> Prepared:
     """Check a request against the store (dataset, columns, regions, state shapes); raise a clear error."""
     dataset = datasets(request.dataset)
-    wanted = "reads" if request.analysis in READ_ANALYSES else "variants"
+    wanted = analysis(request.analysis).data
     if dataset.kind != wanted:
         how = "`better ingest-bam`" if wanted == "reads" else "`better ingest` from a VCF"
         raise InputError(
@@ -290,12 +304,11 @@ class Computed:
     group_sizes: np.ndarray | None = None
 
 
-def judged_groups(design: Design, kind: str) -> tuple[np.ndarray, int]:
+def judged_groups(design: Design, kind: RoundKind) -> tuple[np.ndarray, int]:
     """The sample groups a round's genotype counts are judged by: everyone, or controls and cases."""
-    groups = GENOTYPE_JUDGED[kind]
-    if groups == 1:
-        return np.where(design.include, 0, -1).astype(np.int32), 1
-    return np.where(design.include, (design.y > 0.5).astype(np.int32), -1).astype(np.int32), 2
+    if kind.judged_groups == 2:
+        return np.where(design.include, (design.y > 0.5).astype(np.int32), -1).astype(np.int32), 2
+    return np.where(design.include, 0, -1).astype(np.int32), 1
 
 
 def compute(
@@ -309,64 +322,29 @@ def compute(
     For the regression rounds the genotype counts come from the same blocks as the kernel's (one read).
     """
     request, task = prepared.request, prepared.task
-    dataset, include = prepared.dataset, prepared.design.include
-    if request.kind == "variant_keys":
-        found = variant_keys(dataset, regions_of(request), request.pass_only)
-        return Computed({f"key_{c}": v for c, v in found.items()}, None)
-    if request.kind == "target_keys":
-        return Computed(read_tables.target_keys(dataset, regions_of(request)), None)
-    if request.kind == "coverage":
-        result = read_tables.coverage(dataset, regions_of(request), include)
-    elif request.kind == "reads":
-        result = read_tables.reads(dataset, include)
-    elif request.kind == "pileup":
-        result = read_tables.pileup(
-            dataset,
-            include,
-            task["key_chrom"].tolist(),
-            task["key_pos"].tolist(),
-            task["min_base_quality"],
-            task["min_mapping_quality"],
-            on_block,
-        )
-    else:
-        blocks = block_source(prepared, on_block, cache)
-        seen: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
-        if request.kind in GENOTYPE_JUDGED and request.kind != "linear":
-            group, n_groups = judged_groups(prepared.design, request.kind)
-            inner = blocks
+    kind = round_kind(request.kind)
+    blocks = block_source(prepared, on_block, cache)
+    seen: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+    if kind.judged_groups is not None and kind.people is None:
+        group, n_groups = judged_groups(prepared.design, kind)
+        inner = blocks
 
-            def blocks(targets: Any = None) -> Any:  # the kernel's blocks, counted on the way
-                for b in inner(targets):
-                    seen.append((b.keys, genotype_counts(np.ascontiguousarray(b.packed), group, n_groups)))
-                    yield b
+        def blocks(targets: Any = None) -> Any:  # the kernel's blocks, counted on the way
+            for b in inner(targets):
+                seen.append((b.keys, genotype_counts(np.ascontiguousarray(b.packed), group, n_groups)))
+                yield b
 
-        with compute_lock if compute_lock is not None else nullcontext():
-            result = execute(task, prepared.design, blocks)
-        if request.kind == "linear":  # the kernel's own sums give the genotype counts: no second pass
-            return Computed(result, linear_genotype_counts(result), np.array([int(result["n"])]))
-        if request.kind in GENOTYPE_JUDGED:
-            group, n_groups = judged_groups(prepared.design, request.kind)
-            sizes = np.bincount(group[group >= 0], minlength=n_groups).astype(np.int64)
-            return Computed(result, _counts_on_rows(result, task, seen, sizes), sizes)
-    return Computed(result, people_rows(request.kind, result))
-
-
-def linear_genotype_counts(result: dict[str, np.ndarray]) -> np.ndarray:
-    """Genotype counts ``(rows, 1, 4)`` from a linear round's sums: with ``a = Σg`` and ``q = Σg²`` over
-    the called samples, hom-alt ``(q - a) / 2``, het ``a - 2 hom-alt``, hom-ref the rest of the called.
-
-    >>> r = {"n": np.array(6), "n_miss": np.array([1]), "cg": np.array([[3.0]]), "gg": np.array([5.0])}
-    >>> linear_genotype_counts(r)[0, 0].tolist()
-    [3, 1, 1, 1]
-    """
-    missing = np.asarray(result["n_miss"], dtype=np.int64)
-    alt = np.rint(np.asarray(result["cg"], dtype=float)[:, 0]).astype(np.int64) if missing.size else missing
-    squares = np.rint(np.asarray(result["gg"], dtype=float)).astype(np.int64)
-    hom_alt = (squares - alt) // 2
-    het = alt - 2 * hom_alt
-    hom_ref = int(result["n"]) - missing - het - hom_alt
-    return np.stack([hom_ref, het, hom_alt, missing], axis=1)[:, None, :]
+    data = StoreData(prepared.dataset, prepared.design, blocks, regions_of(request), request.pass_only, on_block)
+    locked = compute_lock is not None and kind.data == "variants" and not kind.lists_keys
+    with compute_lock if locked else nullcontext():
+        result = execute(task, data)
+    if kind.judged_groups is None:
+        return Computed(result, kind.people(result) if kind.people is not None else None)
+    group, n_groups = judged_groups(prepared.design, kind)
+    sizes = np.bincount(group[group >= 0], minlength=n_groups).astype(np.int64)
+    if kind.people is not None:  # e.g. a linear round's own sums give its genotype counts: no second pass
+        return Computed(result, kind.people(result), sizes)
+    return Computed(result, _counts_on_rows(result, task, seen, sizes), sizes)
 
 
 def _counts_on_rows(
@@ -393,27 +371,28 @@ def _counts_on_rows(
 
 def n_rows_of(request: TaskRequest, task: dict[str, Any], released: dict[str, np.ndarray]) -> int | None:
     """How many rows a result's table has (the arrays of that length become its columns)."""
-    if request.kind == "logistic_newton":
-        return int(task["beta"].shape[0])
-    if request.kind == "pileup":
+    if round_kind(request.kind).rows_in_state:
         return int(task["key_pos"].shape[0])
-    if request.secure is not None and "frame" in task:
-        return len(next(iter(task["frame"].values())))
+    if request.secure is not None and "shared_rows" in task:
+        return len(next(iter(task["shared_rows"].values())))
     return int(released[_ROWS_KEY].shape[0]) if _ROWS_KEY in released else None
 
 
-def on_frame(request: TaskRequest, task: dict[str, Any], computed: Computed) -> Computed:
-    """A secure round's result and people laid on the round's shared rows (its frame)."""
-    if "frame" not in task:
+def on_shared_rows(request: TaskRequest, task: dict[str, Any], computed: Computed) -> Computed:
+    """A secure round's result and people laid on the round's shared rows."""
+    kind = round_kind(request.kind)
+    if "shared_rows" not in task or kind.shared is None:
         return computed
-    frame = task["frame"]
-    result = conform(request.kind, computed.result, frame)
+    shared = task["shared_rows"]
+    result = conform(kind.shared, computed.result, shared)
     people = computed.people
-    if request.kind in GENOTYPE_JUDGED and people is not None and computed.group_sizes is not None:
+    if kind.judged_groups is not None and people is not None and computed.group_sizes is not None:
         keys = {k: v for k, v in computed.result.items() if k.startswith("key_")}
-        people = conform("counts", {**keys, "counts": people, "group_size": computed.group_sizes}, frame)["counts"]
-    else:
-        people = people_rows(request.kind, result)
+        people = conform(GENOTYPE_COUNTS, {**keys, "counts": people, "group_size": computed.group_sizes}, shared)[
+            "counts"
+        ]
+    elif kind.people is not None:
+        people = kind.people(result)
     return Computed(result, people, computed.group_sizes)
 
 
@@ -439,7 +418,7 @@ def run_task(
     request, task = prepared.request, prepared.task
     computed = compute(prepared, on_block, compute_lock, cache)
     if request.secure is not None:  # masked arrays are added row by row: lay them on the round's rows first
-        computed = on_frame(request, task, computed)
+        computed = on_shared_rows(request, task, computed)
     result = dict(computed.result)
     if withhold:
         result["withheld"] = np.array(True)

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from better.engine.errors import InputError
 from better.station_api.secure_agg import StationSecrets, shared_secret
-from better.station_api.wire import decode_arrays, encode_arrays
+from better.wire.arrays import decode_arrays, encode_arrays
 
 _NONCE = bytes(12)  # every key seals one message: the key is unique to (round, sender, recipient)
 #: Largest sealed blob accepted, in bytes of base64 text.

@@ -13,8 +13,6 @@ init`` or on first start.
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,18 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from better.engine.errors import StoreError
+from better.wire.masking import canonical
 
 KEY_FILE = "station.key"
 PREFIX = "ed25519:"
-
-
-def canonical(obj: Any) -> bytes:
-    """The one byte form of a JSON value that is signed and hashed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 K = TypeVar("K", Ed25519PrivateKey, X25519PrivateKey)

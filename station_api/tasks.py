@@ -23,8 +23,10 @@ from typing import Any, Literal
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from better.engine.analyses import round_kind
 from better.engine.design import KEY_COLUMNS
 from better.engine.errors import BetterError, InputError, NotFoundError
+from better.genomics.checksums import sha256
 from better.genomics.store import Store
 from better.station_api import __version__
 from better.station_api.audit import AuditLog
@@ -47,20 +49,14 @@ from better.station_api.runner import (
     Prepared,
     compute,
     n_rows_of,
-    on_frame,
+    on_shared_rows,
     prepare,
     run_task,
 )
-from better.station_api.secure_agg import (
-    ContextRegistry,
-    StationSecrets,
-    context_digest,
-    load_or_create_agreement_key,
-    participants_of,
-    shared_secret,
-)
-from better.station_api.signing import canonical, load_or_create_key, sha256, sign
-from better.station_api.wire import KEY_KINDS, SEALED_KINDS, TaskRequest
+from better.station_api.secure_agg import ContextRegistry, StationSecrets, load_or_create_agreement_key, shared_secret
+from better.station_api.signing import load_or_create_key, sign
+from better.wire.masking import canonical, context_digest
+from better.wire.messages import TaskRequest, participants_of
 
 log = logging.getLogger("better.station")
 
@@ -240,7 +236,7 @@ class TaskManager:
                 check_model(request, prepared.design.k, tuple(int(m.sum()) for m in members), policy)
         elif request.exchange is None:
             self._claim(context_digest(request.secure.session, request.secure.round, participants_of(request.secure)))
-            sealed_kind = request.kind in SEALED_KINDS and request.kind != "logistic_null"
+            sealed_kind = round_kind(request.kind).sealed == "always"
             if guard and (
                 sealed_kind
                 or not self.query_audit.admitted(request.secure.session, members, participants_of(request.secure))
@@ -250,9 +246,9 @@ class TaskManager:
                     f"a masked {request.kind} round runs sealed, or within a session whose selection a sealed round "
                     "audited; run the query with a current coordinator",
                 )
-            if request.kind == "logistic_newton":
+            if round_kind(request.kind).rules_from is not None:
                 task = prepared.task
-                plan.rules = self.sealed.newton_rules(
+                plan.rules = self.sealed.remembered_rules(
                     request.secure.session, {c: task[f"key_{c}"] for c in KEY_COLUMNS}
                 )
         else:
@@ -296,9 +292,10 @@ class TaskManager:
     def _members(self, prepared: Prepared) -> list[np.ndarray]:
         """The request's sample sets over the station's people (none for rounds that list keys)."""
         request, design = prepared.request, prepared.design
-        if request.kind in KEY_KINDS:
+        kind = round_kind(request.kind)
+        if kind.lists_keys:
             return []
-        if request.groups == 2 or (request.binary and request.kind.startswith("logistic")):
+        if request.groups == 2 or (request.binary and kind.case_control):
             case = design.y > 0.5
             masks = [design.include & ~case, design.include & case]
         else:
@@ -469,7 +466,7 @@ class TaskManager:
             else:
                 plan.header = {"status": "off"}
             plan.header = {**plan.header, "rows": row_policy(policy)}
-            computed = on_frame(
+            computed = on_shared_rows(
                 prepared.request, prepared.task, compute(prepared, on_block, self._compute, self.blocks)
             )
             sealed = SealedRound(
@@ -482,7 +479,7 @@ class TaskManager:
                 members=plan.members,
                 k=prepared.design.k,
                 n_rows=n_rows_of(prepared.request, prepared.task, computed.result),
-                frame=prepared.task.get("frame"),
+                shared_rows=prepared.task.get("shared_rows"),
                 prepared=prepared,
             )
             own_rules = (  # ADJUST station releases each station's own cells: judge them here too

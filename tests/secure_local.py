@@ -7,11 +7,13 @@ import secrets
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from better.engine.analyses import round_kind
 from better.engine.design import KEY_COLUMNS, BlockSource, Design, concat_keys
 from better.engine.key_union import union_keys
-from better.engine.protocol import Protocol, execute
-from better.engine.shared_rows import FRAME_KINDS, conform
-from better.station_api.secure_agg import StationSecrets, unmask_sum
+from better.engine.protocol import GenotypeData, Protocol, execute
+from better.engine.shared_rows import conform
+from better.station_api.secure_agg import StationSecrets
+from better.wire.masking import unmask_sum
 
 
 def station_secrets(n: int) -> list[StationSecrets]:
@@ -25,18 +27,19 @@ def run_secure_local(protocol: Protocol, stations: list[tuple[Design, BlockSourc
     participants = [(s.name, s.public_text) for s in keys]
     session = secrets.token_hex(16)
     own = [concat_keys([b.keys for b in blocks(None)]) for _, blocks in stations]
-    frame = union_keys([{c: k[c] for c in KEY_COLUMNS} for k in own]).keys
+    shared = union_keys([{c: k[c] for c in KEY_COLUMNS} for k in own]).keys
     round_no = 0
     while (task := protocol.next_task()) is not None:
         masked = []
+        spec = round_kind(task["kind"]).shared
         for (design, blocks), mine in zip(stations, keys, strict=True):
-            result = execute(task, design, blocks)
-            if task["kind"] in FRAME_KINDS:
-                result = conform(task["kind"], result, frame)
+            result = execute(task, GenotypeData(design, blocks))
+            if spec is not None:
+                result = conform(spec, result, shared)
             masked.append(mine.mask(result, session, round_no, participants))
         round_no += 1
         total = unmask_sum(masked, [s.name for s in keys])
-        if task["kind"] in FRAME_KINDS:
-            total.update({f"key_{c}": frame[c] for c in KEY_COLUMNS})
+        if spec is not None:
+            total.update({f"key_{c}": shared[c] for c in KEY_COLUMNS})
         protocol.receive([total])
     return protocol.result()

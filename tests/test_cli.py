@@ -10,9 +10,7 @@ import pytest
 
 
 def better(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "better.query.cli", *args], capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-m", "better.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_cli__synth_init_ingest_info(tmp_path: Path) -> None:

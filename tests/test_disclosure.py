@@ -225,7 +225,7 @@ def _carriers(cohort: Path) -> dict[int, list[int]]:
 
 
 def test_counts_in_two_groups__split_cases_and_controls_only(small_cohort: Path) -> None:
-    from better.station_api.wire import TaskRequest
+    from better.wire.messages import TaskRequest
 
     base = {"dataset": "cohort", "analysis": "freq", "kind": "counts", "phenotype": "ldl", "groups": 2}
     with pytest.raises(ValueError, match="need a binary phenotype"):
@@ -241,7 +241,7 @@ def test_masked_round__with_participants_the_session_did_not_audit_is_refused(
 
     from better.query import secure as query_secure
     from better.station_api.secure_agg import StationSecrets
-    from better.station_api.wire import encode_state
+    from better.wire.arrays import encode_state
 
     sessions: list[str] = []
     next_round = query_secure.SecureSession.next_round

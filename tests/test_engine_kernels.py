@@ -6,11 +6,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from better.engine.analyses.logistic.station import NewtonInputs, newton_sums
 from better.engine.design import Design
 from better.engine.kernels.counts import genotype_counts
 from better.engine.kernels.fastexp import exp_into
 from better.engine.kernels.regression import linear_sums, score_sums
-from better.engine.logistic import NewtonInputs, newton_sums
 from better.engine.stats import allelic_chi2, hwe_exact, log10_p_chi2, log10_p_normal, log10_p_t, trend_chi2
 from better.genomics.packing import pack_genotypes
 from tests.engine_reference import (
@@ -86,7 +86,7 @@ def test_score_sums__equals_twin(c: tuple) -> None:
 @given(cohorts(), st.integers(1, 700))
 def test_newton_sums__equals_twin(c: tuple, chunk: int) -> None:
     """Chunks of every size (down to one value, so one variant a chunk), Firth and likelihood rows mixed."""
-    import better.engine.logistic as logistic
+    import better.engine.analyses.logistic.station as logistic
 
     codes, C, y, include = c
     m, kk = codes.shape[0], C.shape[1] + 1

@@ -7,9 +7,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from better.engine.analyses.counts import CountsProtocol
+from better.engine.analyses.linear import LinearProtocol
+from better.engine.analyses.logistic import LogisticProtocol
 from better.engine.design import Block, Design
 from better.engine.errors import InputError
-from better.engine.protocol import CountsProtocol, LinearProtocol, LogisticProtocol, run_local
+from better.engine.protocol import run_local
 from better.genomics.packing import pack_genotypes
 from tests.engine_reference import pooled_ols
 

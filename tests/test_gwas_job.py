@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from better.query.gwas_job import run_job
+from better.jobs.gwas import run_job
 from better.query.output import LINEAR
 from better.station_api.config import Policy
 from tests.servers import make_station, serve
@@ -130,7 +130,7 @@ def test_job__killed_midway_and_resumed__writes_the_same_bytes(federation: Path)
     reference = run_job(write_job(federation, "reference")).out
     job = write_job(federation, "resumed")
     chunks = federation / "resumed" / ".chunks"
-    proc = subprocess.Popen([sys.executable, "-c", "from query.cli import main; main()", "gwas", str(job)])
+    proc = subprocess.Popen([sys.executable, "-m", "better.cli", "gwas", str(job)])
     deadline = time.monotonic() + 120
     # the first chunk is done when both phenotypes' parts are there (they are written one after the other)
     while not (chunks.exists() and all((chunks / f"{ph}.00000.parquet").exists() for ph in ("ldl", "case"))):

@@ -34,7 +34,7 @@ def federation(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def better(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from query.cli import main; main()", *args],
+        [sys.executable, "-m", "better.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -148,7 +148,7 @@ def test_federation_add__writes_the_file_and_pins_the_keys(small_cohort: Path, t
         assert wrong.returncode == 1 and "is station 'milano', not 'nijmegen'" in wrong.stderr
         env = {**os.environ, "MILANO_TOKEN": st.researcher}
         count = subprocess.run(
-            [sys.executable, "-c", "from query.cli import main; main()", "query", "--federation", str(fed),
+            [sys.executable, "-m", "better.cli", "query", "--federation", str(fed),
              "--format", "tsv", "COUNT"],
             capture_output=True, text=True, timeout=300, env=env,
         )  # fmt: skip

@@ -33,7 +33,10 @@ NAMES = ("milano", "nijmegen", "barcelona")
 
 def better(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from query.cli import main; main()", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", "from better.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

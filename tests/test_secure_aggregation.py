@@ -14,22 +14,18 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from better.engine import fixedpoint
+from better.engine.analyses.counts import CountsProtocol
+from better.engine.analyses.linear import LinearProtocol
+from better.engine.analyses.logistic import LogisticProtocol
+from better.engine.analyses.sample_count import SampleCountProtocol
 from better.engine.errors import InputError
-from better.engine.protocol import CountsProtocol, LinearProtocol, LogisticProtocol, SampleCountProtocol, run_local
-from better.engine.shared_rows import conform
+from better.engine.protocol import run_local
+from better.engine.shared_rows import GENOTYPE_COUNTS, conform
 from better.station_api.config import Policy
 from better.station_api.policy import PolicyRefusalError, check_secure
-from better.station_api.secure_agg import (
-    LAYOUT_FIELD,
-    ContextRegistry,
-    StationSecrets,
-    context_digest,
-    keystream,
-    pair_key,
-    parse_agreement_key,
-    unmask_sum,
-)
-from better.station_api.wire import TaskRequest
+from better.station_api.secure_agg import ContextRegistry, StationSecrets, parse_agreement_key
+from better.wire.masking import LAYOUT_FIELD, context_digest, keystream, pair_key, unmask_sum
+from better.wire.messages import TaskRequest
 from tests.secure_local import run_secure_local, station_secrets
 from tests.test_federation import aligned, close, split_cohorts, stations_of
 
@@ -207,7 +203,7 @@ def test_agreement_key__malformed_text_is_a_clear_error() -> None:
 
 
 # -- frames ----------------------------------------------------------------------------------------------
-def test_conform__refuses_a_frame_that_lacks_the_stations_variants() -> None:
+def test_conform__refuses_shared_rows_that_lack_the_stations_variants() -> None:
     frame = {"chrom": np.array(["1"]), "pos": np.array([5]), "ref": np.array(["A"]), "alt": np.array(["G"])}
     mine = {
         "key_chrom": np.array(["1"]),
@@ -218,7 +214,7 @@ def test_conform__refuses_a_frame_that_lacks_the_stations_variants() -> None:
         "group_size": np.array([3]),
     }
     with pytest.raises(InputError, match="union"):
-        conform("counts", mine, frame)
+        conform(GENOTYPE_COUNTS, mine, frame)
 
 
 # -- whole analyses: masked equals unmasked ------------------------------------------------------------

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from better.engine.protocol import execute
+from better.engine.protocol import GenotypeData, execute
 from better.genomics.station_inputs import StationBlocks
 from better.genomics.store import Store
 from better.query.remote import Model, StationClient, StationError, run_remote, to_request
@@ -21,7 +21,7 @@ from better.station_api.audit import AuditLog
 from better.station_api.config import Policy, Server
 from better.station_api.policy import release
 from better.station_api.runner import design_of, prepare, run_task
-from better.station_api.wire import ARROW_STREAM, decode_arrays, encode_state
+from better.wire.arrays import ARROW_STREAM, decode_arrays, encode_state
 from tests.servers import StationSetup, auth, make_station, serve
 
 FAKE_ID = "0" * 32
@@ -37,7 +37,10 @@ def milano(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from query.cli import main; main()", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", "from better.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -128,11 +131,13 @@ def test_counts_task__released_result_equals_in_process_run_under_the_policy(
     got = decode_arrays(r.content)
     # the same task in-process, through the same policy
     ds = Store.open(st.path).dataset("cohort")
-    from better.station_api.wire import TaskRequest
+    from better.wire.messages import TaskRequest
 
     req = TaskRequest(**counts_body(where=[{"column": "age", "op": ">", "value": 30}]))
     want, _ = release(
-        "counts", execute({"kind": "counts", "groups": 1}, design_of(ds, req), StationBlocks(ds)), Policy()
+        "counts",
+        execute({"kind": "counts", "groups": 1}, GenotypeData(design_of(ds, req), StationBlocks(ds))),
+        Policy(),
     )
     assert set(got) == set(want)
     for name in want:
@@ -164,7 +169,7 @@ def test_linear_round__rare_variants_and_few_missing_are_withheld(milano: tuple[
 
 
 def test_remote_protocol__equals_in_process_over_one_station(milano: tuple[StationSetup, str]) -> None:
-    from better.engine.protocol import LogisticProtocol
+    from better.engine.analyses.logistic import LogisticProtocol
 
     st, url = milano
     model = Model("cohort", "gwas_logistic", "case", ("age", "sex"), binary=True)

@@ -16,7 +16,7 @@ from better.genomics.store import Store
 from better.station_api.audit import AuditLog
 from better.station_api.config import StationConfig
 from better.station_api.tasks import TaskManager
-from better.station_api.wire import TaskRequest
+from better.wire.messages import TaskRequest
 
 REQUEST = TaskRequest(dataset="cohort", analysis="freq", kind="counts")
 

@@ -2,7 +2,10 @@
 self-contained HTML report.
 
 Every function here is a pure function of its inputs (no clocks), so a resumed job writes the same bytes
-as an uninterrupted one; only the report's timings differ.
+as an uninterrupted one; only the report's timings differ. Tables are written by
+:mod:`better.genomics.tsv` (its precision rule: 6 significant digits); the report's HTML comes from the
+fragments of ``templates/report.html`` (package data), filled by :func:`render`, which escapes every value
+that is not markup made by another fragment.
 """
 
 from __future__ import annotations
@@ -13,14 +16,20 @@ import hashlib
 import html
 import io
 import math
+import re
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import numpy as np
 import polars as pl
 import yaml
 
+from better.engine.errors import InputError
+from better.genomics.tsv import cell, tsv_text, write_tsv
 from better.query.output import rows_as_text
 
 SSF_LINEAR = ["chromosome", "base_pair_location", "effect_allele", "other_allele", "beta", "standard_error"]
@@ -30,10 +39,16 @@ GENOME_WIDE, SUGGESTIVE = 5e-8, 1e-5
 
 
 def write_glm(frame: pl.DataFrame, path: Path) -> None:
-    """The PLINK 2-style table (``.glm.linear`` / ``.glm.logistic``): withheld values as ``withheld``."""
-    cols = [c for c in frame.columns if c != "WITHHELD"]
-    body = "\t".join(cols) + "\n" + "".join("\t".join(r) + "\n" for r in rows_as_text(frame))
-    path.write_text(body)
+    """The PLINK 2-style table (``.glm.linear`` / ``.glm.logistic``): withheld values as ``withheld``.
+
+    Parameters
+    ----------
+    frame
+        The job's rows for one phenotype, in :mod:`better.query.output`'s layout.
+    path
+        The file to write.
+    """
+    write_tsv(path, [c for c in frame.columns if c != "WITHHELD"], rows_as_text(frame))
 
 
 def tested(frame: pl.DataFrame) -> pl.DataFrame:
@@ -61,7 +76,7 @@ def write_ssf(frame: pl.DataFrame, model: str, path: Path, meta: dict[str, Any])
             "effect_allele_frequency": rows["A1_FREQ"],
             "p_value": rows["P"],
             "neg_log_10_p_value": rows["LOG10_P"],
-            "rsid": rows["ID"],
+            "rsid": [None if v == "." else v for v in rows["ID"].to_list()],  # no ID is missing: #NA
             "variant_id": [
                 f"{c}_{p}_{r}_{a}"
                 for c, p, r, a in zip(rows["#CHROM"], rows["POS"], rows["REF"], rows["ALT"], strict=True)
@@ -70,10 +85,7 @@ def write_ssf(frame: pl.DataFrame, model: str, path: Path, meta: dict[str, Any])
         }
     )
     header = (SSF_LINEAR if model == "linear" else SSF_LOGISTIC) + SSF_TAIL
-    lines = ["\t".join(header)]
-    for r in out.select(header).iter_rows():
-        lines.append("\t".join(_ssf_value(v, c) for v, c in zip(r, header, strict=True)))
-    data = ("\n".join(lines) + "\n").encode()
+    data = tsv_text(header, out.select(header).iter_rows(), na="#NA").encode()
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
         gz.write(data)
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
@@ -88,16 +100,6 @@ def write_ssf(frame: pl.DataFrame, model: str, path: Path, meta: dict[str, Any])
     }
     Path(f"{path}-meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     return meta
-
-
-def _ssf_value(v: object, column: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "#NA"
-    if column == "rsid" and v == ".":
-        return "#NA"
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
 
 
 def genomic_inflation(p: np.ndarray) -> float:
@@ -188,8 +190,6 @@ def read_bed(path: Path) -> list[Gene]:
         try:
             genes.append(Gene(f[0], int(f[1]), int(f[2]), f[3] if len(f) > 3 else f"{f[0]}:{f[1]}"))
         except (IndexError, ValueError):
-            from better.engine.errors import InputError
-
             raise InputError(f"{path}:{number}: not a BED line (chrom, start, end, name)") from None
     return genes
 
@@ -238,48 +238,86 @@ def top_hits(frame: pl.DataFrame, n: int, genes: list[Gene] | None) -> pl.DataFr
     return out
 
 
-def frame_tsv(frame: pl.DataFrame) -> str:
-    cols = list(frame.columns)
-    text = [
-        [("NA" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))) for v in r]
-        for r in frame.iter_rows()
-    ]
-    return "\t".join(cols) + "\n" + "".join("\t".join(r) + "\n" for r in text)
+#: Significant digits of a number in the report's tables (shown to a reader; the files keep 6).
+SHOWN_DIGITS = 4
 
 
-def html_table(frame: pl.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td>{html.escape('NA' if v is None else (f'{v:.4g}' if isinstance(v, float) else str(v)))}</td>"
-            for v in r
+class Markup(str):
+    """HTML made by :func:`render` (or joined from such): inserted into another fragment as it is."""
+
+
+@cache
+def _fragments() -> dict[str, Template]:
+    """The named fragments of ``templates/report.html`` (each starts at a ``<!-- fragment: NAME -->`` line)."""
+    text = resources.files("better.jobs").joinpath("templates/report.html").read_text(encoding="utf-8")
+    parts = re.split(r"^<!-- fragment: (\w+) -->\n", text, flags=re.MULTILINE)
+    return {name: Template(body.removesuffix("\n")) for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def render(fragment: str, **values: object) -> Markup:
+    """Fill a fragment of the report's template; every value is HTML-escaped unless it is :class:`Markup`.
+
+    Parameters
+    ----------
+    fragment
+        The fragment's name in ``templates/report.html``.
+    **values
+        Its ``$placeholders``: :class:`Markup` as it is, anything else as escaped text.
+
+    Returns
+    -------
+    Markup
+        The filled fragment.
+
+    Examples
+    --------
+    >>> render("img", alt="<QQ>", png="AAAA")
+    '<img alt="&lt;QQ&gt;" src="data:image/png;base64,AAAA">'
+    """
+    return Markup(
+        _fragments()[fragment].substitute(
+            {k: v if isinstance(v, Markup) else html.escape(str(v)) for k, v in values.items()}
         )
-        + "</tr>"
-        for r in frame.iter_rows()
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def join(parts: list[Markup]) -> Markup:
+    """Fragments one after the other, as one piece of markup."""
+    return Markup("".join(parts))
 
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #1b1b1b; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; font-size: .85em; margin: .6em 0; }
-th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; } th { background: #f3f5f7; }
-pre { background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: .85em; }
-.plots img { max-width: 100%; margin-right: 1em; vertical-align: top; }
-.note { color: #8a4b00; }
-"""
+def html_table(frame: pl.DataFrame) -> Markup:
+    """A table of ``frame``, numbers to :data:`SHOWN_DIGITS` significant digits.
+
+    Parameters
+    ----------
+    frame
+        The rows to show.
+
+    Returns
+    -------
+    Markup
+        The ``<table>``.
+    """
+    head = join([render("th", value=c) for c in frame.columns])
+    rows = [join([render("td", value=cell(v, digits=SHOWN_DIGITS)) for v in r]) for r in frame.iter_rows()]
+    body = join([render("row", cells=r) for r in rows])
+    return render("table", head=head, body=body)
 
 
-def report_html(title: str, sections: list[str], summary: str) -> str:
-    """The self-contained report page (images inline, no outside resources)."""
-    return (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{summary}{''.join(sections)}</body></html>\n"
-    )
+def img(png: bytes, alt: str) -> Markup:
+    """An inline PNG image (a data URL: the report needs no other file).
+
+    Parameters
+    ----------
+    png
+        The image's bytes.
+    alt
+        Its text alternative.
+
+    Returns
+    -------
+    Markup
+        The ``<img>``.
+    """
+    return render("img", alt=alt, png=base64.b64encode(png).decode())

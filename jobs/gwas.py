@@ -35,31 +35,36 @@ A job file::
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import os
 import time
-import tomllib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from better.engine.errors import InputError
 from better.genomics.regions import WHOLE, Region
-from better.query import report
+from better.genomics.tsv import write_tsv
+from better.jobs import report
+from better.jobs.report import Markup, join, render
 from better.query.federation import Federation
 from better.query.parser import parse
 from better.query.planner import StationCatalog
+from better.query.remote import gather_or_cancel
 from better.query.withholding import summary as withheld_summary
+from better.station_api.tomlfile import load_toml
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
 FORMAT_VERSION = 1
+#: Above this λGC, the report says what an inflated λGC means over a small region (its ``lambda_note``).
+LAMBDA_NOTE_ABOVE = 1.1
 
 
 class Phenotype(BaseModel):
@@ -107,16 +112,7 @@ class JobResult:
 def load_job(path: str | os.PathLike[str]) -> tuple[JobSpec, Path]:
     """Read and check a job file; return it and the folder its relative paths start from."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-        spec = JobSpec.model_validate(raw)
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such job file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{p}: not valid TOML ({exc})") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InputError(f"{p}: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
+    spec = load_toml(p, JobSpec, "job file")
     names = [ph.name for ph in spec.phenotype]
     if len(set(names)) != len(names):
         raise InputError(f"{p}: a phenotype is listed twice")
@@ -170,15 +166,65 @@ class Progress:
         self.on_chunk = on_chunk or (lambda i, region, reused: None)
 
 
+@dataclass
+class _Job:
+    """A job under way: its spec, the folder its paths start from, its out folder, stations and chunks."""
+
+    spec: JobSpec
+    base: Path
+    out: Path
+    fed: Federation
+    catalogs: list[StationCatalog]
+    chunks: list[str]
+
+    @property
+    def parts(self) -> Path:
+        """Where finished chunks are kept until the job's files are written."""
+        return self.out / ".chunks"
+
+
+@dataclass
+class _Ran:
+    """What running the chunks took: seconds per round kind, chunks computed now and reused."""
+
+    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    computed: int = 0
+    reused: int = 0
+
+
+@dataclass
+class _Written:
+    """One phenotype's outputs: its files, λGC, top hits and section of the report."""
+
+    files: list[Path]
+    lambda_gc: float
+    top: pl.DataFrame
+    section: Markup
+
+
 def run_job(path: str | os.PathLike[str], progress: Progress | None = None, fed: Federation | None = None) -> JobResult:
-    """Run (or resume) the job in ``path``; see the module docstring for what it writes."""
+    """Run (or resume) the job in ``path``; see the module docstring for what it writes.
+
+    Parameters
+    ----------
+    path
+        The job file (TOML).
+    progress
+        Callbacks told of the chunks as they finish.
+    fed
+        The federation to run on (default: the one the job file names).
+
+    Returns
+    -------
+    JobResult
+        What the job wrote.
+    """
     progress = progress or Progress()
     t0 = time.perf_counter()
     spec, base = load_job(path)
     fed = fed or Federation.from_file(base / spec.federation)
     out = (base / spec.out).resolve()
-    parts = out / ".chunks"
-    parts.mkdir(parents=True, exist_ok=True)
+    (out / ".chunks").mkdir(parents=True, exist_ok=True)
     for ph in spec.phenotype:  # fail early, before any station works, on a query that cannot run
         parse(query_text(spec, ph, "1"))
     catalogs = asyncio.run(fed.catalogs(fed.stations))
@@ -194,40 +240,33 @@ def run_job(path: str | os.PathLike[str], progress: Progress | None = None, fed:
     _check_manifest(out / "job.json", manifest)
     if not (out / ".created").exists():  # the metadata's date: the day the job started, not the day it ended
         (out / ".created").write_text(str(date.today()))
-    progress.on_start(len(chunks))
-    timings: dict[str, float] = defaultdict(float)
-    run = reused = 0
-    plan_text: dict[str, str] = {}
-    for i, region in enumerate(chunks):
-        todo = [ph for ph in spec.phenotype if not _chunk_path(parts, ph.name, i).exists()]
+    job = _Job(spec, base, out, fed, catalogs, chunks)
+    ran = _run_chunks(job, progress)
+    return _finish(job, ran, t0)
+
+
+def _run_chunks(job: _Job, progress: Progress) -> _Ran:
+    """Compute every chunk not finished before, each written whole (by rename) as it ends."""
+    ran = _Ran()
+    progress.on_start(len(job.chunks))
+    for i, region in enumerate(job.chunks):
+        todo = [ph for ph in job.spec.phenotype if not _chunk_path(job.parts, ph.name, i).exists()]
         if todo:
-            for station in fed.stations:
+            for station in job.fed.stations:
                 station.manifests.clear()
-            frames = asyncio.run(_chunk(fed, spec, todo, region, timings))
-            signed = parts / f"manifests.{i:05d}.{'+'.join(ph.name for ph in todo)}.json"
-            signed.write_text(json.dumps(fed.manifests))  # before the chunk counts as done
+            frames = asyncio.run(_chunk(job.fed, job.spec, todo, region, ran.timings))
+            signed = job.parts / f"manifests.{i:05d}.{'+'.join(ph.name for ph in todo)}.json"
+            signed.write_text(json.dumps(job.fed.manifests))  # before the chunk counts as done
             for ph, frame in zip(todo, frames, strict=True):
-                target = _chunk_path(parts, ph.name, i)
+                target = _chunk_path(job.parts, ph.name, i)
                 tmp = target.with_suffix(".tmp")
                 frame.write_parquet(tmp)
                 os.replace(tmp, target)  # a chunk is there whole or not at all
-            run += 1
+            ran.computed += 1
         else:
-            reused += 1
+            ran.reused += 1
         progress.on_chunk(i, region, not todo)
-    for ph in spec.phenotype:
-        plan_text[ph.name] = fed.explain(query_text(spec, ph, chunks[0]))
-    return _finish(spec, base, out, chunks, fed, catalogs, plan_text, dict(timings), run, reused, t0)
-
-
-#: What an inflated λGC means over a small region (the demo's 2 Mb), said where the number is shown.
-LAMBDA_NOTE = (
-    "<p class='note'>λGC compares the median test statistic with its expectation under no association. "
-    "Over a genome it flags confounding (population structure, batch effects). Over a small region that holds "
-    "true signals, as here, many variants are associated through linkage disequilibrium with the causal ones, "
-    "and λGC is well above 1 with no bias at all: judge inflation on a genome-wide run, or on variants far "
-    "from the hits.</p>"
-)
+    return ran
 
 
 def _chunk_path(parts: Path, phenotype: str, i: int) -> Path:
@@ -255,108 +294,104 @@ async def _chunk(
     async def one(ph: Phenotype) -> pl.DataFrame:
         return await fed.run(parse(query_text(spec, ph, region)), False, False, on_round)
 
-    from better.query.remote import gather_or_cancel
-
     return await gather_or_cancel(*(one(ph) for ph in todo))
 
 
-def _finish(
-    spec: JobSpec,
-    base: Path,
-    out: Path,
-    chunks: list[str],
-    fed: Federation,
-    catalogs: list[StationCatalog],
-    plans: dict[str, str],
-    timings: dict[str, float],
-    run: int,
-    reused: int,
-    t0: float,
-) -> JobResult:
-    genes = report.read_bed(base / spec.annotation) if spec.annotation else None
-    created = (out / ".created").read_text().strip()
-    files: dict[str, list[Path]] = {}
-    lambdas: dict[str, float] = {}
-    tops: dict[str, pl.DataFrame] = {}
-    sections = []
-    for ph in spec.phenotype:
-        frame = pl.concat([pl.read_parquet(_chunk_path(out / ".chunks", ph.name, i)) for i in range(len(chunks))])
-        glm = out / f"{ph.name}.glm.{ph.model}"
-        report.write_glm(frame, glm)
-        ssf = out / f"{ph.name}.tsv.gz"
-        tested = report.tested(frame)
-        report.write_ssf(
-            frame,
-            ph.model,
-            ssf,
-            {
-                "date_metadata_last_modified": created,
-                "genome_assembly": spec.genome_assembly,
-                "trait_description": [ph.name],
-                "samples": [{"sample_size": int(tested["OBS_CT"].cast(pl.Int64).max() or 0) if tested.height else 0}],  # type: ignore[arg-type]
-                "analysis_software": (
-                    f"BETTER {_version()} (federated {ph.model} regression over {len(fed.stations)} stations)"
-                ),
-                "effect_statistic": "beta" if ph.model == "linear" else "odds_ratio",
-                "covariates": list(spec.covariates) + (["station"] if spec.adjust_station else []),
-            },
-        )
-        man = report.manhattan(frame, f"{ph.name} ({ph.model})")
-        qq_png, lam = report.qq(frame, ph.name)
-        (out / f"{ph.name}.manhattan.png").write_bytes(man)
-        (out / f"{ph.name}.qq.png").write_bytes(qq_png)
-        top = report.top_hits(frame, spec.top, genes)
-        (out / f"{ph.name}.top_hits.tsv").write_text(report.frame_tsv(top))
-        files[ph.name] = [
-            glm,
-            ssf,
-            Path(f"{ssf}-meta.yaml"),
-            out / f"{ph.name}.manhattan.png",
-            out / f"{ph.name}.qq.png",
-            out / f"{ph.name}.top_hits.tsv",
-        ]
-        lambdas[ph.name] = lam
-        tops[ph.name] = top
-        withheld = int(frame["WITHHELD"].sum())
-        errors = int(((frame["ERRCODE"] != ".") & ~frame["WITHHELD"]).sum())
-        by_rule = withheld_summary(frame["WITHHELD_BY"].to_list()) if "WITHHELD_BY" in frame.columns else {}
-        rules = "; ".join(f"{n} by {html.escape(rule)}" for rule, n in by_rule.items())
-        sections.append(
-            f"<h2>{html.escape(ph.name)} ({ph.model}{', ' + ph.test if ph.model == 'logistic' else ''})</h2>"
-            f"<p>{frame.height} variants: {tested.height} tested, {withheld} withheld by the stations' disclosure "
-            f"policy{' (' + rules + ')' if rules else ''}, {errors} with an error code. λGC = {lam:.3f}.</p>"
-            f"{LAMBDA_NOTE if lam > 1.1 else ''}"
-            f"<div class='plots'>{report.img(man, 'Manhattan plot')}{report.img(qq_png, 'QQ plot')}</div>"
-            f"<h3>Top hits</h3>{report.html_table(top)}"
-            f"<h3>Query and plan (first chunk)</h3>"
-            f"<pre>{html.escape(query_text(spec, ph, chunks[0]))}\n\n{html.escape(plans[ph.name])}</pre>"
-        )
-    manifests = [m for f in sorted((out / ".chunks").glob("manifests.*.json")) for m in json.loads(f.read_text())]
-    (out / "provenance.json").write_text(json.dumps({"provenance": manifests}, indent=1))
-    files["provenance"] = [out / "provenance.json"]
+def _finish(job: _Job, ran: _Ran, t0: float) -> JobResult:
+    """Write every phenotype's files, ``provenance.json`` and ``report.html`` from the finished chunks."""
+    spec = job.spec
+    genes = report.read_bed(job.base / spec.annotation) if spec.annotation else None
+    written = {ph.name: _write_phenotype(job, ph, genes) for ph in spec.phenotype}
+    manifests = [m for f in sorted(job.parts.glob("manifests.*.json")) for m in json.loads(f.read_text())]
+    (job.out / "provenance.json").write_text(json.dumps({"provenance": manifests}, indent=1))
+    files = {name: w.files for name, w in written.items()}
+    files["provenance"] = [job.out / "provenance.json"]
     seconds = time.perf_counter() - t0
-    sections.append(_provenance(catalogs, fed, timings, seconds, run, reused, len(chunks)))
-    summary = (
-        f"<p>Phenotypes: {', '.join(html.escape(p.name) for p in spec.phenotype)}; covariates: "
-        f"{html.escape(', '.join(spec.covariates))}{' + station' if spec.adjust_station else ''}; sample filter: "
-        f"{html.escape(spec.samples or 'none')}; variant filter: {html.escape(spec.variants or 'none')}; "
-        f"{len(chunks)} chunks of at most {spec.chunk_bp:,} bases; {len(fed.stations)} stations.</p>"
+    summary = render(
+        "summary",
+        phenotypes=", ".join(ph.name for ph in spec.phenotype),
+        covariates=", ".join(spec.covariates) + (" + station" if spec.adjust_station else ""),
+        samples=spec.samples or "none",
+        variants=spec.variants or "none",
+        chunks=len(job.chunks),
+        chunk_bp=f"{spec.chunk_bp:,}",
+        stations=len(job.fed.stations),
     )
-    (out / "report.html").write_text(report.report_html(spec.title, sections, summary))
-    return JobResult(out, files, lambdas, tops, seconds, run, reused, timings)
+    sections = join([*(w.section for w in written.values()), _provenance(job, ran, seconds)])
+    page = render("page", title=spec.title, summary=summary, sections=sections)
+    (job.out / "report.html").write_text(page)
+    return JobResult(
+        job.out,
+        files,
+        {name: w.lambda_gc for name, w in written.items()},
+        {name: w.top for name, w in written.items()},
+        seconds,
+        ran.computed,
+        ran.reused,
+        dict(ran.timings),
+    )
 
 
-def _provenance(
-    catalogs: list[StationCatalog],
-    fed: Federation,
-    timings: dict[str, float],
-    seconds: float,
-    run: int,
-    reused: int,
-    n: int,
-) -> str:
+def _write_phenotype(job: _Job, ph: Phenotype, genes: list[report.Gene] | None) -> _Written:
+    """One phenotype's table, GWAS-SSF files, plots and top hits from its chunks, and its report section."""
+    spec, out = job.spec, job.out
+    frame = pl.concat([pl.read_parquet(_chunk_path(job.parts, ph.name, i)) for i in range(len(job.chunks))])
+    glm = out / f"{ph.name}.glm.{ph.model}"
+    report.write_glm(frame, glm)
+    ssf = out / f"{ph.name}.tsv.gz"
+    tested = report.tested(frame)
+    report.write_ssf(
+        frame,
+        ph.model,
+        ssf,
+        {
+            "date_metadata_last_modified": (out / ".created").read_text().strip(),
+            "genome_assembly": spec.genome_assembly,
+            "trait_description": [ph.name],
+            "samples": [{"sample_size": int(tested["OBS_CT"].cast(pl.Int64).max() or 0) if tested.height else 0}],  # type: ignore[arg-type]
+            "analysis_software": (
+                f"BETTER {metadata.version('better-genomics')} "
+                f"(federated {ph.model} regression over {len(job.fed.stations)} stations)"
+            ),
+            "effect_statistic": "beta" if ph.model == "linear" else "odds_ratio",
+            "covariates": list(spec.covariates) + (["station"] if spec.adjust_station else []),
+        },
+    )
+    man = report.manhattan(frame, f"{ph.name} ({ph.model})")
+    qq_png, lam = report.qq(frame, ph.name)
+    (out / f"{ph.name}.manhattan.png").write_bytes(man)
+    (out / f"{ph.name}.qq.png").write_bytes(qq_png)
+    top = report.top_hits(frame, spec.top, genes)
+    write_tsv(out / f"{ph.name}.top_hits.tsv", top.columns, top.iter_rows())
+    files = [glm, ssf, Path(f"{ssf}-meta.yaml"), out / f"{ph.name}.manhattan.png", out / f"{ph.name}.qq.png"]
+    files.append(out / f"{ph.name}.top_hits.tsv")
+    by_rule = withheld_summary(frame["WITHHELD_BY"].to_list()) if "WITHHELD_BY" in frame.columns else {}
+    rules = "; ".join(f"{n} by {rule}" for rule, n in by_rule.items())
+    query = query_text(spec, ph, job.chunks[0])
+    section = render(
+        "phenotype",
+        name=ph.name,
+        model=ph.model + (f", {ph.test}" if ph.model == "logistic" else ""),
+        variants=frame.height,
+        tested=tested.height,
+        withheld=int(frame["WITHHELD"].sum()),
+        rules=f" ({rules})" if rules else "",
+        errors=int(((frame["ERRCODE"] != ".") & ~frame["WITHHELD"]).sum()),
+        lambda_gc=f"{lam:.3f}",
+        lambda_note=render("lambda_note") if lam > LAMBDA_NOTE_ABOVE else Markup(),
+        manhattan=report.img(man, "Manhattan plot"),
+        qq=report.img(qq_png, "QQ plot"),
+        top_hits=report.html_table(top),
+        query=query,
+        plan=job.fed.explain(query),
+    )
+    return _Written(files, lam, top, section)
+
+
+def _provenance(job: _Job, ran: _Ran, seconds: float) -> Markup:
+    """The report's last section: each station's datasets, software and policy, and the run time."""
     rows = []
-    for c, s in zip(catalogs, fed.stations, strict=True):
+    for c, s in zip(job.catalogs, job.fed.stations, strict=True):
         for name, d in c.datasets.items():
             rows.append(
                 {
@@ -370,17 +405,13 @@ def _provenance(
                     "policy": ", ".join(f"{k}={v}" for k, v in c.policy.items() if k != "allowed_analyses"),
                 }
             )
-    timing = pl.DataFrame({"round": list(timings), "seconds": [round(v, 2) for v in timings.values()]})
-    return (
-        "<h2>Stations and provenance</h2>"
-        + report.html_table(pl.DataFrame(rows))
-        + "<h2>Run time</h2>"
-        + f"<p>{seconds:.1f} s in all; {run} chunk(s) computed now, {reused} reused from an earlier run of {n}.</p>"
-        + report.html_table(timing)
+    timing = pl.DataFrame({"round": list(ran.timings), "seconds": [round(v, 2) for v in ran.timings.values()]})
+    return render(
+        "provenance",
+        stations=report.html_table(pl.DataFrame(rows)),
+        seconds=f"{seconds:.1f}",
+        computed=ran.computed,
+        reused=ran.reused,
+        chunks=len(job.chunks),
+        timing=report.html_table(timing),
     )
-
-
-def _version() -> str:
-    from better.station_api import __version__
-
-    return __version__

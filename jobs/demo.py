@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import polars as pl
@@ -19,7 +19,7 @@ import polars as pl
 from better.genomics.ingest import ingest_vcf
 from better.genomics.store import Store
 from better.genomics.synth import SynthConfig, synthesize
-from better.query.gwas_job import JobResult, Progress, run_job
+from better.jobs.gwas import JobResult, Progress, run_job
 from better.station_api.auth import new_token
 from better.station_api.config import StationConfig, write_config
 from better.station_api.launch import station_processes
@@ -45,7 +45,7 @@ def run_demo(out: Path, say: Callable[[str], None], progress: Progress | None = 
     config = SynthConfig(out=str(cohort_dir))
     if (cohort_dir / "cohort.json").exists() and json.loads((cohort_dir / "cohort.json").read_text())[
         "config"
-    ] == json.loads(json.dumps(config.__dict__)):
+    ] == json.loads(json.dumps(asdict(config))):
         say(f"cohort: reusing {cohort_dir}")
         stations = json.loads((cohort_dir / "cohort.json").read_text())["stations"]
     else:

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from better.engine.accelerate import jit
-from better.engine.design import Block, Design, concat_keys
+from better.engine.design import KEY_COLUMNS, Block, Design, concat_keys
 from better.engine.kernels.regression import linear_sums
 from better.engine.key_union import KeyUnion, union_keys
+from better.engine.protocol import Protocol
+from better.engine.rounds import Analysis, Finishing, Result, RoundKind, SharedRows, StationData, Task
 from better.engine.stats import log10_p_t
 
 #: Error codes, as PLINK 2 writes them in ERRCODE.
@@ -280,3 +282,101 @@ def finalize_linear(pooled: LinearStats) -> dict[str, np.ndarray]:
         "A1_FREQ": a1_freq,
         "ERRCODE": np.array([ERRCODE_NAMES[e] for e in err], dtype=object),
     }
+
+
+# -- the round ------------------------------------------------------------------------------------------
+def linear_round_station(task: Task, data: StationData) -> Result:
+    """The station half of the ``linear`` round: :func:`linear_station` as named arrays."""
+    return linear_to_result(linear_station(data.design, data.blocks(None)))
+
+
+def linear_to_result(s: LinearStats) -> Result:
+    out: Result = {f"key_{c}": v for c, v in s.keys.items()}
+    for name in ("cc", "cy", "cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy"):
+        out[name] = getattr(s, name)
+    out["n"] = np.array(s.n)
+    out["yy"] = np.array(s.yy)
+    if s.withheld is not None:
+        out["withheld"] = s.withheld
+    return out
+
+
+def linear_from_result(r: Result) -> LinearStats:
+    return LinearStats(
+        k=int(r["cc"].shape[0]),
+        n=int(r["n"]),
+        cc=r["cc"],
+        cy=r["cy"],
+        yy=float(r["yy"]),
+        keys={c: r[f"key_{c}"] for c in KEY_COLUMNS},
+        cg=r["cg"],
+        gg=r["gg"],
+        gy=r["gy"],
+        n_miss=r["n_miss"],
+        m_cc=r["m_cc"],
+        m_cy=r["m_cy"],
+        m_yy=r["m_yy"],
+        withheld=r.get("withheld"),
+    )
+
+
+def linear_genotype_counts(result: dict[str, np.ndarray]) -> np.ndarray:
+    """Genotype counts ``(rows, 1, 4)`` from a linear round's sums: with ``a = Σg`` and ``q = Σg²`` over
+    the called samples, hom-alt ``(q - a) / 2``, het ``a - 2 hom-alt``, hom-ref the rest of the called.
+
+    >>> r = {"n": np.array(6), "n_miss": np.array([1]), "cg": np.array([[3.0]]), "gg": np.array([5.0])}
+    >>> linear_genotype_counts(r)[0, 0].tolist()
+    [3, 1, 1, 1]
+    """
+    missing = np.asarray(result["n_miss"], dtype=np.int64)
+    alt = np.rint(np.asarray(result["cg"], dtype=float)[:, 0]).astype(np.int64) if missing.size else missing
+    squares = np.rint(np.asarray(result["gg"], dtype=float)).astype(np.int64)
+    hom_alt = (squares - alt) // 2
+    het = alt - 2 * hom_alt
+    hom_ref = int(result["n"]) - missing - het - hom_alt
+    return np.stack([hom_ref, het, hom_alt, missing], axis=1)[:, None, :]
+
+
+def linear_calls(result: Result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Called and missing samples and ALT alleles per variant, from a linear round's sums."""
+    missing = np.asarray(result["n_miss"], dtype=np.int64)
+    alt = np.rint(np.asarray(result["cg"])[:, 0]).astype(np.int64) if len(missing) else missing
+    return int(result["n"]) - missing, missing, alt
+
+
+@dataclass
+class LinearProtocol(Protocol):
+    """One round: stations' linear sums, combined and finalised centrally."""
+
+    pooled: LinearStats | None = None
+
+    def next_task(self) -> Task | None:
+        return None if self.pooled is not None else {"kind": "linear"}
+
+    def receive(self, results: list[Result]) -> None:
+        self.pooled = combine_linear([linear_from_result(r) for r in results])
+        self.rounds += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        assert self.pooled is not None
+        return finalize_linear(self.pooled)
+
+
+ROUNDS = (
+    RoundKind(
+        "linear",
+        linear_round_station,
+        shared=SharedRows(
+            "variant_keys",
+            KEY_COLUMNS,
+            {**dict.fromkeys(("cg", "gg", "gy", "withheld")), "n_miss": "n", "m_cc": "cc", "m_cy": "cy", "m_yy": "yy"},
+        ),
+        rules=("minor_allele_count", "carriers", "missing_genotypes"),
+        judged_groups=1,
+        zeroed=("cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy"),
+        people=linear_genotype_counts,
+        calls=linear_calls,
+        finishing=Finishing(("cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy"), ("cc", "cy", "yy", "n"), "linear"),
+    ),
+)
+ANALYSES = (Analysis("gwas_linear", ("variant_keys", "counts", "linear"), needs_phenotype=True),)

@@ -1,0 +1,177 @@
+"""The data verbs, for whoever prepares a station's data: ``better synth`` (a synthetic cohort),
+``better ingest`` and ``better ingest-bam`` (index files into a station's store) and ``better store info``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from better.cli.console import err, out, progress_bars
+
+store_app = typer.Typer(help="Inspect a station's store.", no_args_is_help=True)
+
+
+def synth(
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("data/synthetic/cohort"),
+    stations: Annotated[int, typer.Option(help="number of stations")] = 3,
+    samples: Annotated[int, typer.Option(help="samples in the whole cohort")] = 2000,
+    variants: Annotated[int, typer.Option(help="VCF records (sites) to simulate")] = 8000,
+    seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 42,
+    fully_called: Annotated[float, typer.Option(help="share of variants with no missing genotype")] = 0.0,
+    missing_rates: Annotated[
+        str, typer.Option(help="variable: each variant's missing rate around 1% (sequencing); uniform: 1% everywhere")
+    ] = "variable",
+    bam: Annotated[bool, typer.Option(help="also simulate indexed BAMs of some samples per station")] = False,
+    bam_samples: Annotated[int, typer.Option(help="samples per station that get a BAM")] = 6,
+) -> None:
+    """Generate a synthetic cohort split across stations (msprime genealogies, traits with known causes)."""
+    from better.genomics.synth import SynthConfig, synthesize
+    from better.genomics.synth_bam import BamConfig, synthesize_bams
+
+    t0 = time.perf_counter()
+    r = synthesize(
+        SynthConfig(
+            out=str(out_dir),
+            stations=stations,
+            samples=samples,
+            variants=variants,
+            seed=seed,
+            fully_called=fully_called,
+            missing_rates=missing_rates,
+        ),
+        on_step=lambda m: err.print(f"[dim]{m}[/dim]"),
+    )
+    table = Table(title=f"synthetic cohort in {r.out}")
+    for c in ("station", "samples", "VCF", "phenotypes"):
+        table.add_column(c)
+    for name, size in zip(r.stations, r.station_sizes, strict=True):
+        table.add_row(name, str(size), f"{name}.vcf.gz", f"{name}.pheno.tsv")
+    table.add_row("pooled", str(sum(r.station_sizes)), "pooled.vcf.gz", "pooled.pheno.tsv (PLINK 2)")
+    err.print(table)
+    err.print(
+        f"{r.n_records} records ({r.n_multiallelic} multi-allelic) -> {r.n_variants} biallelic variants; "
+        f"truth in truth.tsv; {time.perf_counter() - t0:.1f} s"
+    )
+    if bam:
+        where = synthesize_bams(r.out, list(r.stations), BamConfig(samples_per_station=bam_samples))
+        err.print(f"BAMs: {where}/STATION/SAMPLE.bam (+ .bai), reference.fa, targets.bed")
+    print(r.out)
+
+
+def ingest(
+    station: Annotated[Path, typer.Option(help="station directory")],
+    dataset: Annotated[str, typer.Option(help="dataset name (replaced if it exists, only on success)")],
+    vcf: Annotated[Path, typer.Option(help=".vcf, .vcf.gz or .bcf, sorted by position")],
+    phenotypes: Annotated[Path | None, typer.Option(help="tab-separated table, sample ID first")] = None,
+    threads: Annotated[int | None, typer.Option(help="parser threads (default: all cores)")] = None,
+) -> None:
+    """Index a VCF/BCF (and phenotypes) into the station's store."""
+    from better.engine.accelerate import set_threads
+    from better.genomics.ingest import ingest_vcf
+    from better.genomics.store import Store
+    from better.station_api.config import read_config
+
+    read_config(station)
+    store = Store.open(station)
+    set_threads(threads)
+    with progress_bars("bytes") as progress:
+        task = progress.add_task(f"ingest {vcf.name}", total=None)
+        report = ingest_vcf(
+            store,
+            dataset,
+            str(vcf),
+            str(phenotypes) if phenotypes else None,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    err.print(
+        f"dataset [bold]{dataset}[/bold]: {report.n_samples} samples, {report.n_records} records -> "
+        f"{report.n_variants} variants ({report.n_multiallelic_records} multi-allelic records split) "
+        f"on {', '.join(report.chromosomes) or 'no chromosome'} in {report.seconds:.1f} s"
+    )
+    if phenotypes is not None:
+        msg = f"phenotypes: {report.n_phenotyped} of {report.n_samples} samples matched"
+        if report.n_phenotype_rows_unmatched:
+            msg += f"; {report.n_phenotype_rows_unmatched} phenotype rows match no VCF sample and were left out"
+        err.print(msg)
+
+
+def ingest_bam(
+    station: Annotated[Path, typer.Option(help="station directory")],
+    dataset: Annotated[str, typer.Option(help="dataset name (replaced if it exists, only on success)")],
+    bam: Annotated[list[Path], typer.Option(help="coordinate-sorted, indexed BAM or CRAM, one per sample; repeat")],
+    targets: Annotated[Path | None, typer.Option(help="BED of capture targets (default: fixed-size bins)")] = None,
+    reference: Annotated[Path | None, typer.Option(help="reference FASTA (needed for CRAM)")] = None,
+    phenotypes: Annotated[Path | None, typer.Option(help="tab-separated table, sample ID first")] = None,
+    sample_map: Annotated[Path | None, typer.Option(help="FILE<TAB>SAMPLE_ID lines, instead of read groups")] = None,
+    bin_size: Annotated[int, typer.Option(help="bin length in bases when there is no BED")] = 100_000,
+    min_mapq: Annotated[int, typer.Option(help="reads below this mapping quality do not count towards depth")] = 0,
+    more: Annotated[list[Path] | None, typer.Argument(help="more files: `--bam a.bam b.bam` works too")] = None,
+) -> None:
+    """Index aligned reads: per sample flagstat metrics, MAPQ histogram, depth per target or bin."""
+    from better.genomics.ingest_bam import ingest_bams
+    from better.genomics.store import Store
+    from better.station_api.config import read_config
+
+    read_config(station)
+    store = Store.open(station)
+    bam = [*bam, *(more or [])]
+    with progress_bars("files") as progress:
+        task = progress.add_task("ingest-bam", total=len(bam))
+
+        def on_file(k: int, path: str) -> None:
+            progress.update(task, completed=k, description=f"ingest-bam {Path(path).name}")
+
+        report = ingest_bams(
+            store,
+            dataset,
+            [str(b) for b in bam],
+            targets_bed=str(targets) if targets else None,
+            reference=str(reference) if reference else None,
+            phenotypes=str(phenotypes) if phenotypes else None,
+            sample_map=str(sample_map) if sample_map else None,
+            bin_size=bin_size,
+            min_mapq=min_mapq,
+            on_file=on_file,
+        )
+        progress.update(task, completed=len(bam))
+    err.print(
+        f"dataset [bold]{dataset}[/bold] (reads): {report.n_samples} samples, {report.n_reads:,} reads, "
+        f"{report.n_targets} targets, {report.n_phenotyped} with phenotypes, in {report.seconds:.1f} s"
+    )
+
+
+@store_app.command("info")
+def store_info(station: Annotated[Path, typer.Option(help="station directory")]) -> None:
+    """Summarise a station's datasets: counts, chromosomes, phenotype columns and provenance."""
+    from better.genomics.store import Store
+    from better.station_api.config import read_config
+
+    config = read_config(station)
+    rows = Store.open(station).summary()
+    table = Table(title=f"station {config.name} ({station})")
+    for c in ("dataset", "kind", "samples", "records", "variants", "phenotyped", "chromosomes", "source sha256"):
+        table.add_column(c)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["kind"],
+            str(r["n_samples"]),
+            str(r["n_records"]),
+            str(r["n_variants"]),
+            str(r["n_phenotyped"]),
+            ",".join(r["chromosomes"]),
+            (r["source_sha256"] or "")[:16],
+        )
+    out.print(table)
+    for r in rows:
+        columns = ", ".join(f"{k} ({v})" for k, v in r["phenotype_columns"].items()) or "none"
+        out.print(f"{r['name']} phenotype columns: {columns}")
+    p = config.policy
+    out.print(
+        f"policy: min_cell_count={p.min_cell_count} min_minor_allele_count={p.min_minor_allele_count} "
+        f"approval={p.approval} analyses={','.join(p.allowed_analyses)}"
+    )

@@ -1,0 +1,185 @@
+"""FREQ, HWE and case/control tests: one round of genotype counts per variant, added over stations.
+
+The ``variant_keys`` round lists each station's variants in the clear (the variant list, as FREQ
+results have always shown it): secure aggregation lays every station's per-variant arrays on their
+union, and a variant filter on pooled counts needs them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from better.engine.design import KEY_COLUMNS, Block, Design, concat_keys
+from better.engine.kernels.counts import genotype_counts
+from better.engine.key_union import KeyUnion, union_keys
+from better.engine.protocol import Protocol
+from better.engine.rounds import Analysis, Result, RoundKind, SharedRows, StationData, Task
+from better.engine.stats import allelic_chi2, genotypic_chi2, hwe_exact, log10_p_chi2, trend_chi2
+
+
+# -- station side ----------------------------------------------------------------------------------------
+def counts_station(task: Task, data: StationData) -> Result:
+    """Genotype counts ``(variants, groups, 4)`` of the included samples, in one group or as controls and
+    cases (``task["groups"]``), with the variants' keys and the group sizes."""
+    return _counts_station(data.design, data.blocks(None), int(task["groups"]))
+
+
+def _counts_station(design: Design, blocks: Iterable[Block], groups: int) -> Result:
+    if groups == 1:
+        group = np.where(design.include, 0, -1).astype(np.int32)
+    else:
+        group = np.where(design.include, (design.y > 0.5).astype(np.int32), -1).astype(np.int32)
+    key_parts = []
+    counts = []
+    for b in blocks:
+        key_parts.append(b.keys)
+        counts.append(genotype_counts(np.ascontiguousarray(b.packed), group, groups))
+    out = {f"key_{c}": v for c, v in concat_keys(key_parts).items()}
+    out["counts"] = np.concatenate(counts) if counts else np.zeros((0, groups, 4), dtype=np.int64)
+    out["group_size"] = np.bincount(group[group >= 0], minlength=groups).astype(np.int64)
+    return out
+
+
+def variant_keys_station(task: Task, data: StationData) -> Result:
+    """The station's variants in the task's regions, as key columns."""
+    return {f"key_{c}": v for c, v in data.variant_keys().items()}
+
+
+def counts_people(result: Result) -> np.ndarray:
+    """The people behind each variant's counts: the counts themselves."""
+    return np.asarray(result["counts"], dtype=np.int64)
+
+
+def counts_calls(result: Result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Called and missing samples and ALT alleles per variant."""
+    c = np.asarray(result["counts"]).sum(axis=1)
+    return c[:, :3].sum(axis=1), c[:, 3], c[:, 1] + 2 * c[:, 2]
+
+
+# -- central side ----------------------------------------------------------------------------------------
+def station_keys(result: Result) -> dict[str, np.ndarray]:
+    return {c: result[f"key_{c}"] for c in KEY_COLUMNS}
+
+
+def pooled_summary(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """ALT allele count, called and missing sample counts and (from genotype counts only) genotype counts
+    ``(m, 3)`` from pooled ``(m, groups, 4)`` genotype or ``(m, groups, 3)`` allele counts: what
+    :meth:`better.engine.filters.VariantFilter.mask` takes."""
+    c = counts.sum(axis=1)
+    if counts.shape[2] == 3:  # allele counts: called, ALT alleles, missing
+        return c[:, 1], c[:, 0], c[:, 2], None
+    return c[:, 1] + 2 * c[:, 2], c[:, :3].sum(axis=1), c[:, 3], c[:, :3]
+
+
+def withheld_of(results: list[Result], al: KeyUnion) -> np.ndarray:
+    """Per pooled variant: some station withheld its statistics (a ``withheld`` array in its result)."""
+    out = np.zeros(al.n, dtype=bool)
+    for r, idx in zip(results, al.index, strict=True):
+        if "withheld" in r:
+            out[idx] |= np.asarray(r["withheld"], dtype=bool)
+    return out
+
+
+def combine_counts(
+    results: list[Result], al: KeyUnion | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Pooled keys, counts and the withheld mask; a variant a station lacks is missing there.
+
+    Counts are ``(variants, groups, codes)`` with "missing" the last code: genotype counts (4 codes) or
+    the allele counts of the logistic score round (3). ``al`` is computed unless given.
+    """
+    al = al or union_keys([station_keys(r) for r in results])
+    groups, codes = results[0]["counts"].shape[1:]
+    total = np.zeros((al.n, groups, codes), dtype=np.int64)
+    for r, idx in zip(results, al.index, strict=True):
+        total[idx] += r["counts"]
+        absent = np.ones(al.n, dtype=bool)
+        absent[idx] = False
+        total[absent, :, -1] += r["group_size"]  # the last code is "missing", in either layout
+    return al.keys, total, withheld_of(results, al)
+
+
+@dataclass
+class CountsProtocol(Protocol):
+    """One round of genotype counts; ``groups`` 1 (everyone) or 2 (controls, cases)."""
+
+    groups: int = 1
+    keys: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: np.ndarray | None = None
+    withheld: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def next_task(self) -> Task | None:
+        return None if self.counts is not None else {"kind": "counts", "groups": self.groups}
+
+    def receive(self, results: list[Result]) -> None:
+        self.keys, self.counts, self.withheld = combine_counts(results)
+        self.rounds += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        assert self.counts is not None
+        return {**self.keys, **counts_columns(self.counts, self.withheld)}
+
+
+def counts_columns(counts: np.ndarray, withheld: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """FREQ (``.afreq``: ALT_FREQS, OBS_CT), HWE (``.hardy``: HOM_A1_CT, HET_A1_CT, TWO_AX_CT, O(HET_A1),
+    E(HET_A1), HWE_P with A1 = REF) and, for two groups, allelic, genotypic and trend test columns.
+
+    Rows in ``withheld`` (a station's policy kept its counts back) get NaN in every column and
+    ``WITHHELD`` True: no number is shown for them.
+    """
+    if withheld is not None and withheld.any():
+        out = counts_columns(np.where(withheld[:, None, None], 0, counts))
+        for name, col in out.items():
+            out[name] = np.where(withheld, np.nan, col.astype(float))
+        out["WITHHELD"] = withheld.copy()
+        return out
+    c = counts.sum(axis=1)
+    hom_ref, het, hom_alt, miss = (c[:, i] for i in range(4))
+    called = hom_ref + het + hom_alt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        alt_freq = (het + 2 * hom_alt) / (2.0 * called)
+        e_het = 2 * alt_freq * (1 - alt_freq) * called
+    out = {
+        "ALT_FREQS": alt_freq,
+        "OBS_CT": 2 * called,
+        "MISSING_CT": miss,
+        "CALL_RATE": np.where(called + miss > 0, called / np.maximum(called + miss, 1), np.nan),
+        # .hardy columns: A1 is REF, AX is ALT, as plink2 --hardy writes them for biallelic variants.
+        "HOM_A1_CT": hom_ref,
+        "HET_A1_CT": het,
+        "TWO_AX_CT": hom_alt,
+        "O(HET_A1)": np.where(called > 0, het / np.maximum(called, 1), np.nan),
+        "E(HET_A1)": np.where(called > 0, e_het / np.maximum(called, 1), np.nan),
+        "HWE_P": hwe_exact(hom_ref, het, hom_alt),
+    }
+    if counts.shape[1] == 2:
+        ctrl, case = counts[:, 0, :3], counts[:, 1, :3]
+        for name, stat, df in (
+            ("ALLELIC", allelic_chi2(case, ctrl), 1),
+            ("GENO", genotypic_chi2(case, ctrl), 2),
+            ("TREND", trend_chi2(case, ctrl), 1),
+        ):
+            lp = log10_p_chi2(stat, df)
+            out[f"{name}_CHISQ"] = stat
+            out[f"{name}_P"] = 10.0**lp
+            out[f"{name}_LOG10_P"] = -lp
+    out["WITHHELD"] = np.zeros(counts.shape[0], dtype=bool)
+    return out
+
+
+ROUNDS = (
+    RoundKind("variant_keys", variant_keys_station, lists_keys=True, sealed="never"),
+    RoundKind(
+        "counts",
+        counts_station,
+        shared=SharedRows("variant_keys", KEY_COLUMNS, {"counts": None, "withheld": None}),
+        rules=("minor_allele_count",),
+        zeroed=("counts",),
+        people=counts_people,
+        calls=counts_calls,
+    ),
+)
+ANALYSES = (Analysis("freq", ("variant_keys", "counts")), Analysis("hwe", ("variant_keys", "counts")))
