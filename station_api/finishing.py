@@ -142,7 +142,7 @@ def _pooled(f: Finishing, blobs: dict[str, str], secrets: StationSecrets) -> dic
 
 def _start(f: Finishing, pooled: dict[str, Any]) -> Protocol:
     """The analysis for the finished rows, fed the pooled sums of the round they come from."""
-    if f.kind == "linear":
+    if _finishing(f.kind).model == "linear":
         proto: Protocol = LinearProtocol()
     else:
         beta = np.asarray(f.prepared.task["beta"], dtype=float)

@@ -3,9 +3,7 @@ same numbers through three station servers (COVERAGE, READS, PILEUP, secure aggr
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -23,16 +21,11 @@ from better.genomics.store import Store
 from better.query.federation import Federation
 from better.query.remote import StationClient, StationError
 from better.station_api.auth import new_token
-from better.station_api.config import Policy, StationConfig, write_config
+from better.station_api.config import Policy, StationConfig, read_config, write_config
 from better.station_api.launch import station_process
+from tests.validation.conftest import needs
 
-pytestmark = [
-    pytest.mark.validation,
-    pytest.mark.skipif(
-        shutil.which("samtools") is None and not os.environ.get("BETTER_REQUIRE_TOOLS"),
-        reason="samtools is needed (apt-get install samtools)",
-    ),
-]
+pytestmark = needs("samtools")
 STATIONS = ("milano", "nijmegen", "barcelona")
 #: samtools flagstat -O tsv line names, in FLAGSTAT_FIELDS order
 FLAGSTAT_LINES = (
@@ -125,18 +118,42 @@ def test_depth__equals_samtools_depth_and_bedcov(stores: dict[str, Store], bam_c
                 assert row["mean_depth"] == pytest.approx(d.mean(), rel=1e-12)
 
 
+#: samtools mpileup as PILEUP counts (docs/reads.md); -q and -Q follow
+MPILEUP = ("mpileup", "-B", "-A", "-x", "--ff", "UNMAP,SECONDARY,QCFAIL,DUP")
+
+
 def mpileup_counts(path: str, chrom: str, pos: int, bq: int, mq: int, reference: Path) -> list[int]:
     """A, C, G, T, N, deletions from ``samtools mpileup -B -A -x`` at one position."""
-    out = samtools(
-        "mpileup", "-B", "-A", "-x", "--ff", "UNMAP,SECONDARY,QCFAIL,DUP", "-q", str(mq), "-Q", str(bq),
-        "-f", str(reference), "-r", f"{chrom}:{pos}-{pos}", path,
-    )  # fmt: skip
-    counts = [0] * 6
+    out = samtools(*MPILEUP, "-q", str(mq), "-Q", str(bq), "-f", str(reference), "-r", f"{chrom}:{pos}-{pos}", path)
     if not out.strip():
-        return counts
+        return [0] * 6
     _, _, ref, depth, bases, *_ = out.rstrip("\n").split("\t")
-    if int(depth) == 0:
-        return counts
+    return count_bases(ref, bases) if int(depth) else [0] * 6
+
+
+def mpileup_samples(
+    paths: list[str], chrom: str, positions: list[int], bq: int, mq: int, reference: Path, tmp: Path
+) -> np.ndarray:
+    """(positions, files, 6): A, C, G, T, N, deletions per position and file, from one ``samtools mpileup``
+    over all the files (a group of columns per file)."""
+    sites = tmp / "sites.txt"
+    sites.write_text("".join(f"{chrom}\t{p}\n" for p in positions))
+    out = samtools(*MPILEUP, "-q", str(mq), "-Q", str(bq), "-f", str(reference), "-l", str(sites), *paths)
+    counts = np.zeros((len(positions), len(paths), 6), dtype=np.int64)
+    row = {p: i for i, p in enumerate(positions)}
+    for line in out.splitlines():  # positions no read covers are left out: zeros
+        _, pos, ref, *columns = line.split("\t")
+        assert len(columns) == 3 * len(paths)
+        for k in range(len(paths)):
+            depth, bases = columns[3 * k], columns[3 * k + 1]
+            if int(depth):
+                counts[row[int(pos)], k] = count_bases(ref, bases)
+    return counts
+
+
+def count_bases(ref: str, bases: str) -> list[int]:
+    """A, C, G, T, N, deletions in one mpileup base column."""
+    counts = [0] * 6
     i = 0
     while i < len(bases):
         ch = bases[i]
@@ -167,14 +184,14 @@ def pileup_positions(bam_cohort: Path) -> list[int]:
 
 
 @pytest.mark.parametrize(("bq", "mq"), [pytest.param(13, 0, marks=pytest.mark.slow), (25, 20)])
-def test_pileup__equals_samtools_mpileup(bam_cohort: Path, bq: int, mq: int) -> None:
+def test_pileup__equals_samtools_mpileup(bam_cohort: Path, bq: int, mq: int, tmp_path: Path) -> None:
     files = all_bams(bam_cohort)[::3]
     positions = pileup_positions(bam_cohort)
     chrom = targets(bam_cohort)[0][0]
-    for f in files:
+    want = mpileup_samples([str(f) for f in files], chrom, positions, bq, mq, bam_cohort / "reference.fa", tmp_path)
+    for k, f in enumerate(files):
         got = pileup_counts(str(f), None, [chrom] * len(positions), positions, bq, mq)
-        for p, g in zip(positions, got, strict=True):
-            assert g.tolist() == mpileup_counts(str(f), chrom, p, bq, mq, bam_cohort / "reference.fa"), (f, p)
+        assert got.tolist() == want[:, k].tolist(), f
 
 
 # -- through the station servers -------------------------------------------------------------------------
@@ -239,6 +256,7 @@ def test_federated_pileup__equals_summed_samtools_mpileup(live_reads: LiveReads,
     frame = live_reads.fed.query(text)
     files = all_bams(bam_cohort)
     for p, row in zip(positions, frame.iter_rows(named=True), strict=True):
+        # one file at a time, with -r: independent of mpileup_samples' multi-file reading
         expected = np.sum(
             [mpileup_counts(str(f), chrom, p, 20, 10, bam_cohort / "reference.fa") for f in files], axis=0
         )
@@ -255,23 +273,20 @@ def test_federated_reads__sample_filter_and_withholding(live_reads: LiveReads) -
 
 
 def test_federated_pileup_and_reads__withhold_and_refuse_under_the_min_count(
-    live_reads: LiveReads, bam_cohort: Path
+    live_reads: LiveReads, bam_cohort: Path, tmp_path: Path
 ) -> None:
     """With min_cell_count 5, a position where the stations together see a base in 1..4 samples is withheld
     (and the others are not: judged on the totals, under secure aggregation); a sample filter leaving 1..4
-    samples in all is refused."""
+    samples in all is refused. The expectation comes from samtools and the stations' configuration."""
     chrom = targets(bam_cohort)[0][0]
     positions = pileup_positions(bam_cohort)
-    carriers = {}
-    for s in STATIONS:
-        files = sorted(str(p) for p in (bam_cohort / s).glob("*.bam"))
-        per_sample = np.stack([pileup_counts(f, None, [chrom] * len(positions), positions, 13, 0) for f in files])
-        carriers[s] = np.concatenate(
-            [(per_sample.sum(axis=2) > 0).sum(axis=0)[:, None], (per_sample > 0).sum(axis=0)], 1
-        )
-    pooled = np.sum(list(carriers.values()), axis=0)
-    small = ((pooled > 0) & (pooled < 5)).any(axis=1)
-    assert small.any() and not small.all()
+    # every sample of every station, at PILEUP's default qualities (-Q 13 -q 0: docs/query-language.md)
+    counts = mpileup_samples(
+        [str(f) for f in all_bams(bam_cohort)], chrom, positions, 13, 0, bam_cohort / "reference.fa", tmp_path
+    )
+    # per position: the samples with any read there, and with each of A C G T N DEL (docs/privacy.md,
+    # small_cells: "1..k - 1 samples are behind a target or a base")
+    samples_behind = np.concatenate([(counts.sum(axis=2) > 0).sum(axis=1)[:, None], (counts > 0).sum(axis=1)], 1)
     ages = np.concatenate(
         [
             st.dataset("reads").phenotypes().column("age").to_numpy(zero_copy_only=False)
@@ -282,6 +297,9 @@ def test_federated_pileup_and_reads__withhold_and_refuse_under_the_min_count(
     try:
         for name, store in live_reads.stores.items():  # the servers pick policy edits up without a restart
             write_config(store.path, StationConfig(name=name, policy=Policy(min_cell_count=5), tokens=_tokens(store)))
+        (k,) = {read_config(store.path).policy.min_cell_count for store in live_reads.stores.values()}
+        small = ((samples_behind > 0) & (samples_behind < k)).any(axis=1)
+        assert small.any() and not small.all()
         frame = live_reads.fed.query("PILEUP " + ", ".join(f"{chrom}:{p}" for p in positions))
         assert frame["WITHHELD"].to_list() == small.tolist()
         assert frame.filter(pl.col("WITHHELD"))["DEPTH"].null_count() == int(small.sum())
@@ -293,6 +311,4 @@ def test_federated_pileup_and_reads__withhold_and_refuse_under_the_min_count(
 
 
 def _tokens(store: Store) -> list:
-    from better.station_api.config import read_config
-
     return read_config(store.path).tokens
