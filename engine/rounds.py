@@ -187,6 +187,10 @@ class RoundKind:
             raise ValueError(f"round kind {self.name!r} lists keys in the clear: it cannot be sealed")
         if self.rules and self.people is None and self.judged_groups is None:
             raise ValueError(f"round kind {self.name!r} has rules but no people to judge")
+        per_row = self.shared is not None or self.rows_in_state
+        if per_row and not self.lists_keys and not (self.rules and self.zeroed):
+            # fail closed: per-row results leave only judged, and a withheld row only zeroed
+            raise ValueError(f"round kind {self.name!r} has per-row results: it needs rules and zeroed arrays")
 
     @property
     def rows_in_state(self) -> bool:

@@ -59,7 +59,7 @@ def variants_in_scope(dataset: Dataset, request: TaskRequest, task: dict[str, An
     """How many variants (or targets, or positions) the task reads (for the variant cap and progress)."""
     kind = round_kind(request.kind)
     if kind.scope == "task":
-        return int(task["key_pos"].shape[0])
+        return int(task[row_array(kind)].shape[0])
     if kind.scope == "none":
         return 0
     regions = regions_of(request)
@@ -95,9 +95,7 @@ def engine_task(request: TaskRequest, design: Design, max_variants: int) -> dict
     """The engine's task dict, with the round state checked against the kind's schema and the design."""
     kind = round_kind(request.kind)
     task: dict[str, Any] = {"kind": request.kind, "groups": request.groups}
-    if not kind.state and not (kind.shared is not None and request.secure is not None):
-        return task
-    state = decode_state(request.state)
+    state = decode_state(request.state)  # checked even where the kind reads none: nothing unchecked is kept
     if kind.shared is not None and request.secure is not None:
         task["shared_rows"] = _keys(state, max_variants, kind.shared.columns)
     rows = _rows_named(kind, state, max_variants) if kind.rows_in_state else 0
@@ -107,15 +105,23 @@ def engine_task(request: TaskRequest, design: Design, max_variants: int) -> dict
     return task
 
 
-def _rows_named(kind: RoundKind, state: dict[str, np.ndarray], max_variants: int) -> int:
-    """How many rows a round's state names: at least one, at most the kind's and the station's caps."""
+def row_array(kind: RoundKind) -> str:
+    """The state array whose length is the number of rows a kind's state names (``key_pos`` if it has one)."""
     named = [name for name, spec in kind.state.items() if spec.shape[:1] == ("rows",)]
-    first = "key_pos" if "key_pos" in named else named[0]
-    a = int(np.asarray(state.get(first, np.zeros(0))).shape[0])
-    top = min(max_variants, kind.max_rows or max_variants)
-    if not 1 <= a <= top:
-        cap = f"the station's cap of {max_variants} variants per task" if top == max_variants else f"{top}"
-        raise InputError(f"task state: a {kind.name} round names 1 to {cap} rows, not {a}")
+    return "key_pos" if "key_pos" in named else named[0]
+
+
+def _rows_named(kind: RoundKind, state: dict[str, np.ndarray], max_variants: int) -> int:
+    """How many rows a round's state names: 1 to the kind's own cap; without one, up to the station's cap
+    of variants per task (a kind with its own cap is held to the station's by the policy, as a refusal)."""
+    first = row_array(kind)
+    if first not in state:
+        raise InputError(f"task state: the round names no rows ({first} is missing)")
+    a = int(np.asarray(state[first]).shape[0])
+    if kind.max_rows is not None and not 1 <= a <= kind.max_rows:
+        raise InputError(f"task state: a {kind.name} round takes 1 to {kind.max_rows} rows, not {a}")
+    if kind.max_rows is None and a > max_variants:
+        raise InputError(f"task state: {a} rows, over the station's cap of {max_variants} variants per task")
     return a
 
 
@@ -371,8 +377,9 @@ def _counts_on_rows(
 
 def n_rows_of(request: TaskRequest, task: dict[str, Any], released: dict[str, np.ndarray]) -> int | None:
     """How many rows a result's table has (the arrays of that length become its columns)."""
-    if round_kind(request.kind).rows_in_state:
-        return int(task["key_pos"].shape[0])
+    kind = round_kind(request.kind)
+    if kind.rows_in_state:
+        return int(task[row_array(kind)].shape[0])
     if request.secure is not None and "shared_rows" in task:
         return len(next(iter(task["shared_rows"].values())))
     return int(released[_ROWS_KEY].shape[0]) if _ROWS_KEY in released else None

@@ -22,7 +22,7 @@ from better.genomics.store import Store
 from better.station_api.audit import AuditLog
 from better.station_api.config import Policy, StationConfig
 from better.station_api.tasks import TaskManager
-from better.wire.arrays import decode_arrays
+from better.wire.arrays import decode_arrays, encode_state
 from better.wire.messages import TaskRequest
 from tests import toy_analysis
 from tests.secure_local import run_secure_local
@@ -112,3 +112,47 @@ def test_the_toy_analysis_lays_its_rows_on_secure_aggregations_shared_rows(store
     masked = run_secure_local(toy_analysis.AlleleSumProtocol(), stations)
     for name in ("chrom", "pos", "ref", "alt", "ALT_CT", "CALLED_CT"):
         np.testing.assert_array_equal(masked[name], plain[name])
+
+
+def test_a_kind_with_per_row_results_must_declare_how_they_are_judged() -> None:
+    from better.engine.rounds import RoundKind, SharedRows
+
+    shared = SharedRows("variant_keys", ("chrom", "pos", "ref", "alt"), {"alt": None})
+    with pytest.raises(ValueError, match="needs rules and zeroed"):
+        RoundKind("unjudged", toy_analysis.allele_sum_station, shared=shared)
+    with pytest.raises(ValueError, match="needs rules and zeroed"):
+        RoundKind(
+            "unzeroed", toy_analysis.allele_sum_station, shared=shared, rules=("minor_allele_count",), judged_groups=1
+        )
+
+
+def test_untrusted_names_and_states_are_checked_whatever_the_kind() -> None:
+    from better.engine.errors import InputError
+    from better.station_api.runner import engine_task
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        TaskRequest(dataset="cohort", analysis="count", kind="nosuchkind")
+    # errors are releases too: the message does not repeat the name (the server leaves pydantic's input out)
+    assert "nosuchkind" not in caught.value.errors()[0]["msg"]
+    with pytest.raises(pydantic.ValidationError):
+        TaskRequest(dataset="cohort", analysis="count", kind="k" * 65)
+    design = Design(C=np.ones((4, 1)), y=np.zeros(4), include=np.ones(4, dtype=bool), names=("intercept",))
+    garbage = TaskRequest(dataset="cohort", analysis="count", kind="sample_count", state="!!!")
+    with pytest.raises(InputError, match="base64"):  # a kind that reads no state still has it checked
+        engine_task(garbage, design, 100)
+    many = TaskRequest(
+        dataset="cohort",
+        analysis="pileup",
+        kind="pileup",
+        state=encode_state(
+            {
+                "key_chrom": np.array(["1"] * 300),
+                "key_pos": np.arange(1, 301),
+                "min_base_quality": np.array(13),
+                "min_mapping_quality": np.array(0),
+            },
+            300,
+        ),
+    )
+    with pytest.raises(InputError, match="1 to 256 rows, not 300"):
+        engine_task(many, design, 1000)

@@ -18,26 +18,28 @@ from better.engine.analyses import analyses, analysis, round_kind, round_kinds
 
 
 def _known_analysis(name: str) -> str:
-    if name not in analyses():
-        raise ValueError(f"unknown analysis {name!r}; one of {', '.join(analyses())}")
+    if name not in analyses():  # (the name sent is not repeated: errors are releases too)
+        raise ValueError(f"unknown analysis; one of {', '.join(analyses())}")
     return name
 
 
 def _known_kind(name: str) -> str:
     if name not in round_kinds():
-        raise ValueError(f"unknown round kind {name!r}; one of {', '.join(round_kinds())}")
+        raise ValueError(f"unknown round kind; one of {', '.join(round_kinds())}")
     return name
 
 
 #: An analysis a station may allow (:mod:`better.engine.analyses` declares them).
 AnalysisName = Annotated[
     str,
+    StringConstraints(max_length=64),
     AfterValidator(_known_analysis),
     Field(json_schema_extra=lambda schema: schema.update(enum=list(analyses()))),
 ]
 #: A kind of round (:mod:`better.engine.analyses` declares them).
 RoundKindName = Annotated[
     str,
+    StringConstraints(max_length=64),
     AfterValidator(_known_kind),
     Field(json_schema_extra=lambda schema: schema.update(enum=list(round_kinds()))),
 ]
