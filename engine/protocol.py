@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -35,6 +36,30 @@ class Protocol(ABC):
     @abstractmethod
     def result(self) -> dict[str, np.ndarray]:
         """The final per-variant (or one-row) table as columns."""
+
+
+class OneRoundProtocol(Protocol):
+    """An analysis of one round: its task, then the stations' results combined (:meth:`combine`).
+
+    ``kind`` names the round; :meth:`task` adds what the task carries besides.
+    """
+
+    kind: ClassVar[str]
+
+    def task(self) -> Task:
+        """The round's task."""
+        return {"kind": self.kind}
+
+    @abstractmethod
+    def combine(self, results: list[Result]) -> None:
+        """Take the stations' results of the round."""
+
+    def next_task(self) -> Task | None:
+        return None if self.rounds else self.task()
+
+    def receive(self, results: list[Result]) -> None:
+        self.combine(results)
+        self.rounds += 1
 
 
 def execute(task: Task, data: StationData) -> Result:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,3 +51,10 @@ def serve(station: Path, threads: int = 1) -> Iterator[str]:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def better(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the ``better`` command line in a fresh interpreter (``env``: its environment; None: this one's)."""
+    return subprocess.run(
+        [sys.executable, "-m", "better.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def better(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "better.cli", *args], capture_output=True, text=True, timeout=300)
+from tests.servers import better
 
 
 def test_cli__synth_init_ingest_info(tmp_path: Path) -> None:

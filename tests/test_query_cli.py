@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.servers import make_station, serve
+from tests.servers import better, make_station, serve
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +30,6 @@ def federation(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         path = root / "federation.toml"
         path.write_text("\n".join(entries))
         yield path
-
-
-def better(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "better.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env if env is not None else dict(os.environ),
-    )
 
 
 def test_query__tsv_json_and_parquet_agree(federation: Path, tmp_path: Path) -> None:

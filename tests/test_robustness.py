@@ -7,8 +7,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,18 +24,9 @@ from better.station_api.audit import LOG_FILE, AuditLog
 from better.station_api.config import Policy
 from better.station_api.launch import station_processes
 from tests.conftest import write_text
-from tests.servers import auth, make_station, serve
+from tests.servers import auth, better, make_station, serve
 
 NAMES = ("milano", "nijmegen", "barcelona")
-
-
-def better(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from better.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_regions_without_variants__an_empty_table_masked_or_not(small_cohort: Path, tmp_path: Path) -> None:

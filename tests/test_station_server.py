@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from better.station_api.config import Policy, Server
 from better.station_api.policy import release
 from better.station_api.runner import design_of, prepare, run_task
 from better.wire.arrays import ARROW_STREAM, decode_arrays, encode_state
-from tests.servers import StationSetup, auth, make_station, serve
+from tests.servers import StationSetup, auth, better, make_station, serve
 
 FAKE_ID = "0" * 32
 
@@ -33,15 +31,6 @@ def milano(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     st = make_station(tmp_path_factory.mktemp("stations"), "milano", small_cohort, Policy(differencing_guard=False))
     with serve(st.path) as url:
         yield st, url
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from better.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def submit_and_wait(url: str, token: str, body: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
@@ -318,9 +307,9 @@ def test_manual_approval_flow__cli_approve_and_admin_reject(small_cohort: Path, 
         assert r.json()["status"] == "pending_approval"
         time.sleep(0.8)
         assert httpx.get(f"{url}/tasks/{first}", headers=auth(st.researcher)).json()["status"] == "pending_approval"
-        listing = cli("station", "approve", "--station", str(st.path))
+        listing = better("station", "approve", "--station", str(st.path))
         assert listing.returncode == 0 and listing.stdout.split("\t")[0] == first
-        done = cli("station", "approve", "--station", str(st.path), first)
+        done = better("station", "approve", "--station", str(st.path), first)
         assert done.returncode == 0, done.stderr
         deadline = time.monotonic() + 30
         while (s := httpx.get(f"{url}/tasks/{first}", headers=auth(st.researcher)).json())["status"] != "done":
@@ -342,7 +331,7 @@ def test_manual_approval_flow__cli_approve_and_admin_reject(small_cohort: Path, 
         third = httpx.post(f"{url}/tasks", json=counts_body(), headers=auth(st.researcher)).json()["id"]
         s = httpx.delete(f"{url}/tasks/{third}", headers=auth(st.researcher)).json()
         assert s["status"] == "cancelled"
-        assert cli("station", "approve", "--station", str(st.path), third).returncode == 1
+        assert better("station", "approve", "--station", str(st.path), third).returncode == 1
         # results expire after result_ttl_seconds
         time.sleep(3.0)
         assert httpx.get(f"{url}/tasks/{first}", headers=auth(st.researcher)).json()["status"] == "expired"
@@ -355,7 +344,7 @@ def test_manual_approval_flow__cli_approve_and_admin_reject(small_cohort: Path, 
                     await client.run(c, to_request({"kind": "counts", "groups": 1}, Model("nope", "freq"), 0, 1))
 
             asyncio.run(one())
-    verify = cli("station", "audit", "--station", str(st.path), "--verify")
+    verify = better("station", "audit", "--station", str(st.path), "--verify")
     assert verify.returncode == 0, verify.stderr
     actions = [r["action"] for r in AuditLog(Store.open(st.path)).rows(0, 1000)]
     for a in (
@@ -387,7 +376,7 @@ def _edit_log(store: Store, edit: Any) -> None:
 
 def test_audit_verify__catches_an_edited_row_with_the_cli(tmp_path: Path) -> None:
     store, _ = _log_of_six(tmp_path / "st")
-    ok = cli("station", "audit", "--station", str(store.path), "--verify")
+    ok = better("station", "audit", "--station", str(store.path), "--verify")
     assert ok.returncode == 0 and "intact" in ok.stderr
     _edit_log(
         store,
@@ -395,7 +384,7 @@ def test_audit_verify__catches_an_edited_row_with_the_cli(tmp_path: Path) -> Non
             line.replace('withheld\\":0', 'withheld\\":9') if i == 2 else line for i, line in enumerate(lines)
         ],
     )
-    bad = cli("station", "audit", "--station", str(store.path), "--verify")
+    bad = better("station", "audit", "--station", str(store.path), "--verify")
     assert bad.returncode == 1 and "row 3 was edited" in bad.stderr, bad.stderr
 
 

@@ -12,7 +12,7 @@ from better.engine.analyses.counts import withheld_of
 from better.engine.design import KEY_COLUMNS, concat_keys
 from better.engine.kernels.counts import genotype_counts
 from better.engine.key_union import union_keys
-from better.engine.protocol import Protocol
+from better.engine.protocol import OneRoundProtocol
 from better.engine.rounds import Analysis, Result, RoundKind, SharedRows, StationData, Task
 
 
@@ -32,17 +32,16 @@ def allele_sum_station(task: Task, data: StationData) -> Result:
 
 
 @dataclass
-class AlleleSumProtocol(Protocol):
+class AlleleSumProtocol(OneRoundProtocol):
     """One round: ALT alleles and called samples, added over stations by variant."""
+
+    kind = "allele_sum"
 
     keys: Result = field(default_factory=dict)
     total: Result | None = None
     withheld: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
-    def next_task(self) -> Task | None:
-        return None if self.total is not None else {"kind": "allele_sum"}
-
-    def receive(self, results: list[Result]) -> None:
+    def combine(self, results: list[Result]) -> None:
         al = union_keys([{c: r[f"key_{c}"] for c in KEY_COLUMNS} for r in results])
         self.keys, self.total = al.keys, {}
         for name in ("alt", "called"):
@@ -51,7 +50,6 @@ class AlleleSumProtocol(Protocol):
                 acc[idx] += r[name]
             self.total[name] = acc
         self.withheld = withheld_of(results, al)
-        self.rounds += 1
 
     def result(self) -> dict[str, np.ndarray]:
         assert self.total is not None

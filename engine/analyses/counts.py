@@ -15,7 +15,7 @@ import numpy as np
 from better.engine.design import KEY_COLUMNS, Block, Design, concat_keys
 from better.engine.kernels.counts import genotype_counts
 from better.engine.key_union import KeyUnion, union_keys
-from better.engine.protocol import Protocol
+from better.engine.protocol import OneRoundProtocol
 from better.engine.rounds import Analysis, Result, RoundKind, SharedRows, StationData, Task
 from better.engine.stats import allelic_chi2, genotypic_chi2, hwe_exact, log10_p_chi2, trend_chi2
 
@@ -103,20 +103,21 @@ def combine_counts(
 
 
 @dataclass
-class CountsProtocol(Protocol):
+class CountsProtocol(OneRoundProtocol):
     """One round of genotype counts; ``groups`` 1 (everyone) or 2 (controls, cases)."""
+
+    kind = "counts"
 
     groups: int = 1
     keys: dict[str, np.ndarray] = field(default_factory=dict)
     counts: np.ndarray | None = None
     withheld: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
-    def next_task(self) -> Task | None:
-        return None if self.counts is not None else {"kind": "counts", "groups": self.groups}
+    def task(self) -> Task:
+        return {"kind": self.kind, "groups": self.groups}
 
-    def receive(self, results: list[Result]) -> None:
+    def combine(self, results: list[Result]) -> None:
         self.keys, self.counts, self.withheld = combine_counts(results)
-        self.rounds += 1
 
     def result(self) -> dict[str, np.ndarray]:
         assert self.counts is not None

@@ -17,7 +17,7 @@ from better.engine.analyses.counts import withheld_of
 from better.engine.design import TARGET_COLUMNS
 from better.engine.kernels.read_metrics import THRESHOLDS
 from better.engine.key_union import union_keys
-from better.engine.protocol import Protocol
+from better.engine.protocol import OneRoundProtocol
 from better.engine.rounds import Analysis, Result, RoundKind, SharedRows, StationData, Task
 
 
@@ -71,15 +71,14 @@ def coverage_people(result: Result) -> np.ndarray:
 
 # -- central side ----------------------------------------------------------------------------------------
 @dataclass
-class CoverageProtocol(Protocol):
+class CoverageProtocol(OneRoundProtocol):
     """One round: per-target sums, added over stations by target."""
+
+    kind = "coverage"
 
     total: Result | None = None
 
-    def next_task(self) -> Task | None:
-        return None if self.total is not None else {"kind": "coverage"}
-
-    def receive(self, results: list[Result]) -> None:
+    def combine(self, results: list[Result]) -> None:
         al = union_keys([{c: r[f"key_{c}"] for c in TARGET_COLUMNS} for r in results], TARGET_COLUMNS)
         total: Result = {f"key_{c}": v for c, v in al.keys.items()}
         for name in ("samples", "bases", "sum_depth", "bases_ge", "samples_ge"):
@@ -89,7 +88,6 @@ class CoverageProtocol(Protocol):
             total[name] = acc
         total["withheld"] = withheld_of(results, al)
         self.total = total
-        self.rounds += 1
 
     def result(self) -> dict[str, np.ndarray]:
         assert self.total is not None

@@ -22,7 +22,7 @@ from better.engine.accelerate import jit
 from better.engine.design import KEY_COLUMNS, Block, Design, concat_keys
 from better.engine.kernels.regression import linear_sums
 from better.engine.key_union import KeyUnion, union_keys
-from better.engine.protocol import Protocol
+from better.engine.protocol import OneRoundProtocol
 from better.engine.rounds import Analysis, Finishing, Result, RoundKind, SharedRows, StationData, Task
 from better.engine.stats import log10_p_t
 
@@ -345,17 +345,15 @@ def linear_calls(result: Result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @dataclass
-class LinearProtocol(Protocol):
+class LinearProtocol(OneRoundProtocol):
     """One round: stations' linear sums, combined and finalised centrally."""
+
+    kind = "linear"
 
     pooled: LinearStats | None = None
 
-    def next_task(self) -> Task | None:
-        return None if self.pooled is not None else {"kind": "linear"}
-
-    def receive(self, results: list[Result]) -> None:
+    def combine(self, results: list[Result]) -> None:
         self.pooled = combine_linear([linear_from_result(r) for r in results])
-        self.rounds += 1
 
     def result(self) -> dict[str, np.ndarray]:
         assert self.pooled is not None

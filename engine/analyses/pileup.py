@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from better.engine.protocol import Protocol
+from better.engine.protocol import OneRoundProtocol
 from better.engine.rounds import Analysis, Result, RoundKind, StateArray, StationData, Task
 
 #: PILEUP's columns of read counts, in this order.
@@ -40,8 +40,10 @@ def pileup_people(result: Result) -> np.ndarray:
 
 # -- central side ----------------------------------------------------------------------------------------
 @dataclass
-class PileupProtocol(Protocol):
+class PileupProtocol(OneRoundProtocol):
     """One round at the positions asked for (1-based): read counts per base and deletions, added."""
+
+    kind = "pileup"
 
     chrom: list[str]
     pos: list[int]
@@ -50,22 +52,19 @@ class PileupProtocol(Protocol):
     total: Result | None = None
     withheld: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
-    def next_task(self) -> Task | None:
-        if self.total is not None:
-            return None
+    def task(self) -> Task:
         return {
-            "kind": "pileup",
+            "kind": self.kind,
             "key_chrom": np.array(self.chrom),
             "key_pos": np.array(self.pos, dtype=np.int64),
             "min_base_quality": np.array(self.min_base_quality),
             "min_mapping_quality": np.array(self.min_mapping_quality),
         }
 
-    def receive(self, results: list[Result]) -> None:
+    def combine(self, results: list[Result]) -> None:
         self.total = {name: np.sum([r[name] for r in results], axis=0) for name in ("counts", "samples")}
         self.withheld = np.any([np.asarray(r.get("withheld", False), dtype=bool) for r in results], axis=0)
         self.withheld = np.broadcast_to(self.withheld, (len(self.pos),)).copy()
-        self.rounds += 1
 
     def result(self) -> dict[str, np.ndarray]:
         assert self.total is not None

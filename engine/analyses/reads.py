@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from better.engine.kernels.read_metrics import FLAGSTAT_FIELDS
-from better.engine.protocol import Protocol
+from better.engine.protocol import OneRoundProtocol
 from better.engine.rounds import Analysis, Result, RoundKind, StationData, Task
 
 
@@ -30,17 +30,15 @@ def reads_round(task: Task, data: StationData) -> Result:
 
 # -- central side ----------------------------------------------------------------------------------------
 @dataclass
-class ReadsProtocol(Protocol):
+class ReadsProtocol(OneRoundProtocol):
     """One round: the flagstat counters and the MAPQ histogram, added over stations."""
+
+    kind = "reads"
 
     total: Result | None = None
 
-    def next_task(self) -> Task | None:
-        return None if self.total is not None else {"kind": "reads"}
-
-    def receive(self, results: list[Result]) -> None:
+    def combine(self, results: list[Result]) -> None:
         self.total = {name: np.sum([r[name] for r in results], axis=0) for name in ("flagstat", "mapq", "n")}
-        self.rounds += 1
 
     def result(self) -> dict[str, np.ndarray]:
         assert self.total is not None

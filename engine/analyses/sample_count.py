@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from better.engine.protocol import Protocol
+from better.engine.protocol import OneRoundProtocol
 from better.engine.rounds import Analysis, Result, RoundKind, StationData, Task
 
 
@@ -16,19 +16,17 @@ def sample_count_station(task: Task, data: StationData) -> Result:
 
 
 @dataclass
-class SampleCountProtocol(Protocol):
+class SampleCountProtocol(OneRoundProtocol):
     """One round: the stations' counts, added."""
+
+    kind = "sample_count"
 
     total: int | None = None
     withheld: bool = False
 
-    def next_task(self) -> Task | None:
-        return None if self.total is not None else {"kind": "sample_count"}
-
-    def receive(self, results: list[Result]) -> None:
+    def combine(self, results: list[Result]) -> None:
         self.withheld = any(bool(r.get("withheld", False)) for r in results)
         self.total = int(sum(int(r["n"]) for r in results))
-        self.rounds += 1
 
     def result(self) -> dict[str, np.ndarray]:
         assert self.total is not None
