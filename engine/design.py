@@ -47,6 +47,17 @@ class Design:
     def k(self) -> int:
         return int(self.C.shape[1])
 
+    def groups(self, n: int) -> np.ndarray:
+        """Per sample, its group (``int32``): with ``n = 1`` everyone included is 0; with ``n = 2``
+        controls are 0 and cases 1; an excluded sample is -1 either way.
+
+        >>> d = Design(np.ones((3, 1)), np.array([0.0, 1.0, 1.0]), np.array([True, True, False]), ("intercept",))
+        >>> d.groups(1).tolist(), d.groups(2).tolist()
+        ([0, 0, -1], [0, 1, -1])
+        """
+        member = (self.y > 0.5).astype(np.int32) if n == 2 else 0
+        return np.where(self.include, member, -1).astype(np.int32)
+
 
 @dataclass(frozen=True)
 class Block:

@@ -312,9 +312,8 @@ class Computed:
 
 def judged_groups(design: Design, kind: RoundKind) -> tuple[np.ndarray, int]:
     """The sample groups a round's genotype counts are judged by: everyone, or controls and cases."""
-    if kind.judged_groups == 2:
-        return np.where(design.include, (design.y > 0.5).astype(np.int32), -1).astype(np.int32), 2
-    return np.where(design.include, 0, -1).astype(np.int32), 1
+    n = kind.judged_groups or 1
+    return design.groups(n), n
 
 
 def compute(

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WITH_EXAMPLES = (
     "better.engine.analyses.linear",
     "better.engine.analyses.logistic.station",
+    "better.engine.design",
     "better.engine.filters",
     "better.engine.finals",
     "better.engine.fixedpoint",

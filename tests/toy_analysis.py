@@ -18,7 +18,7 @@ from better.engine.rounds import Analysis, Result, RoundKind, SharedRows, Statio
 
 def allele_sum_station(task: Task, data: StationData) -> Result:
     """Per variant: ALT alleles and called samples among the included samples."""
-    group = np.where(data.design.include, 0, -1).astype(np.int32)
+    group = data.design.groups(1)
     keys, alt, called = [], [], []
     for b in data.blocks(None):
         c = genotype_counts(np.ascontiguousarray(b.packed), group, 1)[:, 0, :]

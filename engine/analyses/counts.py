@@ -28,10 +28,7 @@ def counts_station(task: Task, data: StationData) -> Result:
 
 
 def _counts_station(design: Design, blocks: Iterable[Block], groups: int) -> Result:
-    if groups == 1:
-        group = np.where(design.include, 0, -1).astype(np.int32)
-    else:
-        group = np.where(design.include, (design.y > 0.5).astype(np.int32), -1).astype(np.int32)
+    group = design.groups(groups)
     key_parts = []
     counts = []
     for b in blocks:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from better.engine.accelerate import jit
+from better.engine.analyses.counts import station_keys
 from better.engine.design import KEY_COLUMNS, Block, Design, concat_keys
 from better.engine.kernels.regression import linear_sums
 from better.engine.key_union import KeyUnion, union_keys
@@ -308,7 +309,7 @@ def linear_from_result(r: Result) -> LinearStats:
         cc=r["cc"],
         cy=r["cy"],
         yy=float(r["yy"]),
-        keys={c: r[f"key_{c}"] for c in KEY_COLUMNS},
+        keys=station_keys(r),
         cg=r["cg"],
         gg=r["gg"],
         gy=r["gy"],

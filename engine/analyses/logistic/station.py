@@ -71,7 +71,7 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
     p = expit(C @ beta)
     w = np.where(inc, p * (1 - p), 0.0)
     resid = np.where(inc, design.y - p, 0.0)
-    group = _groups(design)
+    group = design.groups(2)
     sizes = _group_sizes(design)
     k = design.k
     key_parts: list[dict[str, np.ndarray]] = []
@@ -244,13 +244,8 @@ def newton_station(design: Design, blocks: Iterable[Block], request: dict[str, n
     return {"xwx": xwx, "score": score, "loglik": loglik, "counts": counts}
 
 
-def _groups(design: Design) -> np.ndarray:
-    """Per sample: 0 control, 1 case, -1 excluded."""
-    return np.where(design.include, (design.y > 0.5).astype(np.int32), -1).astype(np.int32)
-
-
 def _group_sizes(design: Design) -> np.ndarray:
-    g = _groups(design)
+    g = design.groups(2)
     return np.bincount(g[g >= 0], minlength=2).astype(np.int64)
 
 
