@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -75,6 +75,8 @@ class GenotypeData:
 
     design: Design
     source: BlockSource
+    #: Covariates a round asked this station to keep (``name`` -> ``(samples, k)``).
+    covariates: dict[str, np.ndarray] = field(default_factory=dict)
 
     def blocks(self, targets: Targets | None = None) -> Iterator[Block]:
         return iter(self.source(targets))
@@ -93,6 +95,9 @@ class GenotypeData:
 
     def pileup_counts(self, task: Task) -> np.ndarray:
         raise InputError("this station's data holds no aligned reads")
+
+    def save_covariates(self, name: str, values: np.ndarray) -> None:
+        self.covariates[name] = values
 
 
 def run_local(protocol: Protocol, stations: list[tuple[Design, BlockSource]]) -> dict[str, np.ndarray]:

@@ -61,14 +61,19 @@ class StationData(Protocol):
         """Per included sample, read counts ``(samples, positions, codes)`` at the task's positions."""
         ...
 
+    def save_covariates(self, name: str, values: np.ndarray) -> None:
+        """Keep ``values`` ``(samples, k)`` (NaN: none) as covariates ``name1..namek`` of the dataset."""
+        ...
+
 
 @dataclass(frozen=True)
 class StateArray:
     """One array of a round's state, as the station checks it.
 
     ``shape`` names each dimension: a number, ``"rows"`` (the rows the state names, at most the
-    station's cap per task and ``max_rows``), ``"k"`` (the design's columns) or ``"k+1"`` (with the
-    genotype). ``bounds``: the inclusive range of an integer scalar.
+    station's cap per task and ``max_rows``), ``"k"`` (the design's columns), ``"k+1"`` (with the
+    genotype) or ``"cols"`` (as many as the task sends, 1 to the kind's ``max_cols``, the same in every
+    array). ``bounds``: the inclusive range of an integer scalar.
     """
 
     dtype: Any
@@ -136,6 +141,9 @@ class RoundKind:
         The rules (:data:`RULES`) that judge its rows.
     zeroed
         The per-row arrays a withheld row has zeroed.
+    pairs
+        Per-row arrays ``(rows, span, ...)`` whose entry ``[i, d]`` is about rows ``i`` and ``i + 1 + d``
+        (LD pairs): zeroed where either row is withheld.
     dropped
         Arrays the station computes for its policy that never leave.
     judged_groups
@@ -154,6 +162,8 @@ class RoundKind:
         The round whose pooled judgement its rows take (a Newton round's, from its score round).
     max_rows
         The most rows its state may name (besides the station's cap of variants per task).
+    max_cols
+        The most columns a ``"cols"`` dimension of its state may have.
     whole_count
         It releases one count (``n``), withheld as a whole: when the query audit refused it, or (judged
         alone) when it is small at this station.
@@ -171,12 +181,14 @@ class RoundKind:
     rules: tuple[str, ...] = ()
     judged_groups: int | None = None
     zeroed: tuple[str, ...] = ()
+    pairs: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     people: Callable[[Result], np.ndarray] | None = None
     calls: Callable[[Result], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
     finishing: Finishing | None = None
     rules_from: str | None = None
     max_rows: int | None = None
+    max_cols: int = 0
     whole_count: bool = False
 
     def __post_init__(self) -> None:
@@ -187,7 +199,7 @@ class RoundKind:
             raise ValueError(f"round kind {self.name!r} lists keys in the clear: it cannot be sealed")
         if self.rules and self.people is None and self.judged_groups is None:
             raise ValueError(f"round kind {self.name!r} has rules but no people to judge")
-        per_row = self.shared is not None or self.rows_in_state
+        per_row = self.shared is not None or (self.rows_in_state and not self.whole_count)
         if per_row and not self.lists_keys and not (self.rules and self.zeroed):
             # fail closed: per-row results leave only judged, and a withheld row only zeroed
             raise ValueError(f"round kind {self.name!r} has per-row results: it needs rules and zeroed arrays")

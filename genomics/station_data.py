@@ -45,6 +45,9 @@ class StoreData:
     def read_metrics(self) -> tuple[np.ndarray, np.ndarray]:
         return read_tables.read_metrics(self.dataset)
 
+    def save_covariates(self, name: str, values: np.ndarray) -> None:
+        self.dataset.save_covariates(name, values)
+
     def pileup_counts(self, task: Task) -> np.ndarray:
         return read_tables.pileup_counts_of(
             self.dataset,

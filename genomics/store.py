@@ -40,6 +40,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from better.engine.errors import NotFoundError, StoreError
+from better.genomics.covariates import columns_of, covariate_files, with_covariates, write_covariates
 from better.genomics.regions import Region
 from better.genomics.schema import STORE_FORMAT_VERSION, VARIANT_META_COLUMNS
 from better.genomics.selection import Condition, sample_mask
@@ -139,11 +140,36 @@ class Dataset:
         return pq.read_table(self.path / "samples.parquet")
 
     def phenotypes(self) -> pa.Table:
-        """The typed phenotype table with ``sample_id`` and ``sample_index`` (empty if none was given)."""
+        """The typed phenotype table with ``sample_id`` and ``sample_index`` (empty if none was given),
+        with the covariates the station stored for the dataset (:mod:`better.genomics.covariates`)."""
         p = self.path / "phenotypes.parquet"
-        if not p.exists():
-            return pa.table({"sample_id": pa.array([], pa.string()), "sample_index": pa.array([], pa.int32())})
-        return pq.read_table(p)
+        if p.exists():
+            table = pq.read_table(p)
+        else:
+            table = pa.table({"sample_id": pa.array([], pa.string()), "sample_index": pa.array([], pa.int32())})
+        return with_covariates(table, self.samples(), self.path) if covariate_files(self.path) else table
+
+    def save_covariates(self, name: str, values: np.ndarray) -> None:
+        """Store ``values`` ``(samples, k)`` as covariates ``name1..namek`` of this dataset, and show them in
+        the catalog (its ``phenotypes_<dataset>`` view and the dataset's phenotype columns)."""
+        p = self.path / "phenotypes.parquet"
+        ingested = pq.read_schema(p).names if p.exists() else []
+        write_covariates(self.path, ingested, name, values)
+        store = Store(self.path.parent.parent)
+        with store.catalog() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                row = con.execute("SELECT phenotype_columns FROM datasets WHERE name = ?", [self.name]).fetchone()
+                columns = json.loads(row[0]) if row else {}
+                columns.update({c: "float64" for c in columns_of(name, values.shape[1])})
+                con.execute(
+                    "UPDATE datasets SET phenotype_columns = ? WHERE name = ?", [json.dumps(columns), self.name]
+                )
+                Store._create_views(con, self.name, self.path)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
 
     def sample_mask(self, conditions: list[Condition] | tuple[Condition, ...] = ()) -> np.ndarray:
         """Boolean mask over samples meeting every condition (see :mod:`better.genomics.selection`)."""
@@ -484,3 +510,22 @@ class Store:
                 continue
             text = str(path.resolve()).replace("'", "''")
             con.execute(f"CREATE OR REPLACE VIEW \"{table}_{safe}\" AS SELECT * FROM read_parquet('{text}')")
+        stored = covariate_files(final)
+        if stored:  # every sample, with its phenotypes (if any) and the covariates the station stored
+
+            def sql(p: Path) -> str:
+                return "'" + str(p.resolve()).replace("'", "''") + "'"
+
+            pheno = final / "phenotypes.parquet"
+            select = ["s.sample_id", "s.sample_index"]
+            joins = [f"read_parquet({sql(final / 'samples.parquet')}) s"]
+            if pheno.exists():
+                select.append("p.* EXCLUDE (sample_id, sample_index)")
+                joins.append(f"LEFT JOIN read_parquet({sql(pheno)}) p USING (sample_index)")
+            for i, path in enumerate(stored):
+                select.append(f"c{i}.* EXCLUDE (sample_index)")
+                joins.append(f"LEFT JOIN read_parquet({sql(path)}) c{i} USING (sample_index)")
+            con.execute(
+                f'CREATE OR REPLACE VIEW "phenotypes_{safe}" AS SELECT {", ".join(select)} FROM {" ".join(joins)} '
+                "ORDER BY s.sample_index"
+            )

@@ -48,6 +48,7 @@ from better.query.parser import Query, parse
 from better.query.planner import Plan, StationCatalog, plan
 from better.query.remote import Model, Recording, StationClient, StationError, gather_or_cancel, run_remote_async
 from better.query.secure import MIN_STATIONS, SecureSession
+from better.query.structure import Structure, run_structure
 from better.query.withholding import WithheldBy
 from better.station_api.tomlfile import load_toml, read_toml, validate
 
@@ -140,6 +141,8 @@ class Federation:
     secure_aggregation: str = "auto"
     notes: list[str] = field(default_factory=list)
     last_plan: Plan | None = None
+    #: A PCA or PRUNE query's loadings and counts (the last query's).
+    structure: Structure = field(default_factory=Structure)
     #: The stations whose answers the last query's result holds.
     answered: list[str] = field(default_factory=list)
     #: Keep every release of each query (:attr:`recording`), for a result file that ``better verify``
@@ -274,7 +277,8 @@ class Federation:
                     )
                 was_secure = secure is not None
                 self.last_plan = p
-                frame = await _execute(p, stations, on_round, secure)
+                self.structure = Structure()
+                frame = await _execute(p, stations, on_round, secure, self.structure)
                 break
             except StationError as exc:
                 restart = allow_partial or (secure is not None and exc.dropout and len(stations) > MIN_STATIONS)
@@ -290,7 +294,11 @@ class Federation:
 
 
 async def _execute(
-    p: Plan, stations: list[StationClient], on_round: OnRound | None, secure: SecureSession | None = None
+    p: Plan,
+    stations: list[StationClient],
+    on_round: OnRound | None,
+    secure: SecureSession | None = None,
+    structure: Structure | None = None,
 ) -> pl.DataFrame:
     """Run a plan: its protocols over the stations, the central filter, the PLINK-style table."""
     q, model = p.query, p.model
@@ -314,6 +322,10 @@ async def _execute(
             finished=finished,
         )
 
+    if q.verb in ("pca", "prune"):
+        return await run_structure(
+            p, lambda stage, proto: drive(stage, proto, model), ids, structure if structure is not None else Structure()
+        )
     if q.verb == "count":
         res = await drive("count", SampleCountProtocol(), model)
         return output.table("count", None, res, ids, withheld_by)

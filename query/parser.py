@@ -7,6 +7,7 @@ caret under the offending token and, where it can, the closest valid name.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Literal
 from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.exceptions import VisitError
 
+from better.engine.analyses.pca import MAX_PCS
 from better.engine.errors import BetterError
 from better.genomics.regions import Region
 from better.wire.messages import MAX_CONDITIONS, MAX_REGIONS
@@ -39,6 +41,9 @@ _FRIENDLY = {
     "TEST_KIND": "WALD, SCORE or FIRTH",
     "MIN_BQ": "MIN_BASE_QUALITY",
     "MIN_MQ": "MIN_MAPPING_QUALITY",
+    "PRUNE_WINDOW": "a window (variants, or kb: 200kb)",
+    "PRUNE": "PRUNE",
+    "AS": "AS name",
     "$END": "the end of the query",
 }
 
@@ -76,11 +81,25 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class Prune:
+    """LD pruning as PLINK 2's ``--indep-pairwise``: a window of ``window`` variants (or kilobases, with
+    ``kb``), moved ``step`` variants at a time, pruning pairs with r² above ``r2``."""
+
+    window: int
+    kb: bool
+    step: int
+    r2: float
+
+    def __str__(self) -> str:
+        return f"{self.window}{'kb' if self.kb else ''} {self.step} {self.r2:g}"
+
+
+@dataclass(frozen=True)
 class Query:
     """A parsed query: what to compute, over which samples and variants."""
 
     text: str
-    verb: Literal["count", "freq", "hwe", "gwas", "coverage", "reads", "pileup"]
+    verb: Literal["count", "freq", "hwe", "gwas", "coverage", "reads", "pileup", "pca", "prune"]
     explain: bool = False
     model: Literal["linear", "logistic"] | None = None
     phenotype: Name | None = None
@@ -93,6 +112,10 @@ class Query:
     #: PILEUP: bases below this quality, reads below this mapping quality are not counted.
     min_base_quality: int = 13
     min_mapping_quality: int = 0
+    #: PCA: how many components, LD pruning first (also PRUNE's own), and the name to store scores under.
+    pcs: int = 0
+    prune: Prune | None = None
+    store_as: Name | None = None
     names_used: tuple[Name, ...] = field(default=(), compare=False)
 
     def error(self, at: Name | tuple[int, int], message: str) -> QueryError:
@@ -120,7 +143,7 @@ def parse(text: str) -> Query:
         raise QueryError(text[:80], 0, 1, f"a query of {len(text)} characters is over the {MAX_QUERY_CHARS} limit")
     if not text.strip():
         raise QueryError(
-            text, 0, 1, "empty query: start with COUNT, FREQ, HWE, GWAS, COVERAGE, READS, PILEUP or EXPLAIN"
+            text, 0, 1, "empty query: start with COUNT, FREQ, HWE, GWAS, PCA, PRUNE, COVERAGE, READS, PILEUP or EXPLAIN"
         )
     try:
         tree = _parser().parse(text)
@@ -298,6 +321,53 @@ class _Build(Transformer):
             raise QueryError(self.text, 0, len(self.text), "PILEUP takes at most 256 positions at a time")
         quality = dict(i for i in items if isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str))
         return Query(**{**q.__dict__, **quality})
+
+    def prune_clause(self, items: list[Token]) -> Prune:
+        window_tok, *numbers = items[1:]
+        text = str(window_tok).lower()
+        kb = text.endswith("kb")
+        window = int(text[:-2] if kb else text)
+        start = int(window_tok.start_pos or 0)
+        if window < (1 if kb else 2):
+            raise QueryError(self.text, start, start + len(text), "a window of at least 2 variants (or 1kb)")
+        step_tok, r2_tok = (numbers[0], numbers[1]) if len(numbers) == 2 else (None, numbers[0])
+        step = 1
+        if step_tok is not None:
+            at = int(step_tok.start_pos or 0)
+            if not str(step_tok).isdigit() or int(str(step_tok)) < 1:
+                raise QueryError(
+                    self.text, at, at + len(str(step_tok)), "the step is a whole number of variants, 1 or more"
+                )
+            step = int(str(step_tok))
+            if kb and step != 1:
+                raise QueryError(self.text, at, at + len(str(step_tok)), "a window in kb moves 1 variant at a time")
+            if not kb and step > window:
+                raise QueryError(self.text, at, at + len(str(step_tok)), "the step cannot be larger than the window")
+        r2 = float(str(r2_tok))
+        if not 0.0 < r2 <= 1.0:
+            at = int(r2_tok.start_pos or 0)
+            raise QueryError(self.text, at, at + len(str(r2_tok)), "the r² threshold is above 0 and at most 1")
+        return Prune(window, kb, step, r2)
+
+    def as_name(self, items: list[Token]) -> Name:
+        name = _name(items[1])
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,29}", name.text):
+            raise QueryError(self.text, name.start, name.end, "a name of letters, digits and _ (up to 30)")
+        return name
+
+    def pca(self, items: list) -> Query:
+        count = next(t for t in items if isinstance(t, Token) and t.type == "INT")
+        pcs = int(str(count))
+        if not 1 <= pcs <= MAX_PCS:
+            start = int(count.start_pos or 0)
+            raise QueryError(self.text, start, start + len(str(count)), f"PCA computes 1 to {MAX_PCS} components")
+        prune = next((i for i in items if isinstance(i, Prune)), None)
+        store_as = next((i for i in items if isinstance(i, Name)), None)
+        return self._query("pca", items, pcs=pcs, prune=prune, store_as=store_as)
+
+    def prune(self, items: list) -> Query:
+        prune = next(i for i in items if isinstance(i, Prune))
+        return self._query("prune", items, prune=prune)
 
     def gwas(self, items: list) -> Query:
         model = next(str(t).lower() for t in items if isinstance(t, Token) and t.type == "MODEL")

@@ -112,6 +112,8 @@ class Plan:
                 f"{q.min_base_quality}, mapping quality >= {q.min_mapping_quality}); withheld where 1..4 samples "
                 "carry a base"
             )
+        elif q.verb in ("pca", "prune"):
+            lines.extend(self._structure_rounds(round_no, scope, m))
         elif q.verb in ("freq", "hwe"):
             lines.append(
                 f"round {round_no}: `counts` task at every station: genotype counts (hom-ref, het, hom-alt, "
@@ -154,6 +156,38 @@ class Plan:
             lines.append("secure aggregation: off (each station's release is seen by the coordinator)")
         return "\n".join(lines)
 
+    def _structure_rounds(self, round_no: int, scope: str, m: int) -> list[str]:
+        """PCA and PRUNE: the counts round, the LD rounds, the PCA rounds, the scores."""
+        q = self.query
+        lines = [
+            f"round {round_no}: `counts` task at every station: genotype counts per variant over {scope}, for "
+            f"the variant filter, the frequencies and the rules; ~{_mb(m * 4 * 8)} per station"
+        ]
+        if q.prune is not None:
+            window = f"{q.prune.window} kb" if q.prune.kb else f"{q.prune.window} variants"
+            pairs = m * (q.prune.window - 1 if not q.prune.kb else 50)
+            lines.append(
+                f"rounds {round_no + 1}..: `ld_pairs` tasks (up to 250,000 pairs each): per pair of variants within "
+                f"{window}, over the people called at both, n, Σx, Σy, Σx², Σy², Σxy (integers); "
+                f"~{_mb(pairs * 6 * (16 if self.secure else 8))} per station in all; then PLINK 2's "
+                f"--indep-pairwise {q.prune} greedy pruning, centrally"
+            )
+        if q.verb == "pca":
+            b = q.pcs + 10
+            lines.append(
+                f"then `pca_product` rounds (block Lanczos, usually 5 to 30, at most 60): the coordinator sends a "
+                f"basis Q of {b} columns per variant and each station returns X_s'(X_s Q), a sum over its people per "
+                f"variant; the people's scores X_s Q stay at the station; ~{_mb(m * b * (16 if self.secure else 8))} "
+                "per station and round, as much again sent"
+            )
+            if q.store_as is not None:
+                names = f"{q.store_as.text}1..{q.store_as.text}{q.pcs}"
+                lines.append(
+                    f"last round: `pca_scores`: the loadings go out, each station stores its people's scores as "
+                    f"covariates {names} of the dataset and releases only how many it scored"
+                )
+        return lines
+
     def _disclosure(self) -> list[str]:
         """Which of the stations' rules apply to this query, and on what they are judged."""
         q = self.query
@@ -173,6 +207,8 @@ class Plan:
         rules = {
             "freq": [f"minor_allele_count (1..{mac - 1} copies)"],
             "hwe": [f"minor_allele_count (1..{mac - 1} copies)"],
+            "pca": [f"minor_allele_count (1..{mac - 1} copies; such variants are left out of the PCA)"],
+            "prune": [f"minor_allele_count (1..{mac - 1} copies; such variants are left out)"],
             "coverage": [f"small_cells (1..{k - 1} samples behind a target)"],
             "pileup": [f"small_cells (1..{k - 1} samples behind a base)"],
         }.get(q.verb, [])
@@ -206,6 +242,9 @@ class Plan:
             "pileup": "add the read counts",
             "freq": "add the counts; ALT_FREQS, OBS_CT",
             "hwe": "add the counts; HWE exact test",
+            "prune": "add the pair sums; r² per pair; PLINK 2's greedy pruning per window",
+            "pca": "add the products; Rayleigh-Ritz on the Krylov basis until every wanted eigenpair's relative "
+            "residual is under 1e-6; eigenvalues of the GRM, loadings",
         }
         text = steps.get(q.verb, "")
         if q.verb == "gwas":
@@ -286,7 +325,7 @@ def plan(
     label: str | None = None,
 ) -> Plan:
     """Check ``query`` against the stations and choose its rounds."""
-    analysis = f"gwas_{query.model}" if query.verb == "gwas" else query.verb
+    analysis = {"gwas": f"gwas_{query.model}", "prune": "ld_prune"}.get(query.verb, query.verb)
     data = declared_analysis(analysis).data  # the kind of dataset it reads: variants, or aligned reads
     try:
         datasets = {c.name: c.dataset(dataset, data) for c in catalogs}

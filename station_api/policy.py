@@ -280,6 +280,10 @@ def release(
     for name in spec.zeroed:
         if name in out:
             out[name] = np.where(_rows(withheld, out[name]), 0, out[name]).astype(out[name].dtype)
+    for name in spec.pairs:
+        if name in out:
+            hit = _partner_withheld(withheld, out[name].shape[1])
+            out[name] = np.where(hit.reshape(hit.shape + (1,) * (out[name].ndim - 2)), 0, out[name])
     out["withheld"] = withheld
     if calls is not None:  # calls and (unless rare) ALT alleles of withheld rows too, as FREQ would show
         out["called_ct"], out["missing_ct"], alt = calls  # them: a variant filter can still drop such rows
@@ -292,6 +296,18 @@ def release(
     if finish is not None:
         summary["finished_by_stations"] = int(finish.sum())
     return out, summary
+
+
+def _partner_withheld(withheld: np.ndarray, span: int) -> np.ndarray:
+    """``(rows, span)``: the pair of row ``i`` and row ``i + 1 + d`` has a withheld row.
+
+    >>> _partner_withheld(np.array([False, True, False]), 2).tolist()
+    [[True, False], [True, True], [False, False]]
+    """
+    rows = withheld.shape[0]
+    partner = np.arange(rows)[:, None] + 1 + np.arange(span)[None, :]
+    beyond = partner >= rows
+    return withheld[:, None] | np.where(beyond, False, withheld[np.minimum(partner, rows - 1)])
 
 
 def _rows(mask: np.ndarray, like: np.ndarray) -> np.ndarray:

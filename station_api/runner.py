@@ -99,7 +99,7 @@ def engine_task(request: TaskRequest, design: Design, max_variants: int) -> dict
     if kind.shared is not None and request.secure is not None:
         task["shared_rows"] = _keys(state, max_variants, kind.shared.columns)
     rows = _rows_named(kind, state, max_variants) if kind.rows_in_state else 0
-    sizes = {"rows": rows, "k": design.k, "k+1": design.k + 1}
+    sizes = {"rows": rows, "k": design.k, "k+1": design.k + 1, "cols": _cols_named(kind, state)}
     for name, spec in kind.state.items():
         task[name] = _checked(state, name, spec, tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape))
     return task
@@ -123,6 +123,20 @@ def _rows_named(kind: RoundKind, state: dict[str, np.ndarray], max_variants: int
     if kind.max_rows is None and a > max_variants:
         raise InputError(f"task state: {a} rows, over the station's cap of {max_variants} variants per task")
     return a
+
+
+def _cols_named(kind: RoundKind, state: dict[str, np.ndarray]) -> int:
+    """How many columns a round's ``"cols"`` arrays have: those of the first such array, 1 to the kind's
+    ``max_cols`` (every other such array is then checked against it)."""
+    for name, spec in kind.state.items():
+        if "cols" in spec.shape and name in state:
+            a = np.asarray(state[name])
+            dim = spec.shape.index("cols")
+            cols = int(a.shape[dim]) if a.ndim > dim else 0
+            if not 1 <= cols <= kind.max_cols:
+                raise InputError(f"task state: {name!r} must have 1 to {kind.max_cols} columns, not {cols}")
+            return cols
+    return 0
 
 
 def _checked(state: dict[str, np.ndarray], name: str, spec: StateArray, shape: tuple[int, ...]) -> Any:

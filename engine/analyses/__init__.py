@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from better.engine.analyses import counts, coverage, linear, logistic, pileup, reads, sample_count
+from better.engine.analyses import counts, coverage, ld_prune, linear, logistic, pca, pileup, reads, sample_count
 from better.engine.errors import InputError
 from better.engine.rounds import Analysis, RoundKind
 
 #: The analyses' modules, in the order stations list them.
-MODULES: tuple[ModuleType, ...] = (sample_count, counts, linear, logistic, coverage, reads, pileup)
+MODULES: tuple[ModuleType, ...] = (sample_count, counts, linear, logistic, pca, ld_prune, coverage, reads, pileup)
 
 _ROUNDS: dict[str, RoundKind] = {}
 _ANALYSES: dict[str, Analysis] = {}

@@ -1,0 +1,56 @@
+"""Variance-standardised genotypes, as PLINK 2's ``--pca`` reads them, unpacked block by block.
+
+A genotype ``g`` (ALT allele count) of a variant with pooled ALT frequency ``p`` becomes
+``(g - 2p) / sqrt(2p(1 - p))``; a missing genotype becomes 0 (the mean). Blocks are unpacked into
+float64 rows ``(variants, samples)`` so that the products with the PCA basis run as BLAS matrix
+products; a block of 1,024 variants of 10,000 samples takes 80 MB, and only one is held at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from better.engine.accelerate import jit_parallel, prange
+
+
+@jit_parallel
+def _standardize(packed: np.ndarray, rows: np.ndarray, table: np.ndarray, include: np.ndarray, out: np.ndarray) -> None:
+    n = out.shape[1]
+    for r in prange(rows.shape[0]):
+        v = rows[r]
+        for i in range(n):
+            code = (packed[v, i >> 2] >> (2 * (i & 3))) & 3
+            out[r, i] = table[r, code] if include[i] else 0.0
+
+
+def standardized_rows(
+    packed: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray, include: np.ndarray
+) -> np.ndarray:
+    """Rows ``rows`` of a packed block as ``(g - mean) * scale`` (0 where missing or not included).
+
+    Parameters
+    ----------
+    packed
+        ``(variants, ceil(n / 4))`` uint8 block.
+    rows
+        Which of the block's variants, in the order wanted.
+    mean, scale
+        Per wanted row: ``2p`` and ``1 / sqrt(2p(1 - p))``.
+    include
+        ``(n,)`` bool: the samples analysed; the others get 0.
+
+    Examples
+    --------
+    >>> from better.genomics.packing import pack_genotypes
+    >>> p = pack_genotypes(np.array([[0, 1, 2, 3]]))
+    >>> standardized_rows(p, np.array([0]), np.array([1.0]), np.array([2.0]), np.ones(4, bool)).tolist()
+    [[-2.0, 0.0, 2.0, 0.0]]
+    """
+    n = include.shape[0]
+    table = np.zeros((rows.shape[0], 4))
+    for code in range(3):
+        table[:, code] = (code - mean) * scale
+    out = np.empty((rows.shape[0], n))
+    if rows.shape[0]:
+        _standardize(np.ascontiguousarray(packed), np.ascontiguousarray(rows, dtype=np.int64), table, include, out)
+    return out
