@@ -90,11 +90,36 @@ def query(
     for note in fed.notes:
         err.print(f"[yellow]{note}[/yellow]")
     write(frame, fmt, out_file, fed.notes, out, fed.manifests)
+    if fed.structure.pca is not None:
+        err.print(f"[dim]{structure_summary(fed)}[/dim]")
+        if out_file is not None:
+            from better.query.structure import weights_frame
+
+            for suffix, weights in ((".weights.tsv", True), (".loadings.tsv", False)):
+                path = out_file.with_name(out_file.name + suffix)
+                weights_frame(fed.structure.pca, fed.structure.ids, weights).write_csv(path, separator="\t")
+                err.print(f"[dim]wrote {path}[/dim]")
     if fed.recording is not None and out_file is not None:
         from better.query.replay import releases_path, write_releases
 
         write_releases(releases_path(out_file), text, fed.dataset, fed.secure_aggregation, fed.answered, fed.recording)
     err.print(f"[dim]{result_summary(frame, fed)} in {time.perf_counter() - t0:.1f} s[/dim]")
+
+
+def structure_summary(fed: Federation) -> str:
+    """How a PCA went: variants, rounds, convergence, the scores stored."""
+    s = fed.structure
+    assert s.pca is not None
+    line = (
+        f"PCA on {s.pca.loadings.shape[0]} variants ({s.variants} passed the filter"
+        + (f", {s.pruned} pruned" if s.pruned else "")
+        + f"); {s.pca.rounds} rounds, "
+        + ("converged" if s.pca.converged else "NOT converged")
+        + f" (largest relative residual {s.pca.residuals.max():.1e})"
+    )
+    if s.stored is not None:
+        line += f"; scores stored for {s.stored} people"
+    return line
 
 
 def result_summary(frame: pl.DataFrame, fed: Federation) -> str:

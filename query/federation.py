@@ -322,7 +322,7 @@ async def _execute(
             finished=finished,
         )
 
-    if q.verb in ("pca", "prune"):
+    if q.verb in ("pca", "prune", "project"):
         return await run_structure(
             p, lambda stage, proto: drive(stage, proto, model), ids, structure if structure is not None else Structure()
         )

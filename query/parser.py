@@ -99,7 +99,7 @@ class Query:
     """A parsed query: what to compute, over which samples and variants."""
 
     text: str
-    verb: Literal["count", "freq", "hwe", "gwas", "coverage", "reads", "pileup", "pca", "prune"]
+    verb: Literal["count", "freq", "hwe", "gwas", "coverage", "reads", "pileup", "pca", "prune", "project"]
     explain: bool = False
     model: Literal["linear", "logistic"] | None = None
     phenotype: Name | None = None
@@ -116,6 +116,8 @@ class Query:
     pcs: int = 0
     prune: Prune | None = None
     store_as: Name | None = None
+    #: PROJECT: the weights file a PCA wrote (``--out``), to score a station's people on those PCs.
+    weights_file: str | None = None
     names_used: tuple[Name, ...] = field(default=(), compare=False)
 
     def error(self, at: Name | tuple[int, int], message: str) -> QueryError:
@@ -143,7 +145,10 @@ def parse(text: str) -> Query:
         raise QueryError(text[:80], 0, 1, f"a query of {len(text)} characters is over the {MAX_QUERY_CHARS} limit")
     if not text.strip():
         raise QueryError(
-            text, 0, 1, "empty query: start with COUNT, FREQ, HWE, GWAS, PCA, PRUNE, COVERAGE, READS, PILEUP or EXPLAIN"
+            text,
+            0,
+            1,
+            "empty query: start with COUNT, FREQ, HWE, GWAS, PCA, PRUNE, PROJECT, COVERAGE, READS, PILEUP or EXPLAIN",
         )
     try:
         tree = _parser().parse(text)
@@ -368,6 +373,11 @@ class _Build(Transformer):
     def prune(self, items: list) -> Query:
         prune = next(i for i in items if isinstance(i, Prune))
         return self._query("prune", items, prune=prune)
+
+    def project(self, items: list) -> Query:
+        path = next(str(t)[1:-1] for t in items if isinstance(t, Token) and t.type == "STRING")
+        store_as = next(i for i in items if isinstance(i, Name))
+        return self._query("project", items, weights_file=path, store_as=store_as)
 
     def gwas(self, items: list) -> Query:
         model = next(str(t).lower() for t in items if isinstance(t, Token) and t.type == "MODEL")

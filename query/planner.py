@@ -112,7 +112,7 @@ class Plan:
                 f"{q.min_base_quality}, mapping quality >= {q.min_mapping_quality}); withheld where 1..4 samples "
                 "carry a base"
             )
-        elif q.verb in ("pca", "prune"):
+        elif q.verb in ("pca", "prune", "project"):
             lines.extend(self._structure_rounds(round_no, scope, m))
         elif q.verb in ("freq", "hwe"):
             lines.append(
@@ -171,6 +171,11 @@ class Plan:
                 f"{window}, over the people called at both, n, Σx, Σy, Σx², Σy², Σxy (integers); "
                 f"~{_mb(pairs * 6 * (16 if self.secure else 8))} per station in all; then PLINK 2's "
                 f"--indep-pairwise {q.prune} greedy pruning, centrally"
+            )
+        if q.verb == "project":
+            lines.append(
+                f"then `pca_scores`: the weights of {q.weights_file} go out, each station stores its people's scores "
+                f"as covariates {q.store_as.text if q.store_as else ''}1.. and releases only how many it scored"
             )
         if q.verb == "pca":
             b = q.pcs + 10
@@ -243,6 +248,7 @@ class Plan:
             "freq": "add the counts; ALT_FREQS, OBS_CT",
             "hwe": "add the counts; HWE exact test",
             "prune": "add the pair sums; r² per pair; PLINK 2's greedy pruning per window",
+            "project": "add the numbers of people scored",
             "pca": "add the products; Rayleigh-Ritz on the Krylov basis until every wanted eigenpair's relative "
             "residual is under 1e-6; eigenvalues of the GRM, loadings",
         }
@@ -325,7 +331,7 @@ def plan(
     label: str | None = None,
 ) -> Plan:
     """Check ``query`` against the stations and choose its rounds."""
-    analysis = {"gwas": f"gwas_{query.model}", "prune": "ld_prune"}.get(query.verb, query.verb)
+    analysis = {"gwas": f"gwas_{query.model}", "prune": "ld_prune", "project": "pca"}.get(query.verb, query.verb)
     data = declared_analysis(analysis).data  # the kind of dataset it reads: variants, or aligned reads
     try:
         datasets = {c.name: c.dataset(dataset, data) for c in catalogs}

@@ -152,11 +152,46 @@ class PCAResult:
     converged: bool
     #: The trace of the GRM ``XX'/M``, the sum of all its eigenvalues.
     trace: float
+    #: Projection weights ``loading / sqrt(theta)``: a person's score is ``sum_j z_j w_j``.
+    weights: np.ndarray
 
     @property
     def variance_explained(self) -> np.ndarray:
         """Each PC's eigenvalue over the trace of the GRM (the sum of all its eigenvalues)."""
         return self.eigenvalues_meanimpute / self.trace
+
+
+@dataclass
+class ProjectProtocol(Protocol):
+    """One ``pca_scores`` round with weights from an earlier PCA: a station that joined later scores its
+    people on the same PCs (``PROJECT``)."""
+
+    keys: dict[str, np.ndarray]
+    alt_freq: np.ndarray
+    weights: np.ndarray
+    name: str
+    scored: int | None = None
+
+    def next_task(self) -> Task | None:
+        if self.rounds:
+            return None
+        mean, scale = 2.0 * self.alt_freq, 1.0 / np.sqrt(2.0 * self.alt_freq * (1.0 - self.alt_freq))
+        return {
+            "kind": "pca_scores",
+            **{f"key_{c}": self.keys[c] for c in KEY_COLUMNS},
+            "mean": mean,
+            "scale": scale,
+            "basis": self.weights,
+            "divisor": np.ones(self.weights.shape[1]),
+            "name": np.array([self.name]),
+        }
+
+    def receive(self, results: list[Result]) -> None:
+        self.scored = int(sum(int(r["n"]) for r in results))
+        self.rounds += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        return {"SCORED": np.array([self.scored or 0])}
 
 
 @dataclass
@@ -345,6 +380,7 @@ class PCAProtocol(Protocol):
             rounds=self.rounds,
             converged=self.converged,
             trace=trace,
+            weights=vectors / np.sqrt(theta),
         )
 
     def _trace(self, kept: np.ndarray) -> float:
