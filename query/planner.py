@@ -185,12 +185,15 @@ class Plan:
                 f"variant; the people's scores X_s Q stay at the station; ~{_mb(m * b * (16 if self.secure else 8))} "
                 "per station and round, as much again sent"
             )
-            if q.store_as is not None:
-                names = f"{q.store_as.text}1..{q.store_as.text}{q.pcs}"
-                lines.append(
-                    f"last round: `pca_scores`: the loadings go out, each station stores its people's scores as "
-                    f"covariates {names} of the dataset and releases only how many it scored"
-                )
+            stored = (
+                f"stores its people's scores as covariates {q.store_as.text}1..{q.store_as.text}{q.pcs} of the dataset"
+                if q.store_as is not None
+                else "computes its people's scores (not stored: no AS)"
+            )
+            lines.append(
+                f"last round: `pca_scores`: the loadings go out, each station {stored} and releases how many it "
+                "scored and six sums per PC over them (for PLINK's missingness-corrected eigenvalues)"
+            )
         return lines
 
     def _disclosure(self) -> list[str]:
@@ -250,7 +253,7 @@ class Plan:
             "prune": "add the pair sums; r² per pair; PLINK 2's greedy pruning per window",
             "project": "add the numbers of people scored",
             "pca": "add the products; Rayleigh-Ritz on the Krylov basis until every wanted eigenpair's relative "
-            "residual is under 1e-6; eigenvalues of the GRM, loadings",
+            "residual is under 1e-4 (and, for separated PCs, the loading's error bound); eigenvalues, loadings",
         }
         text = steps.get(q.verb, "")
         if q.verb == "gwas":

@@ -15,8 +15,8 @@ import numpy as np
 import polars as pl
 
 from better.engine.analyses.counts import CountsProtocol, pooled_summary
-from better.engine.analyses.ld_prune import PruneProtocol, uninformative
-from better.engine.analyses.pca import MAX_PCS, PCAProtocol, PCAResult, ProjectProtocol, missing_correction
+from better.engine.analyses.ld_prune import PruneProtocol
+from better.engine.analyses.pca import MAX_PCS, PCAProtocol, PCAResult, ProjectProtocol
 from better.engine.design import KEY_COLUMNS
 from better.engine.errors import InputError
 from better.engine.protocol import Protocol
@@ -48,15 +48,20 @@ async def run_structure(p: Plan, drive: Drive, ids: dict[tuple, str], into: Stru
         return await _project(q, weights, counts, drive, into)
     assert counts.counts is not None
     pooled = counts.counts.sum(axis=1)  # (variants, 4): hom-ref, het, hom-alt, missing
-    keep = ~counts.withheld & (pooled[:, :3].sum(axis=1) > 0)
+    keep = ~counts.withheld
     if p.variant_filter.conditions:
         keep &= p.variant_filter.mask(*pooled_summary(counts.counts))
     keys = {c: counts.keys[c][keep] for c in KEY_COLUMNS}
-    genotypes, missing = pooled[keep, :3], pooled[keep, 3]
+    genotypes = pooled[keep]
     into.variants = int(keep.sum())
     if q.prune is not None:
         pruning = PruneProtocol(
-            keys=keys, genotypes=genotypes, window=q.prune.window, step=q.prune.step, r2=q.prune.r2, kb=q.prune.kb
+            keys=keys,
+            genotypes=genotypes[:, :3],
+            window=q.prune.window,
+            step=q.prune.step,
+            r2=q.prune.r2,
+            kb=q.prune.kb,
         )
         table = await drive("prune", pruning)
         assert pruning.removed is not None
@@ -64,32 +69,19 @@ async def run_structure(p: Plan, drive: Drive, ids: dict[tuple, str], into: Stru
         if q.verb == "prune":
             return _prune_table(table, ids)
         kept = ~pruning.removed
-        keys, genotypes, missing = {c: v[kept] for c, v in keys.items()}, genotypes[kept], missing[kept]
-    people = int(pooled[0].sum()) if pooled.shape[0] else 0
-    informative = ~uninformative(genotypes)
-    if informative.sum() <= q.pcs:
-        raise InputError(
-            f"PCA {q.pcs} needs more than {q.pcs} variants with two alleles seen; the selection has "
-            f"{int(informative.sum())}: widen the regions or the variant filter"
-        )
-    pca = PCAProtocol(
-        keys={c: v[informative] for c, v in keys.items()},
-        genotypes=genotypes[informative],
-        k=q.pcs,
-        name=q.store_as.text if q.store_as is not None else None,
-        variants=int(genotypes.shape[0]),  # PLINK counts monomorphic variants in M
-        missing_pairs=missing_correction(missing, people),
-    )
+        keys, genotypes = {c: v[kept] for c, v in keys.items()}, genotypes[kept]
+    pca = PCAProtocol(keys=keys, genotypes=genotypes, k=q.pcs, name=q.store_as.text if q.store_as is not None else "")
     table = await drive("pca", pca)
     into.pca = pca.pca()
     into.ids = ids
-    into.stored = pca.scored
+    into.stored = pca.scored if q.store_as is not None else None
     return pl.DataFrame(
         {
             "PC": list(table["PC"]),
             "EIGENVALUE": table["EIGENVALUE"],
             "EIGENVALUE_MEANIMPUTE": table["EIGENVALUE_MEANIMPUTE"],
             "VARIANCE_EXPLAINED": table["VARIANCE_EXPLAINED"],
+            "SEPARATED": table["SEPARATED"],
             "RESIDUAL": table["RESIDUAL"],
         }
     )

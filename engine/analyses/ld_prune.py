@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from better.engine.analyses.pca import selected
+from better.engine.analyses.pca.station import selected
 from better.engine.design import KEY_COLUMNS
 from better.engine.errors import InputError
 from better.engine.kernels.ld import PAIR_SUMS, pair_sums

@@ -14,13 +14,20 @@ from better.engine.accelerate import jit_parallel, prange
 
 
 @jit_parallel
-def _standardize(packed: np.ndarray, rows: np.ndarray, table: np.ndarray, include: np.ndarray, out: np.ndarray) -> None:
+def _standardize(packed: np.ndarray, rows: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
     n = out.shape[1]
+    full = n >> 2
     for r in prange(rows.shape[0]):
         v = rows[r]
-        for i in range(n):
+        t0, t1, t2, t3 = table[r, 0], table[r, 1], table[r, 2], table[r, 3]
+        for j in range(full):  # four samples a byte; a lookup of the four values, no branch on the code
+            b = packed[v, j]
+            for t in range(4):
+                code = (b >> (2 * t)) & 3
+                out[r, 4 * j + t] = t0 if code == 0 else (t1 if code == 1 else (t2 if code == 2 else t3))
+        for i in range(4 * full, n):
             code = (packed[v, i >> 2] >> (2 * (i & 3))) & 3
-            out[r, i] = table[r, code] if include[i] else 0.0
+            out[r, i] = table[r, code]
 
 
 def standardized_rows(
@@ -52,5 +59,31 @@ def standardized_rows(
         table[:, code] = (code - mean) * scale
     out = np.empty((rows.shape[0], n))
     if rows.shape[0]:
-        _standardize(np.ascontiguousarray(packed), np.ascontiguousarray(rows, dtype=np.int64), table, include, out)
+        _standardize(np.ascontiguousarray(packed), np.ascontiguousarray(rows, dtype=np.int64), table, out)
+        if not include.all():
+            out[:, ~include] = 0.0
+    return out
+
+
+@jit_parallel
+def _missing_per_sample(packed: np.ndarray, n: int, out: np.ndarray) -> None:
+    for i in prange(n):
+        byte, shift = i >> 2, 2 * (i & 3)
+        c = 0
+        for v in range(packed.shape[0]):
+            if (packed[v, byte] >> shift) & 3 == 3:
+                c += 1
+        out[i] = c
+
+
+def missing_per_sample(packed: np.ndarray, n: int) -> np.ndarray:
+    """Per sample, how many of the block's variants it has no call at.
+
+    >>> from better.genomics.packing import pack_genotypes
+    >>> missing_per_sample(pack_genotypes(np.array([[0, 3, 1], [3, 3, 2]])), 3).tolist()
+    [1, 2, 0]
+    """
+    out = np.zeros(n, dtype=np.int64)
+    if packed.shape[0]:
+        _missing_per_sample(np.ascontiguousarray(packed), n, out)
     return out
