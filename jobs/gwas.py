@@ -75,6 +75,29 @@ class Phenotype(BaseModel):
     test: Literal["wald", "score", "firth"] = "wald"
 
 
+class PCAStep(BaseModel):
+    """``[pca]``: principal components computed over the stations before the GWAS, used as covariates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pcs: int = Field(10, ge=1, le=50)
+    #: The scores are stored at the stations as covariates ``name1..namek``.
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,29}$")] = "pc"
+    #: How many of them enter the models (default: all).
+    use: int | None = Field(None, ge=1, le=50)
+    #: The PCA's variant filter and LD pruning (the query language's WHERE and PRUNE).
+    variants: str | None = "maf >= 0.01"
+    prune: str | None = "50 5 0.1"
+
+    def query(self, samples: str | None) -> str:
+        where = " AND ".join(w for w in (samples, self.variants) if w)
+        text = f"PCA {self.pcs}" + (f" WHERE {where}" if where else "")
+        return text + (f" PRUNE {self.prune}" if self.prune else "") + f" AS {self.name}"
+
+    def covariates(self) -> list[str]:
+        return [f"{self.name}{i + 1}" for i in range(min(self.use or self.pcs, self.pcs))]
+
+
 class JobSpec(BaseModel):
     """The job file, validated."""
 
@@ -93,6 +116,11 @@ class JobSpec(BaseModel):
     annotation: str | None = None
     genome_assembly: str = "unknown"
     top: int = Field(20, ge=1, le=10_000)
+    pca: PCAStep | None = None
+
+    def model_covariates(self) -> list[str]:
+        """The covariates of every model: those listed, then the PCs the job computes."""
+        return list(self.covariates) + (self.pca.covariates() if self.pca else [])
 
 
 @dataclass
@@ -122,7 +150,7 @@ def load_job(path: str | os.PathLike[str]) -> tuple[JobSpec, Path]:
 def query_text(spec: JobSpec, ph: Phenotype, region: str) -> str:
     """The query of one phenotype over one chunk."""
     where = " AND ".join(w for w in (spec.samples, spec.variants) if w)
-    text = f"GWAS {ph.model.upper()} {ph.name} ~ {' + '.join(spec.covariates)} ON {region}"
+    text = f"GWAS {ph.model.upper()} {ph.name} ~ {' + '.join(spec.model_covariates())} ON {region}"
     if where:
         text += f" WHERE {where}"
     if spec.adjust_station:
@@ -227,6 +255,8 @@ def run_job(path: str | os.PathLike[str], progress: Progress | None = None, fed:
     (out / ".chunks").mkdir(parents=True, exist_ok=True)
     for ph in spec.phenotype:  # fail early, before any station works, on a query that cannot run
         parse(query_text(spec, ph, "1"))
+    if spec.pca is not None:
+        parse(spec.pca.query(spec.samples))
     catalogs = asyncio.run(fed.catalogs(fed.stations))
     chunks = chunks_of(spec, catalogs, fed.dataset)
     if not chunks:
@@ -241,6 +271,8 @@ def run_job(path: str | os.PathLike[str], progress: Progress | None = None, fed:
     if not (out / ".created").exists():  # the metadata's date: the day the job started, not the day it ended
         (out / ".created").write_text(str(date.today()))
     job = _Job(spec, base, out, fed, catalogs, chunks)
+    if spec.pca is not None:
+        _principal_components(job, spec.pca)
     ran = _run_chunks(job, progress)
     return _finish(job, ran, t0)
 
@@ -267,6 +299,41 @@ def _run_chunks(job: _Job, progress: Progress) -> _Ran:
             ran.reused += 1
         progress.on_chunk(i, region, not todo)
     return ran
+
+
+def _principal_components(job: _Job, step: PCAStep) -> None:
+    """Compute the PCs (once: a resumed job finds ``pca.eigenval.tsv``) and store them at the stations;
+    write the eigenvalues, the projection weights and a scree plot."""
+    table = job.out / "pca.eigenval.tsv"
+    if table.exists():
+        return
+    from better.query.structure import weights_frame
+
+    frame = job.fed.query(step.query(job.spec.samples))
+    pca = job.fed.structure.pca
+    assert pca is not None
+    weights_frame(pca, job.fed.structure.ids).write_csv(job.out / "pca.weights.tsv", separator="\t")
+    (job.out / "pca.scree.png").write_bytes(report.scree(frame))
+    tmp = table.with_suffix(".tmp")
+    frame.write_csv(tmp, separator="\t")
+    os.replace(tmp, table)  # last: its presence says the scores are stored
+
+
+def _pca_section(job: _Job) -> Markup:
+    """The report's section on the PCs (empty if the job computes none)."""
+    step = job.spec.pca
+    if step is None:
+        return Markup()
+    frame = pl.read_csv(job.out / "pca.eigenval.tsv", separator="\t")
+    return render(
+        "pca",
+        pcs=step.pcs,
+        name=step.name,
+        used=", ".join(step.covariates()),
+        query=step.query(job.spec.samples),
+        table=report.html_table(frame),
+        scree=report.img((job.out / "pca.scree.png").read_bytes(), "Scree plot"),
+    )
 
 
 def _chunk_path(parts: Path, phenotype: str, i: int) -> Path:
@@ -306,18 +373,20 @@ def _finish(job: _Job, ran: _Ran, t0: float) -> JobResult:
     (job.out / "provenance.json").write_text(json.dumps({"provenance": manifests}, indent=1))
     files = {name: w.files for name, w in written.items()}
     files["provenance"] = [job.out / "provenance.json"]
+    if spec.pca is not None:
+        files["pca"] = [job.out / n for n in ("pca.eigenval.tsv", "pca.weights.tsv", "pca.scree.png")]
     seconds = time.perf_counter() - t0
     summary = render(
         "summary",
         phenotypes=", ".join(ph.name for ph in spec.phenotype),
-        covariates=", ".join(spec.covariates) + (" + station" if spec.adjust_station else ""),
+        covariates=", ".join(spec.model_covariates()) + (" + station" if spec.adjust_station else ""),
         samples=spec.samples or "none",
         variants=spec.variants or "none",
         chunks=len(job.chunks),
         chunk_bp=f"{spec.chunk_bp:,}",
         stations=len(job.fed.stations),
     )
-    sections = join([*(w.section for w in written.values()), _provenance(job, ran, seconds)])
+    sections = join([_pca_section(job), *(w.section for w in written.values()), _provenance(job, ran, seconds)])
     page = render("page", title=spec.title, summary=summary, sections=sections)
     (job.out / "report.html").write_text(page)
     return JobResult(
@@ -354,7 +423,7 @@ def _write_phenotype(job: _Job, ph: Phenotype, genes: list[report.Gene] | None) 
                 f"(federated {ph.model} regression over {len(job.fed.stations)} stations)"
             ),
             "effect_statistic": "beta" if ph.model == "linear" else "odds_ratio",
-            "covariates": list(spec.covariates) + (["station"] if spec.adjust_station else []),
+            "covariates": spec.model_covariates() + (["station"] if spec.adjust_station else []),
         },
     )
     man = report.manhattan(frame, f"{ph.name} ({ph.model})")

@@ -147,6 +147,27 @@ def manhattan(frame: pl.DataFrame, title: str) -> bytes:
     return data
 
 
+def scree(frame: pl.DataFrame) -> bytes:
+    """Scree plot (PNG) of a PCA table: each PC's eigenvalue, and the variance it explains."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    x = np.arange(1, frame.height + 1)
+    ax.plot(x, frame["EIGENVALUE"].to_numpy(), marker="o", color="#1f4e79")
+    ax.set_xticks(x, [str(i) for i in x])
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("eigenvalue (GRM)")
+    share = frame["VARIANCE_EXPLAINED"].to_numpy()
+    ax.set_title(f"PCs 1-{frame.height} explain {100 * share.sum():.1f}% of the variance")
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def qq(frame: pl.DataFrame, title: str) -> tuple[bytes, float]:
     """QQ plot (PNG) of observed against expected -log10 P, with λGC; returns the PNG and λGC."""
     import matplotlib

@@ -162,3 +162,26 @@ def test_job__refuses_an_out_folder_of_another_job(federation: Path) -> None:
     other.write_text(write_job(federation, "first").read_text().replace("maf >= 0.05", "maf >= 0.2"))
     with pytest.raises(Exception, match="holds the results of a different job"):
         run_job(other)
+
+
+def test_job__computes_pcs_first_and_uses_them_as_covariates(federation: Path) -> None:
+    job = federation / "withpcs.toml"
+    job.write_text(
+        'federation = "federation.toml"\nout = "withpcs"\ncovariates = ["age", "sex"]\nvariants = "maf >= 0.05"\n'
+        'chunk_bp = 100000\n\n[pca]\npcs = 3\nname = "jpc"\nuse = 2\nprune = "50 5 0.2"\n\n'
+        '[[phenotype]]\nname = "ldl"\nmodel = "linear"\n'
+    )
+    result = run_job(job)
+    out = result.out
+    eig = (out / "pca.eigenval.tsv").read_text().splitlines()
+    assert eig[0].split("\t")[:2] == ["PC", "EIGENVALUE"] and len(eig) == 4
+    assert (out / "pca.scree.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    weights = (out / "pca.weights.tsv").read_text().splitlines()
+    assert weights[0].split("\t")[-3:] == ["PC1", "PC2", "PC3"] and len(weights) > 50
+    text = (out / "report.html").read_text()
+    assert "Principal components" in text and "GWAS LINEAR ldl ~ age + sex + jpc1 + jpc2" in text
+    meta = yaml.safe_load(Path(f"{out / 'ldl.tsv.gz'}-meta.yaml").read_text())
+    assert meta["covariates"] == ["age", "sex", "jpc1", "jpc2"]
+    # resumed: the PCs are not computed again (the stations keep them), and nothing else either
+    before = (out / "pca.eigenval.tsv").stat().st_mtime_ns
+    assert run_job(job).chunks_run == 0 and (out / "pca.eigenval.tsv").stat().st_mtime_ns == before

@@ -15,7 +15,7 @@ from better.engine.errors import InputError
 from better.engine.rounds import Analysis, RoundKind
 
 #: The analyses' modules, in the order stations list them.
-MODULES: tuple[ModuleType, ...] = (sample_count, counts, linear, logistic, pca, ld_prune, coverage, reads, pileup)
+MODULES: tuple[ModuleType, ...] = (sample_count, counts, linear, logistic, ld_prune, pca, coverage, reads, pileup)
 
 _ROUNDS: dict[str, RoundKind] = {}
 _ANALYSES: dict[str, Analysis] = {}

@@ -65,7 +65,8 @@ ROUNDS = (
         max_cols=MAX_PCS,
     ),
 )
-ANALYSES = (Analysis("pca", ("variant_keys", "counts", "pca_product", "pca_scores")),)
+#: PCA may prune first (``PCA ... PRUNE``), so its rounds include LD pruning's.
+ANALYSES = (Analysis("pca", ("variant_keys", "counts", "ld_pairs", "pca_product", "pca_scores")),)
 
 __all__ = [
     "ANALYSES",
