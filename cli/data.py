@@ -175,3 +175,47 @@ def store_info(station: Annotated[Path, typer.Option(help="station directory")])
         f"policy: min_cell_count={p.min_cell_count} min_minor_allele_count={p.min_minor_allele_count} "
         f"approval={p.approval} analyses={','.join(p.allowed_analyses)}"
     )
+
+
+@store_app.command("plot-pcs")
+def store_plot_pcs(
+    station: Annotated[Path, typer.Option(help="station directory")],
+    dataset: Annotated[str, typer.Option(help="the dataset the scores were stored for")],
+    name: Annotated[str, typer.Option(help="the name the PCA stored them under (PCA ... AS name)")] = "pc",
+    color_by: Annotated[str | None, typer.Option(help="a phenotype column to colour the people by")] = None,
+    out_file: Annotated[Path, typer.Option("--out", help="the PNG to write")] = Path("pcs.png"),
+) -> None:
+    """Plot this station's own people on PC1 and PC2 (their stored scores): a picture for the station's
+    staff, made where the scores are; the scores never leave the station."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from better.engine.errors import InputError
+    from better.genomics.store import Store
+
+    table = Store.open(station).dataset(dataset).phenotypes()
+    first, second = f"{name}1", f"{name}2"
+    if second not in table.column_names:
+        raise InputError(f"dataset {dataset!r} has no stored {first} and {second}; run PCA 2 (or more) ... AS {name}")
+    x = np.array(table.column(first).to_pylist(), dtype=float)
+    y = np.array(table.column(second).to_pylist(), dtype=float)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    if color_by is not None:
+        if color_by not in table.column_names:
+            raise InputError(f"dataset {dataset!r} has no column {color_by!r}")
+        groups = [str(v) for v in table.column(color_by).to_pylist()]
+        for g in sorted(set(groups)):
+            at = np.array([v == g for v in groups])
+            ax.scatter(x[at], y[at], s=6, label=g)
+        ax.legend(title=color_by, fontsize=7, markerscale=2)
+    else:
+        ax.scatter(x, y, s=6, color="#1f4e79")
+    ax.set_xlabel(first)
+    ax.set_ylabel(second)
+    ax.set_title(f"{dataset}: {int(np.isfinite(x).sum())} people of this station")
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=110)
+    out.print(f"wrote {out_file}")

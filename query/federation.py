@@ -35,6 +35,7 @@ from better.engine.analyses.counts import CountsProtocol, pooled_summary
 from better.engine.analyses.coverage import CoverageProtocol
 from better.engine.analyses.linear import LinearProtocol
 from better.engine.analyses.logistic import LogisticProtocol
+from better.engine.analyses.pca import PCAResult
 from better.engine.analyses.pileup import PileupProtocol
 from better.engine.analyses.reads import ReadsProtocol
 from better.engine.analyses.sample_count import SampleCountProtocol
@@ -192,6 +193,24 @@ class Federation:
         if q.explain:
             return pl.DataFrame({"plan": self.explain(text.split(None, 1)[1], naive).splitlines()})
         return asyncio.run(self.run(q, allow_partial, naive, on_round))
+
+    def pca(
+        self, pcs: int = 10, where: str | None = None, prune: str | None = None, name: str | None = None
+    ) -> PCAResult:
+        """Principal components over the stations (``PCA pcs WHERE where PRUNE prune AS name``): eigenvalues,
+        loadings and projection weights; with ``name`` the stations store the scores as covariates.
+
+        Examples
+        --------
+        ::
+
+            result = fed.pca(10, where="maf >= 0.01", prune="50 5 0.1", name="pc")
+            result.eigenvalues, result.loadings.shape
+        """
+        text = f"PCA {int(pcs)}" + (f" WHERE {where}" if where else "") + (f" PRUNE {prune}" if prune else "")
+        self.query(text + (f" AS {name}" if name else ""))
+        assert self.structure.pca is not None
+        return self.structure.pca
 
     @property
     def manifests(self) -> list[dict[str, object]]:
