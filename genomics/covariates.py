@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 from better.engine.errors import InputError
 
 PREFIX = "covariates-"
+#: Most sets of covariates a dataset keeps (each ``PCA ... AS name`` with a new name adds one).
+MAX_SETS = 16
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,29}")
 
 
@@ -46,7 +48,13 @@ def write_covariates(folder: Path, ingested: list[str], name: str, values: np.nd
         raise InputError(
             f"the dataset's phenotypes already have {', '.join(clash)}; store the scores under another name (AS ...)"
         )
-    for other in covariate_files(folder):
+    stored = covariate_files(folder)
+    if len(stored) >= MAX_SETS and folder / f"{PREFIX}{name}.parquet" not in stored:
+        raise InputError(
+            f"the dataset keeps at most {MAX_SETS} sets of stored covariates; store the scores under a name "
+            "used before (it replaces them)"
+        )
+    for other in stored:
         taken = set(pq.read_schema(other).names) - {"sample_index"}
         if other.name != f"{PREFIX}{name}.parquet" and taken & set(columns):
             raise InputError(f"covariates {', '.join(sorted(taken & set(columns)))} are already stored by {other.name}")
