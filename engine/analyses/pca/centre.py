@@ -120,8 +120,14 @@ class PCAProtocol(Protocol):
     seed: int = 1
     max_columns: int = 1200
     phase: str = "iterate"
-    basis: list[np.ndarray] = field(default_factory=list)
-    products: list[np.ndarray] = field(default_factory=list)
+    #: The orthonormal Krylov basis and ``A`` times it, column blocks filled round by round (``used``
+    #: columns, and the last block sent, ``sent``), and ``T = Q'AQ`` over the columns with a product.
+    Q: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    AQ: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    T: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    used: int = 0
+    sent: int = 0
+    last: int = 0
     residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ritz: tuple[np.ndarray, np.ndarray] | None = None
     converged: bool = False
@@ -149,9 +155,13 @@ class PCAProtocol(Protocol):
             )
         self.block = min(self.block or self.k + 10, MAX_BASIS, informative)
         kept = ~self.dropped
-        start = np.random.default_rng(self.seed).standard_normal((int(kept.sum()), self.block))
+        m = int(kept.sum())
+        start = np.random.default_rng(self.seed).standard_normal((m, self.block))
         start[self.scale[kept] == 0] = 0.0  # variants with one allele: rows of zeros in X
-        self.basis, self.products, self.ritz = [np.linalg.qr(start)[0]], [], None
+        width = m if m <= self.max_columns else self.max_columns // self.block * self.block
+        self.Q, self.AQ, self.T = np.zeros((m, width)), np.zeros((m, width)), np.zeros((width, width))
+        self.Q[:, : self.block] = np.linalg.qr(start)[0]
+        self.used, self.sent, self.last, self.ritz = 0, self.block, 0, None
 
     def _state(self, basis: np.ndarray) -> Task:
         kept = ~self.dropped
@@ -164,7 +174,7 @@ class PCAProtocol(Protocol):
 
     def next_task(self) -> Task | None:
         if self.phase == "iterate":
-            return {"kind": "pca_product", **self._state(self.basis[-1])}
+            return {"kind": "pca_product", **self._state(self.Q[:, self.used : self.sent])}
         if self.phase == "scores":
             theta, vectors = self._top()
             return {
@@ -190,14 +200,18 @@ class PCAProtocol(Protocol):
             self.dropped[np.flatnonzero(~self.dropped)[withheld]] = True
             self._start()
             return
-        self.products.append(np.sum([np.asarray(r["product"], dtype=np.float64) for r in results], axis=0))
+        new = slice(self.used, self.sent)
+        self.AQ[:, new] = np.sum([np.asarray(r["product"], dtype=np.float64) for r in results], axis=0)
+        done = slice(0, self.sent)
+        self.T[done, new] = self.Q[:, done].T @ self.AQ[:, new]  # T grows by a block row and column
+        self.T[new, done] = self.T[done, new].T
+        self.last, self.used = self.used, self.sent
         self._rayleigh_ritz()
         if self.converged or self.rounds >= self.max_rounds or not self._extend():
             self.phase = "scores"
 
     def _rayleigh_ritz(self) -> None:
-        Q, AQ = np.hstack(self.basis), np.hstack(self.products)
-        T = Q.T @ AQ
+        Q, AQ, T = self.Q[:, : self.used], self.AQ[:, : self.used], self.T[: self.used, : self.used]
         theta, Z = np.linalg.eigh((T + T.T) / 2)
         order = np.argsort(theta)[::-1]
         theta, Z = theta[order], Z[:, order]
@@ -226,21 +240,31 @@ class PCAProtocol(Protocol):
     def _extend(self) -> bool:
         """Add the next block; False when the basis already spans an invariant subspace (the Ritz pairs are
         then exact)."""
-        Q = np.hstack(self.basis)
-        if Q.shape[1] + self.block > self.max_columns:  # thick restart: A(QZ) = (AQ)Z, no extra round
-            T = Q.T @ np.hstack(self.products)
+        width = self.Q.shape[1]
+        if self.used >= width == self.Q.shape[0]:  # the basis spans every variant: the Ritz pairs are exact
+            self.converged = True
+            return False
+        if self.used + self.block > width and width < self.Q.shape[0]:  # thick restart: A(QZ) = (AQ)Z
+            Q, AQ, T = self.Q[:, : self.used], self.AQ[:, : self.used], self.T[: self.used, : self.used]
             theta, Z = np.linalg.eigh((T + T.T) / 2)
-            Z = Z[:, np.argsort(theta)[::-1][: self.block]]
-            self.basis, self.products = [Q @ Z], [np.hstack(self.products) @ Z]
-            Q = self.basis[0]
-        w = self.products[-1]
+            top = np.argsort(theta)[::-1][: self.block]
+            Z = Z[:, top]
+            self.Q[:, : self.block], self.AQ[:, : self.block] = Q @ Z, AQ @ Z
+            self.T[:] = 0.0
+            self.T[: self.block, : self.block] = np.diag(theta[top])
+            self.last, self.used = 0, self.block
+        Q = self.Q[:, : self.used]
+        last = self.AQ[:, self.last : self.used]
+        w = last
         for _ in range(2):  # full reorthogonalisation, twice is enough
             w = w - Q @ (Q.T @ w)
         q, r = np.linalg.qr(w)
-        if np.abs(np.diag(r)).max(initial=0.0) < 1e-10 * np.abs(self.products[-1]).max(initial=1.0):
+        if np.abs(np.diag(r)).max(initial=0.0) < 1e-10 * np.abs(last).max(initial=1.0):
             self.converged = True
             return False
-        self.basis.append(q)
+        q = q[:, : min(self.block, width - self.used)]  # the last block of a small problem may be narrower
+        self.Q[:, self.used : self.used + q.shape[1]] = q
+        self.sent = self.used + q.shape[1]
         return True
 
     def _top(self) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +272,7 @@ class PCAProtocol(Protocol):
         each loading's largest entry is positive."""
         assert self.ritz is not None
         theta, Z = self.ritz
-        vectors = np.hstack(self.basis[: len(self.products)]) @ Z
+        vectors = self.Q[:, : self.used] @ Z
         vectors /= np.linalg.norm(vectors, axis=0)
         flip = vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])] < 0
         vectors[:, flip] *= -1
