@@ -40,7 +40,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from better.engine.errors import NotFoundError, StoreError
-from better.genomics.covariates import columns_of, covariate_files, with_covariates, write_covariates
+from better.genomics.covariates import PREFIX, columns_of, covariate_files, with_covariates, write_covariates
 from better.genomics.regions import Region
 from better.genomics.schema import STORE_FORMAT_VERSION, VARIANT_META_COLUMNS
 from better.genomics.selection import Condition, sample_mask
@@ -154,13 +154,15 @@ class Dataset:
         the catalog (its ``phenotypes_<dataset>`` view and the dataset's phenotype columns)."""
         p = self.path / "phenotypes.parquet"
         ingested = pq.read_schema(p).names if p.exists() else []
+        before = self.path / f"{PREFIX}{name}.parquet"
+        replaced = set(pq.read_schema(before).names) - {"sample_index"} if before.exists() else set()
         write_covariates(self.path, ingested, name, values)
         store = Store(self.path.parent.parent)
         with store.catalog() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 row = con.execute("SELECT phenotype_columns FROM datasets WHERE name = ?", [self.name]).fetchone()
-                columns = json.loads(row[0]) if row else {}
+                columns = {c: t for c, t in (json.loads(row[0]) if row else {}).items() if c not in replaced}
                 columns.update({c: "float64" for c in columns_of(name, values.shape[1])})
                 con.execute(
                     "UPDATE datasets SET phenotype_columns = ? WHERE name = ?", [json.dumps(columns), self.name]

@@ -349,9 +349,9 @@ class _Build(Transformer):
             if not kb and step > window:
                 raise QueryError(self.text, at, at + len(str(step_tok)), "the step cannot be larger than the window")
         r2 = float(str(r2_tok))
-        if not 0.0 < r2 <= 1.0:
+        if not 0.0 <= r2 < 1.0:  # as plink2 --indep-pairwise
             at = int(r2_tok.start_pos or 0)
-            raise QueryError(self.text, at, at + len(str(r2_tok)), "the r² threshold is above 0 and at most 1")
+            raise QueryError(self.text, at, at + len(str(r2_tok)), "the r² threshold is at least 0 and below 1")
         return Prune(window, kb, step, r2)
 
     def as_name(self, items: list[Token]) -> Name:

@@ -253,7 +253,9 @@ def release(
     if spec.whole_count:  # withheld: the query audit refused it, or (alone) too few samples here
         small_here = not pooled and bool(_small(np.asarray(out["n"]), policy.min_cell_count))
         hide = bool(out.get("withheld", False)) or small_here
-        out["n"] = np.array(0 if hide else int(out["n"]))
+        if hide:  # nothing else about so few people leaves either (a PCA's sums weighted by their scores)
+            out = {name: np.zeros_like(np.asarray(value)) for name, value in out.items()}
+        out["n"] = np.array(0 if hide else int(result["n"]))
         out["withheld"] = np.array(hide)
         return out, {"kind": kind, "withheld": hide}
     if not pooled:

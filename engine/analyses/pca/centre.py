@@ -258,10 +258,15 @@ class PCAProtocol(Protocol):
         w = last
         for _ in range(2):  # full reorthogonalisation, twice is enough
             w = w - Q @ (Q.T @ w)
-        q, r = np.linalg.qr(w)
-        if np.abs(np.diag(r)).max(initial=0.0) < 1e-10 * np.abs(last).max(initial=1.0):
+        # keep only the directions the products really add: where X'X has lower rank than the variants (more
+        # variants than people, variants with one allele) the block loses rank, and QR would invent columns
+        u, sigma, _ = np.linalg.svd(w, full_matrices=False)
+        new = u[:, sigma > 1e-10 * max(float(np.abs(last).max(initial=0.0)), 1e-300)]
+        if new.shape[1] == 0:  # the basis spans an invariant subspace: the Ritz pairs are exact
             self.converged = True
             return False
+        new = new - Q @ (Q.T @ new)
+        q = np.linalg.qr(new)[0]
         q = q[:, : min(self.block, width - self.used)]  # the last block of a small problem may be narrower
         self.Q[:, self.used : self.used + q.shape[1]] = q
         self.sent = self.used + q.shape[1]
