@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pcs", type=int, default=10)
     ap.add_argument("--skip-plink", action="store_true", help="only time BETTER")
+    ap.add_argument("--station-threads", type=int, default=None, help="kernel threads per station (default --threads)")
     args = ap.parse_args()
 
     from better.genomics.ingest import ingest_vcf
@@ -67,9 +68,10 @@ def main() -> None:
         for k in range(3):
             path = args.cohort / f"station{k}"
             token, record = new_token("bench", "researcher")
-            config = StationConfig(name=f"station{k}", policy=Policy(), server=Server(threads=args.threads))
+            threads = args.station_threads or args.threads
+            config = StationConfig(name=f"station{k}", policy=Policy(), server=Server(threads=threads))
             write_config(path, config.model_copy(update={"tokens": [record]}))
-            url = stack.enter_context(station_process(path, threads=args.threads))
+            url = stack.enter_context(station_process(path, threads=threads))
             clients.append(StationClient(f"station{k}", url, token, timeout=1200))
         fed = Federation(clients, secure_aggregation="on")
         fed.query("PCA 2 ON 1:1-2000000")  # warm-up: the servers compile their kernels

@@ -335,16 +335,19 @@ def compute(
     on_block: Callable[[int], None] | None = None,
     compute_lock: Any = None,
     cache: BlockCache | None = None,
+    judge: bool = True,
 ) -> Computed:
     """Run a prepared task's station work: its result, and the per-row people counts the policy judges.
 
     For the regression rounds the genotype counts come from the same blocks as the kernel's (one read).
+    ``judge=False``: the rows' judgements are known already (a later round of a judged session), so
+    nothing is counted for them.
     """
     request, task = prepared.request, prepared.task
     kind = round_kind(request.kind)
     blocks = block_source(prepared, on_block, cache)
     seen: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
-    if kind.judged_groups is not None and kind.people is None:
+    if judge and kind.judged_groups is not None and kind.people is None:
         group, n_groups = judged_groups(prepared.design, kind)
         inner = blocks
 
@@ -357,8 +360,8 @@ def compute(
     locked = compute_lock is not None and kind.data == "variants" and not kind.lists_keys
     with compute_lock if locked else nullcontext():
         result = execute(task, data)
-    if kind.judged_groups is None:
-        return Computed(result, kind.people(result) if kind.people is not None else None)
+    if kind.judged_groups is None or not judge:
+        return Computed(result, kind.people(result) if kind.people is not None and judge else None)
     group, n_groups = judged_groups(prepared.design, kind)
     sizes = np.bincount(group[group >= 0], minlength=n_groups).astype(np.int64)
     if kind.people is not None:  # e.g. a linear round's own sums give its genotype counts: no second pass
@@ -436,7 +439,7 @@ def run_task(
     judgements made before (a Newton round's, from its session's score round).
     """
     request, task = prepared.request, prepared.task
-    computed = compute(prepared, on_block, compute_lock, cache)
+    computed = compute(prepared, on_block, compute_lock, cache, judge=rules is None)
     if request.secure is not None:  # masked arrays are added row by row: lay them on the round's rows first
         computed = on_shared_rows(request, task, computed)
     result = dict(computed.result)

@@ -40,7 +40,10 @@ def encode_arrays(arrays: dict[str, np.ndarray], n_rows: int | None = None, comp
         dtype = _dtype_name(name, a)
         if n_rows is not None and a.ndim >= 1 and a.shape[0] == n_rows and 0 not in a.shape[1:]:
             flat = a.reshape(n_rows, int(np.prod(a.shape[1:]))) if a.ndim > 1 else a
-            base = pa.array(flat.reshape(-1) if a.ndim > 1 else flat, type=_DTYPES[dtype])
+            values = flat.reshape(-1) if a.ndim > 1 else flat
+            if dtype == "str":  # Arrow converts numpy's fixed-width unicode slowly, Python objects fast
+                values = values.astype(object)
+            base = pa.array(values, type=_DTYPES[dtype])
             col = pa.FixedSizeListArray.from_arrays(base, int(np.prod(a.shape[1:]))) if a.ndim > 1 else base
             columns.append(col)
             fields.append(pa.field(name, col.type, nullable=False, metadata={"shape": json.dumps(a.shape[1:])}))

@@ -10,7 +10,9 @@ import re
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from better.engine.accelerate import set_threads
 from better.engine.design import KEY_COLUMNS, Block, Targets
 from better.engine.errors import InputError
 from better.engine.kernels.standardized import missing_per_sample, standardized_rows
@@ -55,6 +57,12 @@ def _chunks(rows: np.ndarray) -> list[np.ndarray]:
     return [np.arange(a, min(a + CHUNK, rows.shape[0])) for a in range(0, rows.shape[0], CHUNK)]
 
 
+def _blas_threads() -> Any:
+    """BLAS gets the station's share of threads (Numba's), not every core: stations sharing a machine
+    would otherwise each spin a thread per core."""
+    return threadpool_limits(limits=set_threads(None), user_api="blas")
+
+
 def station_scores(
     data: StationData, task: Task, basis: np.ndarray, squares: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -66,12 +74,14 @@ def station_scores(
     mean, scale = np.asarray(task["mean"]), np.asarray(task["scale"])
     scores = np.zeros((include.shape[0], basis.shape[1]))
     sums = np.zeros(include.shape[0])
-    for part in _chunks(rows):
-        r = rows[part]
-        x = standardized_rows(packed, part, mean[r], scale[r], include)
-        scores += x.T @ basis[r]
-        if squares:
-            sums += np.einsum("vi,vi->i", x, x)
+    buffer = np.empty(min(CHUNK, rows.shape[0]) * include.shape[0])
+    with _blas_threads():
+        for part in _chunks(rows):
+            r = rows[part]
+            x = standardized_rows(packed, part, mean[r], scale[r], include, buffer)
+            scores += x.T @ basis[r]
+            if squares:
+                sums += np.einsum("vi,vi->i", x, x)
     return scores, sums, packed, rows
 
 
@@ -83,9 +93,11 @@ def product_station(task: Task, data: StationData) -> Result:
     include = np.ascontiguousarray(data.design.include, dtype=np.bool_)
     mean, scale = np.asarray(task["mean"]), np.asarray(task["scale"])
     product = np.zeros_like(basis)
-    for part in _chunks(rows):
-        r = rows[part]
-        product[r] = standardized_rows(packed, part, mean[r], scale[r], include) @ scores
+    buffer = np.empty(min(CHUNK, rows.shape[0]) * include.shape[0])
+    with _blas_threads():
+        for part in _chunks(rows):
+            r = rows[part]
+            product[r] = standardized_rows(packed, part, mean[r], scale[r], include, buffer) @ scores
     return {"product": product}
 
 
