@@ -15,14 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The modules whose docstrings hold examples that run. A module listed here whose examples vanish fails
 #: ``test_docstring_examples``; a module with examples not listed here fails ``test_the_list_is_complete``.
 WITH_EXAMPLES = (
+    "better.engine.analyses.ld_prune",
     "better.engine.analyses.linear",
     "better.engine.analyses.logistic.station",
+    "better.engine.analyses.pca.centre",
     "better.engine.design",
     "better.engine.filters",
     "better.engine.finals",
     "better.engine.fixedpoint",
     "better.engine.isolation",
     "better.engine.kernels.counts",
+    "better.engine.kernels.ld",
+    "better.engine.kernels.standardized",
     "better.engine.key_union",
     "better.engine.shared_rows",
     "better.engine.stats",
@@ -41,6 +45,7 @@ WITH_EXAMPLES = (
     "better.query.output",
     "better.query.parser",
     "better.query.withholding",
+    "better.station_api.policy",
     "better.station_api.tomlfile",
 )
 

@@ -60,7 +60,11 @@ def caret(text: str, token: str, rfind: bool = False) -> str:
         ("FREQ 22:9-1", "start must not exceed end", "22:9-1"),
         ("COUNT WHERE age >> 3", "unexpected '>'", ">"),
         ("COUNT WHERE age > 3 OR sex = 1", "unexpected 'OR'", "OR"),
-        ("SELECT * FROM t", "expected COUNT, COVERAGE, EXPLAIN, FREQ, GWAS, HWE, PILEUP or READS", "SELECT"),
+        (
+            "SELECT * FROM t",
+            "expected COUNT, COVERAGE, EXPLAIN, FREQ, GWAS, HWE, PCA, PILEUP, PROJECT, PRUNE or READS",
+            "SELECT",
+        ),
     ],
 )
 def test_syntax_errors__point_at_the_token(text: str, message: str, token: str) -> None:

@@ -80,7 +80,9 @@ def test_gwas_linear__equals_plink2(live: Live, adjust: str, ref_name: str) -> N
     for key, r in ref.items():
         ours = got[key]
         assert ours["ID"] == r["ID"]
-        assert ours["ERRCODE"] == r["ERRCODE"] or (ours["ERRCODE"], r["ERRCODE"]) == ("INVALID_RESULT", "CORR_TOO_HIGH")
+        assert ours["ERRCODE"] == r["ERRCODE"] or (
+            ours["ERRCODE"] == "INVALID_RESULT" and r["ERRCODE"] in ("CORR_TOO_HIGH", "VIF_INFINITE")
+        )  # a covariate singular among the variant's called samples: PLINK's code depends on rounding
         assert ours["OBS_CT"] == int(r["OBS_CT"])
         if r["ERRCODE"] == ".":
             # PLINK 2 prints 6 significant digits: ours, through masked sums, round to them (measured: at
