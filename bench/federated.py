@@ -21,7 +21,6 @@ import shutil
 import statistics
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -37,39 +36,22 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from gwas import plink_time
+    from stations import served, station_stores
 
-    from better.genomics.ingest import ingest_vcf
-    from better.genomics.store import Store
     from better.query.federation import Federation
-    from better.query.remote import StationClient
-    from better.station_api.auth import new_token
-    from better.station_api.config import Policy, Server, StationConfig, write_config
-    from better.station_api.launch import station_process
 
-    if not (args.cohort / "dummy.pgen").exists():
-        raise SystemExit(f"no cohort in {args.cohort}: run bash ../shared/bench/make-dummy-cohort.sh {args.cohort}")
     # Stations of an audit group answer only masked (docs/privacy.md), so the run in the clear uses copies
     # of the stores audited over their own people.
-    for k in range(3):
-        path = args.cohort / f"station{k}"
-        if not (path / "catalog.duckdb").exists():
-            store = Store.create(path)
-            ingest_vcf(store, "d", str(args.cohort / f"st{k}.vcf.gz"), str(args.cohort / f"pheno{k}.tsv"))
+    masked = station_stores(args.cohort)
+    plain = []
+    for k, path in enumerate(masked):
         clear = args.cohort / f"clear{k}"
         if not (clear / "catalog.duckdb").exists():
             shutil.copytree(path, clear, ignore=shutil.ignore_patterns("audit", "serve.log", "secure_contexts.txt"))
+        plain.append(clear)
     times: dict[str, list[float]] = {"masked": [], "plain": []}
-    for mode, prefix, scope in (("masked", "station", "auto"), ("plain", "clear", "local")):
-        with ExitStack() as stack:
-            clients = []
-            for k in range(3):
-                path = args.cohort / f"{prefix}{k}"
-                token, record = new_token("bench", "researcher")
-                policy = Policy(audit_scope=scope)
-                config = StationConfig(name=f"station{k}", policy=policy, server=Server(threads=args.threads))
-                write_config(path, config.model_copy(update={"tokens": [record]}))
-                url = stack.enter_context(station_process(path, threads=args.threads))
-                clients.append(StationClient(f"station{k}", url, token))
+    for mode, paths, scope in (("masked", masked, "auto"), ("plain", plain, "local")):
+        with served(paths, args.threads, scope) as clients:
             fed = Federation(clients, secure_aggregation="on" if mode == "masked" else "off")
             fed.query(QUERY + " ON 1:1-200000")  # warm-up: the servers compile their kernels
             for _ in range(args.repeat):

@@ -23,34 +23,20 @@ OUT = Path(__file__).resolve().parent / "out"
 COVARS = ["age", "sex", "pc1", "pc2", "pc3", "pc4"]
 
 
-def plink_time(cohort: Path, pheno: str, threads: int, work: Path) -> float:
+def timed_plink(*args: str) -> float:
+    """Seconds one ``plink2`` command takes (its output is not shown)."""
     t0 = time.perf_counter()
-    subprocess.run(
-        [
-            "plink2",
-            "--pfile",
-            str(cohort / "dummy"),
-            "--pheno",
-            str(cohort / "pheno.tsv"),
-            "--pheno-name",
-            pheno,
-            "--covar",
-            str(cohort / "pheno.tsv"),
-            "--covar-name",
-            *COVARS,
-            "--covar-variance-standardize",
-            "--glm",
-            "hide-covar",
-            "omit-ref",
-            "--threads",
-            str(threads),
-            "--out",
-            str(work / pheno),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run(["plink2", *args], check=True, capture_output=True)
     return time.perf_counter() - t0
+
+
+def plink_time(cohort: Path, pheno: str, threads: int, work: Path) -> float:
+    """Seconds ``plink2 --glm`` takes for ``pheno`` on the pooled file."""
+    return timed_plink(
+        *("--pfile", str(cohort / "dummy"), "--pheno", str(cohort / "pheno.tsv"), "--pheno-name", pheno),
+        *("--covar", str(cohort / "pheno.tsv"), "--covar-name", *COVARS, "--covar-variance-standardize"),
+        *("--glm", "hide-covar", "omit-ref", "--threads", str(threads), "--out", str(work / pheno)),
+    )
 
 
 def main() -> None:

@@ -17,10 +17,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -28,16 +26,12 @@ OUT = Path(__file__).resolve().parent / "out"
 
 def plink_pca(cohort: Path, pcs: int, threads: int, work: Path, *mode: str) -> float:
     """Seconds ``plink2 --pca`` takes on the pooled file."""
-    t0 = time.perf_counter()
-    subprocess.run(
-        [
-            *("plink2", "--pfile", str(cohort / "dummy"), "--pca", str(pcs), *mode),
-            *("--threads", str(threads), "--out", str(work / ("pca" + "".join(mode)))),
-        ],
-        check=True,
-        capture_output=True,
+    from gwas import timed_plink
+
+    return timed_plink(
+        *("--pfile", str(cohort / "dummy"), "--pca", str(pcs), *mode),
+        *("--threads", str(threads), "--out", str(work / ("pca" + "".join(mode)))),
     )
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -48,31 +42,12 @@ def main() -> None:
     ap.add_argument("--skip-plink", action="store_true", help="only time BETTER")
     ap.add_argument("--station-threads", type=int, default=None, help="kernel threads per station (default --threads)")
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from stations import served, station_stores
 
-    from better.genomics.ingest import ingest_vcf
-    from better.genomics.store import Store
     from better.query.federation import Federation
-    from better.query.remote import StationClient
-    from better.station_api.auth import new_token
-    from better.station_api.config import Policy, Server, StationConfig, write_config
-    from better.station_api.launch import station_process
 
-    if not (args.cohort / "dummy.pgen").exists():
-        raise SystemExit(f"no cohort in {args.cohort}: run bash ../shared/bench/make-dummy-cohort.sh {args.cohort}")
-    for k in range(3):
-        path = args.cohort / f"station{k}"
-        if not (path / "catalog.duckdb").exists():
-            ingest_vcf(Store.create(path), "d", str(args.cohort / f"st{k}.vcf.gz"), str(args.cohort / f"pheno{k}.tsv"))
-    with ExitStack() as stack:
-        clients = []
-        for k in range(3):
-            path = args.cohort / f"station{k}"
-            token, record = new_token("bench", "researcher")
-            threads = args.station_threads or args.threads
-            config = StationConfig(name=f"station{k}", policy=Policy(), server=Server(threads=threads))
-            write_config(path, config.model_copy(update={"tokens": [record]}))
-            url = stack.enter_context(station_process(path, threads=threads))
-            clients.append(StationClient(f"station{k}", url, token, timeout=1200))
+    with served(station_stores(args.cohort), args.station_threads or args.threads) as clients:
         fed = Federation(clients, secure_aggregation="on")
         fed.query("PCA 2 ON 1:1-2000000")  # warm-up: the servers compile their kernels
         t0 = time.perf_counter()
