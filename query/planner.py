@@ -315,6 +315,8 @@ def check(query: Query, catalogs: list[StationCatalog], datasets: dict[str, str]
     for cond in query.variant_conditions:
         if query.verb == "count":
             raise query.error(cond.column, f"{cond.column.text} filters variants; COUNT counts samples")
+        if query.verb == "project":
+            raise query.error(cond.column, f"{cond.column.text} filters variants; PROJECT uses the weights file's")
         if query.verb in READ_VERBS:
             raise query.error(cond.column, f"{cond.column.text} filters variants; {query.verb.upper()} has no variants")
         if cond.column.text == "filter":
