@@ -141,6 +141,10 @@ class RoundKind:
         The rules (:data:`RULES`) that judge its rows.
     zeroed
         The per-row arrays a withheld row has zeroed.
+    excludes
+        A per-row state array the station sets to 0 for withheld rows before its station half runs, so that
+        those variants enter nothing it computes (PCA's ``scale``: a row's genotypes feed every other row's
+        product through the scores, so zeroing its own output is not enough).
     pairs
         Per-row arrays ``(rows, span, ...)`` whose entry ``[i, d]`` is about rows ``i`` and ``i + 1 + d``
         (LD pairs): zeroed where either row is withheld.
@@ -182,6 +186,7 @@ class RoundKind:
     judged_groups: int | None = None
     zeroed: tuple[str, ...] = ()
     pairs: tuple[str, ...] = ()
+    excludes: str | None = None
     dropped: tuple[str, ...] = ()
     people: Callable[[Result], np.ndarray] | None = None
     calls: Callable[[Result], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None

@@ -35,6 +35,8 @@ class Structure:
     ids: dict[tuple, str] = field(default_factory=dict)
     variants: int = 0
     pruned: int = 0
+    #: Variants left out of pruning because 1 to ``min_cell_count - 1`` people lack a call there.
+    left_out: int = 0
     stored: int | None = None
 
 
@@ -66,9 +68,10 @@ async def run_structure(p: Plan, drive: Drive, ids: dict[tuple, str], into: Stru
         table = await drive("prune", pruning)
         assert pruning.removed is not None
         into.pruned = int(pruning.removed.sum())
+        into.left_out += pruning.left_out
         if q.verb == "prune":
             return _prune_table(table, ids)
-        kept = ~pruning.removed
+        kept = pruning.origin[~pruning.removed]
         keys, genotypes = {c: v[kept] for c, v in keys.items()}, genotypes[kept]
     pca = PCAProtocol(keys=keys, genotypes=genotypes, k=q.pcs, name=q.store_as.text if q.store_as is not None else "")
     table = await drive("pca", pca)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from better.engine.analyses import judges_later_rounds, round_kind
+from better.engine.analyses import judges_later_rounds, round_kind, round_kinds
 from better.engine.design import KEY_COLUMNS
 from better.engine.errors import InputError, NotFoundError
 from better.station_api.config import Policy
@@ -161,6 +161,17 @@ class SealedRounds:
         return {r: np.array([judged.get(key, {}).get(r, True) for key in rows], dtype=bool) for r in names}
 
 
+def later_rules(kind: str, rules: dict[str, np.ndarray], people: np.ndarray, policy: Policy) -> dict[str, np.ndarray]:
+    """``rules`` with, judged on the same people (genotype counts), the rules of the session's later rounds
+    that take this round's judgement (LD pairs also judge the people lacking a call, FREQ's counts not)."""
+    out = dict(rules)
+    for later in round_kinds():
+        if round_kind(later).rules_from == kind and people.ndim == 3:
+            for rule, hit in withheld_rows(later, people, policy).items():
+                out[rule] = out[rule] | hit if rule in out else hit
+    return out
+
+
 def seal_round(
     sealed: SealedRound,
     secrets: StationSecrets,
@@ -271,7 +282,8 @@ def open_round(
     if judges_later_rounds(request.kind) and rules is not None and sealed.shared_rows is not None:
         if finish is not None:  # the stations finish those rows; their Newton rounds are not the coordinator's
             rules = {**rules, "missing_genotypes": rules["missing_genotypes"] | finish}
-        rounds.remember_rules(spec.session, sealed.shared_rows, rules)
+        assert people is not None
+        rounds.remember_rules(spec.session, sealed.shared_rows, later_rules(request.kind, rules, people, policy))
     masked = secrets.mask(released, spec.session, spec.round, participants)
     summary.update({"secure_round": spec.round, "audit_scope": admission.scope})
     return encode_arrays(masked, sealed.n_rows, compress=False), summary

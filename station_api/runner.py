@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from better.genomics.station_data import StoreData
 from better.genomics.station_inputs import StationBlocks, build_design
 from better.genomics.store import DATASETS, Dataset, Store
 from better.station_api.config import Policy
-from better.station_api.policy import release
+from better.station_api.policy import release, withheld_rows
 from better.station_api.secure_agg import StationSecrets
 from better.wire.arrays import decode_state, encode_arrays
 from better.wire.messages import TaskRequest, participants_of
@@ -419,6 +419,29 @@ def on_shared_rows(request: TaskRequest, task: dict[str, Any], computed: Compute
     return Computed(result, people, computed.group_sizes)
 
 
+def _withheld_first(
+    prepared: Prepared,
+    kind: RoundKind,
+    policy: Policy,
+    rules: dict[str, np.ndarray] | None,
+    cache: BlockCache | None,
+) -> np.ndarray:
+    """The rows a round withholds, before it runs: as judged before (``rules``), or on this station's own
+    genotype counts of the task's rows (one counting pass)."""
+    if rules is None:
+        group, n_groups = judged_groups(prepared.design, kind)
+        sizes = np.bincount(group[group >= 0], minlength=n_groups).astype(np.int64)
+        seen = [
+            (b.keys, genotype_counts(np.ascontiguousarray(b.packed), group, n_groups))
+            for b in block_source(prepared, None, cache)(None)
+        ]
+        rules = withheld_rows(kind.name, _counts_on_rows({}, prepared.task, seen, sizes), policy)
+    hit = np.zeros(int(np.asarray(prepared.task["key_pos"]).shape[0]), dtype=bool)
+    for rule in rules.values():
+        hit |= np.asarray(rule, dtype=bool)
+    return hit
+
+
 def run_task(
     prepared: Prepared,
     policy: Policy,
@@ -439,6 +462,11 @@ def run_task(
     judgements made before (a Newton round's, from its session's score round).
     """
     request, task = prepared.request, prepared.task
+    kind = round_kind(request.kind)
+    if kind.excludes is not None:  # withheld rows enter nothing: judge them first, then compute without them
+        hit = _withheld_first(prepared, kind, policy, rules, cache)
+        task = {**task, kind.excludes: np.where(hit, 0.0, task[kind.excludes])}
+        prepared = replace(prepared, task=task)
     computed = compute(prepared, on_block, compute_lock, cache, judge=rules is None)
     if request.secure is not None:  # masked arrays are added row by row: lay them on the round's rows first
         computed = on_shared_rows(request, task, computed)

@@ -248,8 +248,13 @@ class TaskManager:
                 )
             if round_kind(request.kind).rules_from is not None:
                 task = prepared.task
-                plan.rules = self.sealed.remembered_rules(
+                remembered = self.sealed.remembered_rules(
                     request.secure.session, {c: task[f"key_{c}"] for c in KEY_COLUMNS}
+                )
+                own = round_kind(request.kind).rules  # the round's own rules, as judged before (unjudged: withheld)
+                rows = len(task["key_pos"])
+                plan.rules = (
+                    None if remembered is None else {r: remembered.get(r, np.ones(rows, dtype=bool)) for r in own}
                 )
         else:
             context = judge_context(request)

@@ -580,15 +580,17 @@ def test_prune__a_window_reaching_too_many_variants_is_refused() -> None:
         )
 
 
-def test_prune__withheld_variants_are_refused() -> None:
+def test_prune__a_withheld_variant_leaves_the_candidates_and_the_rounds_start_again() -> None:
     keys = keys_of(np.array(["1"] * 4), np.arange(1, 5))
     proto = PruneProtocol(keys=keys, genotypes=np.ones((4, 3), dtype=np.int64), window=3, step=1, r2=0.2)
     task = proto.next_task()
     assert task is not None
     proto.receive([{"pairs": np.zeros((4, 2, 6), dtype=np.int64), "withheld": np.array([0, 1, 0, 0], dtype=bool)}])
+    again = proto.next_task()
+    assert again is not None and again["key_pos"].tolist() == [1, 3, 4] and proto.left_out == 1
+    proto.receive([{"pairs": np.zeros((3, 2, 6), dtype=np.int64)}])
     assert proto.next_task() is None
-    with pytest.raises(InputError, match="withheld"):
-        proto.result()
+    assert proto.result()["pos"].tolist() == [1, 3, 4]
 
 
 # -- scores stored at a station ----------------------------------------------------------------------------

@@ -45,6 +45,8 @@ def pairs_station(task: Task, data: StationData) -> Result:
         or (span.max(initial=0) > MAX_SPAN)
     ):
         raise InputError(f"task state: each span is 0 to {MAX_SPAN} and stays within the task's variants")
+    if int(span.sum()) > PAIRS_PER_ROUND:
+        raise InputError(f"task state: {int(span.sum())} pairs, over the {PAIRS_PER_ROUND} a round may take")
     packed, rows = selected(data, task)
     include = np.asarray(data.design.include, dtype=bool)
     n = include.shape[0]
@@ -211,7 +213,9 @@ def _settle(in_window, end, run, removed, first_unchecked, majf, hit) -> None:  
 
 @dataclass
 class PruneProtocol(Protocol):
-    """Rounds of pair sums over chunks of the variants, then PLINK's greedy pruning.
+    """Rounds of pair sums over chunks of the variants, then PLINK's greedy pruning. A variant some station
+    withholds (1 to 4 copies of its minor allele, or of the people lacking a call, as the station judges
+    them) leaves the candidates and the rounds start again without it.
 
     ``keys`` sorted by chromosome (in file order) and position; ``genotypes`` their pooled hom-ref, het and
     hom-alt counts; ``window`` in variants (or kb with ``kb``), ``step``, ``r2``.
@@ -226,12 +230,20 @@ class PruneProtocol(Protocol):
     span: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 6), dtype=np.int64))
     chunks: list[tuple[int, int]] = field(default_factory=list)
+    chunk: int = 0
     removed: np.ndarray | None = None
-    withheld: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    #: Variants some station withheld (its rules): they leave the candidates, and pruning starts again.
+    left_out: int = 0
+    #: Where each candidate left stood among the variants given.
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
-        pos = np.asarray(self.keys["pos"], dtype=np.int64)
         self.window_bases = int(self.window * 1000 * (1 + EPSILON)) if self.kb else self.window
+        self.origin = np.arange(np.asarray(self.keys["pos"]).shape[0])
+        self._start()
+
+    def _start(self) -> None:
+        pos = np.asarray(self.keys["pos"], dtype=np.int64)
         self.span = spans(np.asarray(self.keys["chrom"]), pos, self.window_bases, self.kb)
         if self.span.max(initial=0) > MAX_SPAN:
             raise InputError(
@@ -240,8 +252,7 @@ class PruneProtocol(Protocol):
             )
         m = pos.shape[0]
         self.sums = np.zeros((m, int(self.span.max(initial=0)), len(PAIR_SUMS)), dtype=np.int64)
-        self.withheld = np.zeros(m, dtype=bool)
-        a = 0
+        self.chunks, self.chunk, a = [], 0, 0
         while a < m:  # chunks of rows whose pairs fit a round
             total = np.cumsum(self.span[a:])
             b = a + max(1, int(np.searchsorted(total, PAIRS_PER_ROUND, side="right")))
@@ -249,30 +260,36 @@ class PruneProtocol(Protocol):
             a = b
 
     def next_task(self) -> Task | None:
-        if self.rounds >= len(self.chunks):
+        if self.chunk >= len(self.chunks):
             return None
-        a, b = self.chunks[self.rounds]
+        a, b = self.chunks[self.chunk]
         last = max(b, max((i + int(self.span[i]) + 1 for i in range(a, b)), default=b))
         span = np.zeros(last - a, dtype=np.int64)
         span[: b - a] = self.span[a:b]
         return {"kind": "ld_pairs", **{f"key_{c}": self.keys[c][a:last] for c in KEY_COLUMNS}, "span": span}
 
     def receive(self, results: list[Result]) -> None:
-        a, b = self.chunks[self.rounds]
+        a, b = self.chunks[self.chunk]
+        last = max(b, max((i + int(self.span[i]) + 1 for i in range(a, b)), default=b))
         width = int(self.span[a:b].max(initial=0))
+        withheld = np.zeros(last - a, dtype=bool)
         for r in results:
             pairs = np.asarray(r["pairs"], dtype=np.int64)
             self.sums[a:b, :width] += pairs[: b - a, :width]
             if "withheld" in r:
-                self.withheld[a : a + len(r["withheld"])] |= np.asarray(r["withheld"], dtype=bool)
+                withheld |= np.asarray(r["withheld"], dtype=bool)
         self.rounds += 1
+        self.chunk += 1
+        if withheld.any():  # a candidate's pair sums are not all here: leave it out, and start again
+            keep = np.ones(self.span.shape[0], dtype=bool)
+            keep[a + np.flatnonzero(withheld)] = False
+            self.left_out += int((~keep).sum())
+            self.keys = {c: v[keep] for c, v in self.keys.items()}
+            self.genotypes = self.genotypes[keep]
+            self.origin = self.origin[keep]
+            self._start()
 
     def result(self) -> dict[str, np.ndarray]:
-        if self.withheld.any():
-            raise InputError(
-                f"the stations withheld {int(self.withheld.sum())} of the variants to prune (their rules); "
-                "leave rare variants out (WHERE maf >= ...)"
-            )
         hits = high_ld(self.sums, self.r2)
         self.removed = prune(
             np.asarray(self.keys["chrom"]),
@@ -296,7 +313,7 @@ ROUNDS = (
         },
         scope="task",
         sealed="never",
-        rules=("minor_allele_count",),
+        rules=("minor_allele_count", "missing_genotypes"),
         judged_groups=1,
         zeroed=("pairs",),
         pairs=("pairs",),

@@ -201,7 +201,9 @@ def test_prune__equals_plink2_indep_pairwise(live: Live, clause: str, args: list
     assert frame.columns[:5] == ["#CHROM", "POS", "ID", "REF", "ALT"] and "PRUNE" in frame.columns
     keys = {"chrom": frame["#CHROM"].to_numpy(), "pos": frame["POS"].to_numpy()}
     keys |= {"ref": frame["REF"].to_numpy(), "alt": frame["ALT"].to_numpy()}
-    assert frame.height > 1000
+    # the stations audit locally here, so each withholds variants that 1..4 of its own people lack a call
+    # at (their pair sums would show those people); under the default pooled audit far fewer are left out
+    assert frame.height > 500
     name = "prune_" + "_".join(args).replace(".", "")
     extract = write_extract(live.work / f"{name}.extract", keys)
     out = live.work / name
@@ -273,7 +275,7 @@ def test_gwas__with_stored_pcs_equals_plink2_with_its_pcs(live: Live, prune: str
     structure = live.fed.structure
     pca = structure.pca
     assert pca is not None and (structure.pruned > 0) == bool(prune)
-    assert pca.keys["pos"].shape[0] == structure.variants - structure.pruned
+    assert pca.keys["pos"].shape[0] == structure.variants - structure.left_out - structure.pruned
     extract = write_extract(live.work / f"{name}.extract", pca.keys)
     plink(*live.vcf(), "--extract", str(extract), "--pca", "4", "meanimpute", "--out", str(live.work / f"{name}.mi"))
     plink(*live.vcf(), "--extract", str(extract), "--pca", "4", "--out", str(live.work / f"{name}.def"))

@@ -46,6 +46,7 @@ ROUNDS = (
         rules=("minor_allele_count",),
         judged_groups=1,
         zeroed=("product",),
+        excludes="scale",
         rules_from="counts",
         max_cols=MAX_BASIS,
     ),
@@ -62,6 +63,10 @@ ROUNDS = (
         scope="task",
         sealed="never",
         whole_count=True,
+        rules=("minor_allele_count",),
+        judged_groups=1,
+        excludes="scale",
+        rules_from="counts",
         max_cols=MAX_PCS,
     ),
 )

@@ -141,6 +141,9 @@ class PCAProtocol(Protocol):
         self.genotypes = np.asarray(self.genotypes, dtype=np.int64)
         if not 1 <= self.k <= MAX_PCS:
             raise InputError(f"PCA computes 1 to {MAX_PCS} components, not {self.k}")
+        people = int(self.genotypes[0].sum()) if self.genotypes.shape[0] else 0
+        if self.k >= people - 1:  # centred, X has rank at most people - 1
+            raise InputError(f"PCA {self.k} needs at least {self.k + 2} people; the selection has {people}")
         self.alt_freq, self.mean, self.scale = standardization(self.genotypes[:, :3])
         if self.dropped.shape[0] != self.scale.shape[0]:
             self.dropped = np.zeros(self.scale.shape[0], dtype=bool)

@@ -109,8 +109,13 @@ def scores_station(task: Task, data: StationData) -> Result:
     if name and not NAME_PATTERN.fullmatch(name):
         raise InputError(f"scores are stored under a name of letters, digits and _ (up to 30), not {name[:40]!r}")
     basis = np.asarray(task["basis"], dtype=np.float64)
+    divisor = np.asarray(task["divisor"], dtype=np.float64)
+    if np.any(divisor <= 0):
+        raise InputError("task state: the divisors of the scores must be positive")
     scores, squares, packed, rows = station_scores(data, task, basis, squares=True)
-    scores /= np.asarray(task["divisor"], dtype=np.float64)
+    scores /= divisor
+    if not np.all(np.isfinite(scores)):
+        raise InputError("task state: these loadings give scores that are not finite numbers")
     include = np.asarray(data.design.include, dtype=bool)
     n_rows = int(np.asarray(task["key_pos"]).shape[0])
     missing = missing_per_sample(packed, include.shape[0]) + (n_rows - rows.shape[0])  # lacked here: missing
