@@ -419,27 +419,21 @@ def on_shared_rows(request: TaskRequest, task: dict[str, Any], computed: Compute
     return Computed(result, people, computed.group_sizes)
 
 
-def _withheld_first(
+def _rules_first(
     prepared: Prepared,
     kind: RoundKind,
     policy: Policy,
-    rules: dict[str, np.ndarray] | None,
     cache: BlockCache | None,
-) -> np.ndarray:
-    """The rows a round withholds, before it runs: as judged before (``rules``), or on this station's own
-    genotype counts of the task's rows (one counting pass)."""
-    if rules is None:
-        group, n_groups = judged_groups(prepared.design, kind)
-        sizes = np.bincount(group[group >= 0], minlength=n_groups).astype(np.int64)
-        seen = [
-            (b.keys, genotype_counts(np.ascontiguousarray(b.packed), group, n_groups))
-            for b in block_source(prepared, None, cache)(None)
-        ]
-        rules = withheld_rows(kind.name, _counts_on_rows({}, prepared.task, seen, sizes), policy)
-    hit = np.zeros(int(np.asarray(prepared.task["key_pos"]).shape[0]), dtype=bool)
-    for rule in rules.values():
-        hit |= np.asarray(rule, dtype=bool)
-    return hit
+) -> dict[str, np.ndarray]:
+    """A round's per-row judgements before it runs, on this station's own genotype counts of the task's
+    rows (one counting pass)."""
+    group, n_groups = judged_groups(prepared.design, kind)
+    sizes = np.bincount(group[group >= 0], minlength=n_groups).astype(np.int64)
+    seen = [
+        (b.keys, genotype_counts(np.ascontiguousarray(b.packed), group, n_groups))
+        for b in block_source(prepared, None, cache)(None)
+    ]
+    return withheld_rows(kind.name, _counts_on_rows({}, prepared.task, seen, sizes), policy)
 
 
 def run_task(
@@ -464,7 +458,11 @@ def run_task(
     request, task = prepared.request, prepared.task
     kind = round_kind(request.kind)
     if kind.excludes is not None:  # withheld rows enter nothing: judge them first, then compute without them
-        hit = _withheld_first(prepared, kind, policy, rules, cache)
+        if rules is None:  # judged here, once: the same judgements go to the policy below
+            rules = _rules_first(prepared, kind, policy, cache)
+        hit = np.zeros(int(np.asarray(task["key_pos"]).shape[0]), dtype=bool)
+        for rule in rules.values():
+            hit |= np.asarray(rule, dtype=bool)
         task = {**task, kind.excludes: np.where(hit, 0.0, task[kind.excludes])}
         prepared = replace(prepared, task=task)
     computed = compute(prepared, on_block, compute_lock, cache, judge=rules is None)

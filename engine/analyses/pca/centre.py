@@ -20,6 +20,17 @@ MAX_BASIS = 128
 SEPARATION = 1e-2
 
 
+def variance_scale(p: np.ndarray) -> np.ndarray:
+    """``1 / sqrt(2p(1 - p))``, and 0 where ``p`` is 0 or 1 (a variant with one allele adds nothing).
+
+    >>> np.round(variance_scale(np.array([0.5, 0.0])), 6).tolist()
+    [1.414214, 0.0]
+    """
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((p > 0) & (p < 1), 1.0 / np.sqrt(2 * p * (1 - p)), 0.0)
+
+
 def standardization(genotypes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled ALT frequency, ``2p`` and ``1 / sqrt(2p(1 - p))`` per variant from hom-ref, het and hom-alt
     counts; a variant with one allele seen (or none called: ``p = 0.5``, as PLINK) gets scale 0.
@@ -30,10 +41,7 @@ def standardization(genotypes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     g = np.asarray(genotypes, dtype=np.float64)
     called = g.sum(axis=1)
     p = np.where(called > 0, (g[:, 1] + 2 * g[:, 2]) / np.maximum(2 * called, 1), 0.5)
-    informative = (g[:, 0] + g[:, 1] > 0) & (g[:, 1] + g[:, 2] > 0) & (called > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(informative & (p > 0) & (p < 1), 1.0 / np.sqrt(2 * p * (1 - p)), 0.0)
-    return p, 2 * p, scale
+    return p, 2 * p, np.where(called > 0, variance_scale(p), 0.0)
 
 
 def plink_eigenvalues(
@@ -345,13 +353,11 @@ class ProjectProtocol(Protocol):
         if self.rounds:
             return None
         p = self.alt_freq
-        with np.errstate(divide="ignore"):
-            scale = np.where((p > 0) & (p < 1), 1.0 / np.sqrt(2.0 * p * (1.0 - p)), 0.0)
         return {
             "kind": "pca_scores",
             **{f"key_{c}": self.keys[c] for c in KEY_COLUMNS},
             "mean": 2.0 * p,
-            "scale": scale,
+            "scale": variance_scale(p),
             "basis": self.weights,
             "divisor": np.ones(self.weights.shape[1]),
             "name": np.array([self.name]),

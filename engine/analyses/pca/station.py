@@ -7,6 +7,7 @@ A station standardises its genotypes of the task's variants (:mod:`better.engine
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,19 @@ def _blas_threads() -> Any:
     return threadpool_limits(limits=set_threads(None), user_api="blas")
 
 
+def _standardized(
+    packed: np.ndarray, rows: np.ndarray, task: Task, include: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The task rows of each chunk and their standardised genotypes, in one reused buffer (each chunk
+    overwrites the last), with BLAS at the station's share of threads meanwhile."""
+    mean, scale = np.asarray(task["mean"]), np.asarray(task["scale"])
+    buffer = np.empty(min(CHUNK, rows.shape[0]) * include.shape[0])
+    with _blas_threads():
+        for part in _chunks(rows):
+            r = rows[part]
+            yield r, standardized_rows(packed, part, mean[r], scale[r], include, buffer)
+
+
 def station_scores(
     data: StationData, task: Task, basis: np.ndarray, squares: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -71,17 +85,12 @@ def station_scores(
     from."""
     packed, rows = selected(data, task)
     include = np.ascontiguousarray(data.design.include, dtype=np.bool_)
-    mean, scale = np.asarray(task["mean"]), np.asarray(task["scale"])
     scores = np.zeros((include.shape[0], basis.shape[1]))
     sums = np.zeros(include.shape[0])
-    buffer = np.empty(min(CHUNK, rows.shape[0]) * include.shape[0])
-    with _blas_threads():
-        for part in _chunks(rows):
-            r = rows[part]
-            x = standardized_rows(packed, part, mean[r], scale[r], include, buffer)
-            scores += x.T @ basis[r]
-            if squares:
-                sums += np.einsum("vi,vi->i", x, x)
+    for r, x in _standardized(packed, rows, task, include):
+        scores += x.T @ basis[r]
+        if squares:
+            sums += np.einsum("vi,vi->i", x, x)
     return scores, sums, packed, rows
 
 
@@ -91,13 +100,9 @@ def product_station(task: Task, data: StationData) -> Result:
     basis = np.asarray(task["basis"], dtype=np.float64)
     scores, _, packed, rows = station_scores(data, task, basis)
     include = np.ascontiguousarray(data.design.include, dtype=np.bool_)
-    mean, scale = np.asarray(task["mean"]), np.asarray(task["scale"])
     product = np.zeros_like(basis)
-    buffer = np.empty(min(CHUNK, rows.shape[0]) * include.shape[0])
-    with _blas_threads():
-        for part in _chunks(rows):
-            r = rows[part]
-            product[r] = standardized_rows(packed, part, mean[r], scale[r], include, buffer) @ scores
+    for r, x in _standardized(packed, rows, task, include):
+        product[r] = x @ scores
     return {"product": product}
 
 
