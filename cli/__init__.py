@@ -38,6 +38,7 @@ app.add_typer(research.federation_app, name="federation")
 
 #: Packages a lean station install leaves out, and the optional group (pyproject.toml) that brings each.
 OPTIONAL_GROUPS = {
+    "cbgen": "bgen",
     "httpx": "coordinator",
     "lark": "coordinator",
     "msprime": "simulate",

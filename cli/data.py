@@ -27,6 +27,16 @@ def synth(
     ] = "variable",
     bam: Annotated[bool, typer.Option(help="also simulate indexed BAMs of some samples per station")] = False,
     bam_samples: Annotated[int, typer.Option(help="samples per station that get a BAM")] = 6,
+    dosages: Annotated[
+        bool,
+        typer.Option(
+            help="write imputed-style VCFs, as an imputation server does: GT:DS:GP, INFO R2 and IMPUTED/TYPED, "
+            "multi-allelic sites split into biallelic records (phenotypes unchanged)"
+        ),
+    ] = False,
+    gp: Annotated[
+        bool, typer.Option("--gp/--no-gp", help="with --dosages: also write GP (genotype posteriors)")
+    ] = True,
 ) -> None:
     """Generate a synthetic cohort split across stations (msprime genealogies, traits with known causes)."""
     from better.genomics.synth import SynthConfig, synthesize
@@ -42,6 +52,8 @@ def synth(
             seed=seed,
             fully_called=fully_called,
             missing_rates=missing_rates,
+            dosages=dosages,
+            gp=gp,
         ),
         on_step=lambda m: err.print(f"[dim]{m}[/dim]"),
     )
@@ -54,7 +66,8 @@ def synth(
     err.print(table)
     err.print(
         f"{r.n_records} records ({r.n_multiallelic} multi-allelic) -> {r.n_variants} biallelic variants; "
-        f"truth in truth.tsv; {time.perf_counter() - t0:.1f} s"
+        f"truth in truth.tsv{'; imputation quality in imputation.tsv' if dosages else ''}; "
+        f"{time.perf_counter() - t0:.1f} s"
     )
     if bam:
         where = synthesize_bams(r.out, list(r.stations), BamConfig(samples_per_station=bam_samples))
@@ -65,37 +78,72 @@ def synth(
 def ingest(
     station: Annotated[Path, typer.Option(help="station directory")],
     dataset: Annotated[str, typer.Option(help="dataset name (replaced if it exists, only on success)")],
-    vcf: Annotated[Path, typer.Option(help=".vcf, .vcf.gz or .bcf, sorted by position")],
+    vcf: Annotated[Path | None, typer.Option(help=".vcf, .vcf.gz or .bcf, sorted by position")] = None,
+    bfile: Annotated[str | None, typer.Option(help="PLINK 1 fileset PREFIX (.bed/.bim/.fam; A1 = ALT)")] = None,
+    pfile: Annotated[str | None, typer.Option(help="PLINK 2 fileset PREFIX (.pgen/.pvar/.psam), dosages kept")] = None,
+    bgen: Annotated[Path | None, typer.Option(help="BGEN v1.2/v1.3 file; dosages from its probabilities")] = None,
+    sample: Annotated[Path | None, typer.Option(help="the --bgen's .sample file (default: its own sample IDs)")] = None,
+    bgen_ref: Annotated[str, typer.Option(help="the --bgen's REF: first (plink2 ref-first) or last")] = "first",
     phenotypes: Annotated[Path | None, typer.Option(help="tab-separated table, sample ID first")] = None,
     threads: Annotated[int | None, typer.Option(help="parser threads (default: all cores)")] = None,
+    dosage: Annotated[
+        str, typer.Option(help="FORMAT field of ALT dosages: auto (DS, else HDS, else GP), DS, HDS, GP or none")
+    ] = "auto",
 ) -> None:
-    """Index a VCF/BCF (and phenotypes) into the station's store."""
+    """Index variants (and phenotypes) into the station's store: a VCF/BCF, a PLINK 1 or 2 fileset, or a BGEN."""
     from better.engine.accelerate import set_threads
-    from better.genomics.ingest import ingest_vcf
-    from better.genomics.store import Store
+    from better.engine.errors import InputError
+    from better.genomics.ingest import ingest_variants, vcf_source
+    from better.genomics.store import Store, check_dataset_name
     from better.station_api.config import read_config
 
+    given = [f"--{n}" for n, v in (("vcf", vcf), ("bfile", bfile), ("pfile", pfile), ("bgen", bgen)) if v is not None]
+    if len(given) != 1:
+        raise InputError(
+            ("no variant file given" if not given else f"{' and '.join(given)} given together")
+            + "; give exactly one of --vcf FILE, --bfile PREFIX, --pfile PREFIX or --bgen FILE"
+        )
+    if (sample is not None or bgen_ref != "first") and bgen is None:
+        raise InputError("--sample and --bgen-ref go with --bgen")
     read_config(station)
     store = Store.open(station)
     set_threads(threads)
+    check_dataset_name(dataset)
     with progress_bars("bytes") as progress:
-        task = progress.add_task(f"ingest {vcf.name}", total=None)
-        report = ingest_vcf(
-            store,
-            dataset,
-            str(vcf),
-            str(phenotypes) if phenotypes else None,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
+        name = (vcf or bgen or Path(str(bfile or pfile))).name
+        task = progress.add_task(f"ingest {name}", total=None)
+        if vcf is not None:
+            source = vcf_source(
+                str(vcf),
+                dosage=dosage,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        elif bfile is not None:
+            from better.genomics.plink_files import bed_source
+
+            source = bed_source(bfile)
+        elif pfile is not None:
+            from better.genomics.plink_files import pgen_source
+
+            source = pgen_source(pfile)
+        else:
+            from better.genomics.bgen import bgen_source
+
+            source = bgen_source(str(bgen), str(sample) if sample else None, ref=bgen_ref)
+        report = ingest_variants(store, dataset, source, str(phenotypes) if phenotypes else None)
     err.print(
-        f"dataset [bold]{dataset}[/bold]: {report.n_samples} samples, {report.n_records} records -> "
+        f"dataset [bold]{dataset}[/bold]: {report.n_samples} samples, {report.n_records} {source.format} records -> "
         f"{report.n_variants} variants ({report.n_multiallelic_records} multi-allelic records split) "
         f"on {', '.join(report.chromosomes) or 'no chromosome'} in {report.seconds:.1f} s"
     )
+    if source.dosages:
+        field = source.details.get("dosage_field")
+        where = f"FORMAT/{field}" if field else f"from the {source.format} file"
+        err.print(f"dosages: {where} (analysed on dosages; hard calls follow them, as PLINK 2 makes them)")
     if phenotypes is not None:
         msg = f"phenotypes: {report.n_phenotyped} of {report.n_samples} samples matched"
         if report.n_phenotype_rows_unmatched:
-            msg += f"; {report.n_phenotype_rows_unmatched} phenotype rows match no VCF sample and were left out"
+            msg += f"; {report.n_phenotype_rows_unmatched} phenotype rows match no sample and were left out"
         err.print(msg)
 
 
@@ -151,14 +199,16 @@ def store_info(station: Annotated[Path, typer.Option(help="station directory")])
     from better.station_api.config import read_config
 
     config = read_config(station)
-    rows = Store.open(station).summary()
+    store = Store.open(station)
+    rows = store.summary()
     table = Table(title=f"station {config.name} ({station})")
     for c in ("dataset", "kind", "samples", "records", "variants", "phenotyped", "chromosomes", "source sha256"):
         table.add_column(c)
     for r in rows:
+        dosages = r["kind"] == "variants" and store.dataset(r["name"]).has_dosages
         table.add_row(
             r["name"],
-            r["kind"],
+            r["kind"] + (" (dosages)" if dosages else ""),
             str(r["n_samples"]),
             str(r["n_records"]),
             str(r["n_variants"]),

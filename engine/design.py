@@ -61,10 +61,30 @@ class Design:
 
 @dataclass(frozen=True)
 class Block:
-    """Variant keys (``chrom``, ``pos``, ``ref``, ``alt`` arrays) and their packed genotypes."""
+    """Variant keys (``chrom``, ``pos``, ``ref``, ``alt`` arrays), their packed genotypes (hard calls) and,
+    for a dataset with dosages, their ALT dosages ``(variants, n)`` uint16 in 1/16384 steps (65535 missing).
+
+    Regressions and frequencies read the dosages where a block has them (as PLINK 2 does); genotype
+    counts (HWE), LD and PCA read the hard calls.
+    """
 
     keys: dict[str, np.ndarray]
     packed: np.ndarray
+    dosages: np.ndarray | None = None
+
+    def dosage_rows(self) -> np.ndarray:
+        """The dosages as a kernel takes them: contiguous, or an empty array for hard calls only."""
+        from better.engine.kernels.packed import NO_DOSAGES
+
+        return NO_DOSAGES if self.dosages is None else np.ascontiguousarray(self.dosages)
+
+    def take(self, rows: np.ndarray | list[int]) -> Block:
+        """The block's rows ``rows`` (keys, genotypes and dosages)."""
+        return Block(
+            {c: v[rows] for c, v in self.keys.items()},
+            np.ascontiguousarray(self.packed[rows]),
+            None if self.dosages is None else np.ascontiguousarray(self.dosages[rows]),
+        )
 
 
 #: Key columns of the variants a round needs (a Newton round of a few variants, say).

@@ -1,8 +1,12 @@
-"""Variant filters on pooled quantities: minor-allele frequency and count, call rate, HWE p-value.
+"""Variant filters on pooled quantities: minor-allele frequency and count, call rate, HWE p-value, and
+MaCH's imputation r².
 
 A filter is data (names, comparisons, thresholds), evaluated centrally on pooled counts, never on one
 station's: a variant rare at one station and common overall passes ``maf >= 0.01``. Variants without a
-called genotype have no MAF and fail every MAF or MAC comparison, as PLINK 2 drops them.
+called genotype have no MAF and fail every MAF or MAC comparison, as PLINK 2 drops them. On a dataset
+with dosages, the allele counts are dosage sums and "called" means "has a dosage" (PLINK 2's dosage-based
+``--maf`` and ``--geno dosage``); ``r2`` is the pooled MaCH r² of the dosages (``--mach-r2-filter``), and a
+variant where it is undefined (monomorphic, no dosages) passes, as PLINK 2 keeps it.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from better.engine.stats import hwe_exact
+from better.engine.stats import hwe_exact, mach_r2
 
 #: The pooled variant quantities a filter can use.
-NAMES = ("maf", "mac", "call_rate", "hwe_p")
+NAMES = ("maf", "mac", "call_rate", "hwe_p", "r2")
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "=": operator.eq,
     "!=": operator.ne,
@@ -54,10 +58,16 @@ class VariantFilter:
         return any(c.name == "hwe_p" for c in self.conditions)
 
     def mask(
-        self, alt: np.ndarray, called: np.ndarray, missing: np.ndarray, genotypes: np.ndarray | None = None
+        self,
+        alt: np.ndarray,
+        called: np.ndarray,
+        missing: np.ndarray,
+        genotypes: np.ndarray | None = None,
+        squares: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Which variants pass, from pooled ALT allele counts, called and missing sample counts, and (for
-        HWE) pooled genotype counts ``(variants, 3)`` (hom-ref, het, hom-alt).
+        """Which variants pass, from pooled ALT allele counts (dosage sums), called and missing sample
+        counts, (for HWE) pooled genotype counts ``(variants, 3)`` (hom-ref, het, hom-alt) and (for r²)
+        pooled sums of squared dosages.
 
         Examples
         --------
@@ -76,6 +86,13 @@ class VariantFilter:
                 "call_rate": called / (called + np.asarray(missing, dtype=float)),
             }
         for cond in self.conditions:
+            if cond.name == "r2":
+                if squares is None:
+                    raise ValueError("an r2 filter needs the sums of squared dosages")
+                r2 = mach_r2(alt, np.asarray(squares, dtype=float), called)
+                with np.errstate(invalid="ignore"):
+                    keep &= np.isnan(r2) | _OPS[cond.op](r2, cond.value)  # undefined: kept, as PLINK 2 does
+                continue
             if cond.name == "hwe_p":
                 if genotypes is None:
                     raise ValueError("an hwe_p filter needs genotype counts")

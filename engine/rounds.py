@@ -171,6 +171,10 @@ class RoundKind:
     whole_count
         It releases one count (``n``), withheld as a whole: when the query audit refused it, or (judged
         alone) when it is small at this station.
+    hard_calls
+        It reads the hard calls even on a dataset with dosages (LD, PCA), so its people are counted on
+        them; other kinds read dosages where a dataset has them, and their people are the genotypes
+        nearest the dosages.
     """
 
     name: str
@@ -195,6 +199,7 @@ class RoundKind:
     max_rows: int | None = None
     max_cols: int = 0
     whole_count: bool = False
+    hard_calls: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.rules) - set(RULES)

@@ -77,7 +77,7 @@ def conform(spec: SharedRows, result: dict[str, np.ndarray], shared: dict[str, n
         total = spec.per_row[name]
         if total is not None:
             full[absent] = np.asarray(result[total], dtype=a.dtype)
-        elif name == "counts":  # the last code counts missing samples, per group
+        elif name in ("counts", "dosage_people"):  # the last code counts missing samples, per group
             full[absent, :, -1] = np.asarray(result["group_size"], dtype=a.dtype)
         out[name] = full
     return out

@@ -37,13 +37,36 @@ def storage_width(n_samples: int) -> int:
     return max(1, packed_width(n_samples))
 
 
-def variants_schema(n_samples: int) -> pa.Schema:
+def dosage_width(n_samples: int) -> int:
+    """Bytes of one variant's dosages: a little-endian ``uint16`` a sample (see :mod:`better.genomics.dosage`)."""
+    return max(1, 2 * n_samples)
+
+
+#: The INFO keys of an imputation quality, in the order they are looked for: minimac's R2, Beagle's DR2,
+#: IMPUTE's INFO.
+IMPUTATION_R2_KEYS = ("R2", "DR2", "INFO")
+
+
+def variants_schema(n_samples: int, dosages: bool = False) -> pa.Schema:
     """Schema of ``variants.parquet`` for a dataset of ``n_samples`` samples.
 
     One row per biallelic variant, multi-allelic records split as ``bcftools norm -m-`` does.
     ``record`` is the 0-based index of the source VCF record and ``alt_index`` the 1-based index of
     this row's ALT allele within it, so a split can be traced back to its record.
+
+    A dataset ingested with dosages (``dosages=True``) adds ``imputation_r2``, the imputation server's
+    quality (INFO ``R2``, ``DR2`` or ``INFO``; null where absent), and ``dosages``, ``n_samples``
+    little-endian ``uint16`` ALT dosages in 1/16384 steps (65535 missing). Its ``genotypes`` are the hard
+    calls of those dosages.
     """
+    extra = (
+        [
+            pa.field("imputation_r2", pa.float32()),
+            pa.field("dosages", pa.binary(dosage_width(n_samples)), nullable=False),
+        ]
+        if dosages
+        else []
+    )
     return pa.schema(
         [
             pa.field("chrom", pa.string(), nullable=False),
@@ -61,6 +84,7 @@ def variants_schema(n_samples: int) -> pa.Schema:
             pa.field("n_hom_alt", pa.int32(), nullable=False),
             pa.field("n_missing", pa.int32(), nullable=False),
             pa.field("genotypes", pa.binary(storage_width(n_samples)), nullable=False),
+            *extra,
         ]
     )
 

@@ -94,7 +94,7 @@ def genotype_blocks(
         keys = {c: b.variants.column(c).to_numpy(zero_copy_only=False) for c in KEY_COLUMNS}
         for c in LABEL_COLUMNS:  # a VCF ID of "." is stored as null
             keys[c] = pc.fill_null(b.variants.column(c), ".").to_numpy(zero_copy_only=False)
-        yield Block(keys, b.packed)
+        yield Block(keys, b.packed, b.dosages)
 
 
 def variant_keys(
@@ -155,7 +155,10 @@ class StationBlocks:
                 i for i, key in enumerate(zip(*(keys[c].tolist() for c in KEY_COLUMNS), strict=True)) if key in wanted
             ]
             packed = np.concatenate([b.packed for b in parts]) if parts else np.zeros((0, 0), dtype=np.uint8)
-            self._cached = Block({c: keys[c][rows] for c in KEY_COLUMNS}, np.ascontiguousarray(packed[rows]))
+            dosages = None
+            if parts and parts[0].dosages is not None:
+                dosages = np.concatenate([b.dosages for b in parts if b.dosages is not None])
+            self._cached = Block(keys, packed, dosages).take(rows)
             self._cached_keys = set(zip(*(self._cached.keys[c].tolist() for c in KEY_COLUMNS), strict=True))
             self._cached_keys |= wanted  # wanted but absent here: absent on the next call too
         return iter([self._cached])

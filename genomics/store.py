@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -46,6 +47,9 @@ from better.genomics.schema import STORE_FORMAT_VERSION, VARIANT_META_COLUMNS
 from better.genomics.selection import Condition, sample_mask
 
 CATALOG = "catalog.duckdb"
+#: The most bytes of genotypes and dosages one block holds (a dataset of 500,000 samples with dosages:
+#: 64 rows).
+BLOCK_BYTES = 64 << 20
 DATASETS = "datasets"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
@@ -103,6 +107,9 @@ class GenotypeBlock:
 
     variants: pa.Table
     packed: np.ndarray
+    #: ``(rows, n_samples)`` uint16 ALT dosages of a dataset ingested with dosages (see
+    #: :mod:`better.genomics.dosage`), else None; a view of Arrow memory, read-only.
+    dosages: np.ndarray | None = None
 
     @property
     def n_variants(self) -> int:
@@ -129,6 +136,13 @@ class Dataset:
     @property
     def variants_path(self) -> Path:
         return self.path / "variants.parquet"
+
+    @functools.cached_property
+    def has_dosages(self) -> bool:
+        """Whether the dataset was ingested with dosages (its analyses then use them, as PLINK 2 does)."""
+        if self.kind != "variants":
+            return False
+        return "dosages" in pq.read_schema(self.variants_path).names
 
     @property
     def n_variants(self) -> int:
@@ -221,20 +235,23 @@ class Dataset:
 
         ``sites``, a list of ``(chrom, pos)``, keeps only the variants at those positions (meant for a
         few hundred at most). Row groups outside the region or sites are skipped from their statistics;
-        memory stays bounded by ``max_variants`` rows of packed genotypes.
+        memory stays bounded by ``max_variants`` rows, and by :data:`BLOCK_BYTES` of genotypes and dosages.
         """
+        dosages = self.has_dosages
+        row_bytes = (self.n_samples + 3) // 4 + (2 * self.n_samples if dosages else 0)
         scanner = pads.dataset(self.variants_path).scanner(
-            columns=[*VARIANT_META_COLUMNS, "genotypes"],
+            columns=[*VARIANT_META_COLUMNS, "genotypes", *(["dosages"] if dosages else [])],
             filter=self._filter(region, sites, pass_only),
-            batch_size=max_variants,
+            batch_size=max(1, min(max_variants, BLOCK_BYTES // max(row_bytes, 1))),
             use_threads=False,
         )
         for batch in scanner.to_batches():
             if batch.num_rows == 0:
                 continue
             yield GenotypeBlock(
-                pa.Table.from_batches([batch.drop_columns(["genotypes"])]),
+                pa.Table.from_batches([batch.drop_columns(["genotypes", *(["dosages"] if dosages else [])])]),
                 packed_view(batch.column("genotypes"), self.n_samples),
+                dosage_view(batch.column("dosages"), self.n_samples) if dosages else None,
             )
 
 
@@ -242,11 +259,23 @@ def packed_view(column: pa.Array, n_samples: int) -> np.ndarray:
     """A zero-copy ``(rows, bytes)`` uint8 view of a fixed-size binary genotype column."""
     from better.genomics.schema import packed_width
 
+    if packed_width(n_samples) == 0:
+        return np.zeros((len(column), 0), dtype=np.uint8)
+    return _bytes_view(column)
+
+
+def dosage_view(column: pa.Array, n_samples: int) -> np.ndarray:
+    """A zero-copy ``(rows, n_samples)`` uint16 view of a fixed-size binary dosage column."""
+    if n_samples == 0:
+        return np.zeros((len(column), 0), dtype=np.uint16)
+    return _bytes_view(column).view("<u2")
+
+
+def _bytes_view(column: pa.Array) -> np.ndarray:
+    """A fixed-size binary column as a zero-copy ``(rows, width)`` uint8 array."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     n = len(column)
-    if packed_width(n_samples) == 0:
-        return np.zeros((n, 0), dtype=np.uint8)
     width = column.type.byte_width
     data = column.buffers()[1]
     flat = np.frombuffer(data, dtype=np.uint8, count=(column.offset + n) * width)

@@ -7,6 +7,10 @@ site from recurrent mutation. Stations sample the demes in different proportions
 to the phenotype means. A quantitative trait (``ldl``) and a binary trait (``case``) depend on a few
 causal variants, on the covariates and on ancestry; the truth is written next to the data.
 
+With ``dosages`` (``better synth --dosages``) the VCFs are imputed-style, as an imputation server returns
+them (GT:DS:GP, INFO R2, multi-allelic sites split): :mod:`better.genomics.synth_dosage`. The phenotypes
+and the truth are those of the same seed without it.
+
 Everything is deterministic for a given seed.
 """
 
@@ -16,11 +20,15 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from better.engine.errors import InputError
 from better.genomics.tsv import write_tsv
+
+if TYPE_CHECKING:
+    from better.genomics.synth_dosage import ImputedCohort
 
 STATION_NAMES = ("milano", "nijmegen", "barcelona", "lyon", "helsinki", "porto", "zagreb")
 N_DEMES = 3
@@ -49,8 +57,21 @@ class SynthConfig:
     #: "variable": each variant's missing rate drawn around ``missing_genotype_rate`` (many variants with
     #: very few missing calls, a few with many: as in sequencing); "uniform": the same rate everywhere.
     missing_rates: str = "variable"
+    #: Write imputed-style VCFs (minimac's GT:DS:GP, INFO R2, IMPUTED/TYPED; multi-allelic sites split into
+    #: biallelic records): see :mod:`better.genomics.synth_dosage`. The phenotypes stay those of the true
+    #: genotypes, the same as without ``dosages`` for the same seed.
+    dosages: bool = False
+    #: With ``dosages``: also write GP (genotype posteriors); off, the files are ``GT:DS`` only (smaller).
+    gp: bool = True
 
     def validate(self) -> None:
+        """Refuse a configuration that cannot make a cohort, naming the option.
+
+        Raises
+        ------
+        InputError
+            On a bad number of stations, samples or variants, or a bad missing-data option.
+        """
         if not 1 <= self.stations <= 50:
             raise InputError(f"--stations {self.stations}: choose between 1 and 50 stations")
         if self.samples < 4 * self.stations:
@@ -113,7 +134,13 @@ def _principal_components(dosage: np.ndarray, k: int, rng: np.random.Generator) 
     x = dosage[common].astype(np.float64)
     x -= x.mean(axis=1, keepdims=True)
     x /= x.std(axis=1, keepdims=True)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    if x.size > 4_000_000:  # large cohorts: only the top k singular vectors (Lanczos), not a full SVD
+        from scipy.sparse.linalg import svds
+
+        _, s, vt = svds(x, k=k, v0=np.ones(min(x.shape)), tol=0, solver="arpack")
+        vt = vt[np.argsort(s)[::-1]]
+    else:
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
     pcs = vt[:k].T
     pcs = pcs * np.sign(pcs[0:1, :] + 1e-300)  # deterministic sign
     return (pcs - pcs.mean(axis=0)) / pcs.std(axis=0)
@@ -150,7 +177,7 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
     station_of = np.repeat(np.arange(cfg.stations), sizes)
     deme_of = np.concatenate(station_deme)
 
-    hap = ts.genotype_matrix()  # (variants, 2 * individuals), allele indices
+    hap = ts.genotype_matrix().astype(np.int8)  # (variants, 2 * individuals), allele indices
     hap = hap.reshape(hap.shape[0], -1, 2)[:, order, :]  # (variants, samples, 2) in cohort order
     alleles = [_site_alleles(ts, j) for j in range(ts.num_sites)]
     n_alleles = np.array([len(a) for a in alleles])
@@ -199,10 +226,17 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
         rate = np.full(hap.shape[0], cfg.missing_genotype_rate)
     if cfg.fully_called > 0:
         rate[rng.random(hap.shape[0]) < cfg.fully_called] = 0.0
-    missing = rng.random((hap.shape[0], n)) < rate[:, None]
+    if cfg.dosages:  # imputed data has its own missing entries; skip the draws without building the matrix
+        # rng.random(shape) takes one 64-bit draw of default_rng's PCG64 per value
+        cast(np.random.PCG64, rng.bit_generator).advance(hap.shape[0] * n)
+        missing = np.zeros((0, n), dtype=bool)
+    else:
+        missing = rng.random((hap.shape[0], n)) < rate[:, None]
     failed = np.flatnonzero(rng.random(hap.shape[0]) < 0.005)
     for v in failed:
-        missing[v, station_of == rng.integers(cfg.stations)] = True
+        at = station_of == rng.integers(cfg.stations)
+        if not cfg.dosages:
+            missing[v, at] = True
     na_ldl = rng.random(n) < 0.03
     na_case = rng.random(n) < 0.02
     na_age = rng.random(n) < 0.01
@@ -212,10 +246,34 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
     ids = np.array([f"{names[k][:3].upper()}{i:05d}" for k, s in enumerate(sizes) for i in range(1, s + 1)])
     records = _Records(cfg, positions, alleles, rng)
     files: dict[str, str] = {}
-    step("writing station VCFs and phenotype tables")
+    imputed = None
+    if cfg.dosages:
+        from better.genomics.synth_dosage import ImputedRecords, write_imputed_vcfs
+
+        step("imputing: writing the stations' and the pooled dosage VCFs")
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        imputed = write_imputed_vcfs(
+            out,
+            [
+                *((f"{nm}.vcf.gz", int(starts[k]), int(starts[k + 1])) for k, nm in enumerate(names)),
+                ("pooled.vcf.gz", 0, n),
+            ],
+            chrom=cfg.chrom,
+            contig_length=records.length,
+            hap=hap,
+            records=ImputedRecords.split(cfg.chrom, positions, alleles),
+            causal_sites=np.union1d(causal_ldl, causal_case),
+            sample_ids=ids,
+            rng=rng,
+            gp=cfg.gp,
+        )
+        files.update(imputed.files)
+        files["imputation.tsv"] = _write_imputation_truth(out / "imputation.tsv", imputed)
+    step("writing station VCFs and phenotype tables" if imputed is None else "writing phenotype tables")
     for k, nm in enumerate(names):
         cols = np.flatnonzero(station_of == k)
-        files[f"{nm}.vcf.gz"] = _write_vcf(out / f"{nm}.vcf.gz", records, hap[:, cols], missing[:, cols], ids[cols])
+        if imputed is None:
+            files[f"{nm}.vcf.gz"] = _write_vcf(out / f"{nm}.vcf.gz", records, hap[:, cols], missing[:, cols], ids[cols])
         files[f"{nm}.pheno.tsv"] = _write_table(
             out / f"{nm}.pheno.tsv",
             "sample_id",
@@ -224,7 +282,8 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
         )
     step("writing the pooled VCF, the PLINK 2 phenotype file and the truth")
     everyone = np.arange(n)
-    files["pooled.vcf.gz"] = _write_vcf(out / "pooled.vcf.gz", records, hap, missing, ids)
+    if imputed is None:
+        files["pooled.vcf.gz"] = _write_vcf(out / "pooled.vcf.gz", records, hap, missing, ids)
     plink_cols = _phenotype_columns(everyone, age, sex, bmi, smoking, pcs, ldl, case, na_age, na_ldl, na_case, True)
     plink_cols["station"] = np.array(names)[station_of]
     for k, nm in enumerate(names[1:], start=1):
@@ -238,7 +297,9 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
                     trait,
                     cfg.chrom,
                     str(positions[v]),
-                    records.ids[v],
+                    records.ids[v]
+                    if imputed is None
+                    else f"{cfg.chrom}:{positions[v]}:{alleles[v][0]}:{alleles[v][1]}",
                     alleles[v][0],
                     alleles[v][1],
                     f"{freq[v]:.4f}",
@@ -252,8 +313,8 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
         stations=names,
         station_sizes=[int(s) for s in sizes],
         n_variants=int((n_alleles - 1).sum()),
-        n_records=int(hap.shape[0]),
-        n_multiallelic=int((n_alleles > 2).sum()),
+        n_records=int(hap.shape[0]) if imputed is None else int((n_alleles - 1).sum()),
+        n_multiallelic=int((n_alleles > 2).sum()) if imputed is None else 0,
         files=files,
         batch_effects=batch,
     )
@@ -275,9 +336,47 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
             "recombination_rate": RECOMBINATION_RATE,
         },
     }
+    if imputed is not None:
+        meta["imputation"] = _imputation_summary(imputed, int((n_alleles > 2).sum()), cfg.gp)
     (out / "cohort.json").write_text(json.dumps(meta, indent=2) + "\n")
     files["cohort.json"] = str(out / "cohort.json")
     return result
+
+
+def _write_imputation_truth(path: Path, imputed: ImputedCohort) -> str:
+    """Per record: the target imputation quality, TYPED or not, and the r² of DS with the true genotype."""
+    rec = imputed.records
+    rows = zip(
+        rec.ids,
+        np.char.mod("%.4f", imputed.quality),
+        np.where(imputed.typed, "1", "0"),
+        np.where(np.isnan(imputed.true_r2), "NA", np.char.mod("%.4f", imputed.true_r2)),
+        strict=True,
+    )
+    write_tsv(path, ["id", "target_r2", "typed", "true_r2"], rows)
+    return str(path)
+
+
+def _imputation_summary(imputed: ImputedCohort, n_split: int, gp: bool) -> dict[str, object]:
+    from better.genomics import synth_dosage as sd
+
+    return {
+        "model": "haplotype posterior given a Gaussian observation; sigma set per record for its target r2",
+        "format": "GT:DS:GP" if gp else "GT:DS",
+        "multiallelic_sites_split": n_split,
+        "quality": {
+            "good": f"Beta{sd.GOOD_BETA}",
+            "poor": f"Beta{sd.POOR_BETA}",
+            "typed": f"Beta{sd.TYPED_BETA}",
+            "poor_share_common": sd.POOR_SHARE_COMMON,
+            "poor_share_rare": sd.POOR_SHARE_RARE,
+            "typed_share_common": sd.TYPED_SHARE,
+        },
+        "missing": {"record_rate": sd.MISSING_RECORD_RATE, "sample_rate": sd.MISSING_SAMPLE_RATE},
+        "typed_records": int(imputed.typed.sum()),
+        "median_target_r2": round(float(np.median(imputed.quality)), 4),
+        "truth": "imputation.tsv",
+    }
 
 
 def _site_alleles(ts, j: int) -> list[str]:  # type: ignore[no-untyped-def]

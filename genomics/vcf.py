@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from better.engine.errors import InputError
 from better.genomics.paths import input_file
-from better.genomics.vcf_header import VcfHeader
+from better.genomics.vcf_header import VcfHeader, choose_dosage_field
 
 Format = Literal["vcf", "vcf.gz", "bcf"]
 
@@ -81,11 +81,14 @@ def open_vcf(
     path: str,
     chunk_bytes: int = 32 << 20,
     on_progress: Callable[[int, int], None] | None = None,
+    dosage: str = "auto",
 ) -> tuple[VcfHeader, Iterator[tuple[pa.RecordBatch, np.ndarray]]]:
     """Open a VCF/BCF and return its header and sorted-checked batches of ``variants.parquet`` rows.
 
     Each item is ``(batch, line)`` where ``line[i]`` is the 1-based line (the record number for BCF)
-    of row ``i``'s source record, for error messages.
+    of row ``i``'s source record, for error messages. ``dosage`` picks the FORMAT field of ALT dosages
+    (:func:`~better.genomics.vcf_header.choose_dosage_field`); the header's ``dosage_field`` says which
+    was taken, and the batches then carry a ``dosages`` column.
 
     Examples
     --------
@@ -102,6 +105,8 @@ def open_vcf(
         from better.genomics.vcf_text import iter_text_batches
 
         header, inner = iter_text_batches(path, chunk_bytes=chunk_bytes, on_progress=on_progress)
+    # the readers' batches are lazy and read ``header.dosage_field`` once iteration starts
+    header.dosage_field = choose_dosage_field(header, dosage, path)
     checker = SortChecker(path)
 
     def checked() -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:

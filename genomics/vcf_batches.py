@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from better.genomics.schema import storage_width, variants_schema
+from better.genomics.schema import IMPUTATION_R2_KEYS, dosage_width, storage_width, variants_schema
 
 
 def dot_to_null(values: pa.Array) -> pa.Array:
@@ -24,6 +24,31 @@ def packed_array(packed: np.ndarray, n_samples: int) -> pa.Array:
     if packed.shape[1] != width:  # sites-only: one zero byte per variant
         packed = np.zeros((packed.shape[0], width), dtype=np.uint8)
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), packed.shape[0], [None, pa.py_buffer(packed)])
+
+
+def dosage_array(units: np.ndarray, n_samples: int) -> pa.Array:
+    """Wrap ``(rows, n_samples)`` uint16 dosage units as the fixed-size binary ``dosages`` column."""
+    width = dosage_width(n_samples)
+    flat = np.ascontiguousarray(units, dtype="<u2").view(np.uint8).reshape(units.shape[0], -1)
+    if flat.shape[1] != width:  # sites-only
+        flat = np.zeros((units.shape[0], width), dtype=np.uint8)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), flat.shape[0], [None, pa.py_buffer(flat)])
+
+
+def imputation_r2(info: pa.Array) -> pa.Array:
+    """The imputation quality of each row from its INFO text (``R2``, ``DR2`` or ``INFO``; null if none).
+
+    Examples
+    --------
+    >>> imputation_r2(pa.array(["AF=0.1;R2=0.93;IMPUTED", "DR2=0.5", None, "AF=0.2"])).to_pylist()
+    [0.9300000071525574, 0.5, None, None]
+    """
+    out = pa.nulls(len(info), pa.float32())
+    for key in reversed(IMPUTATION_R2_KEYS):  # the first key found wins
+        found = pc.extract_regex(info, rf"(?:^|;){key}=(?P<v>[-+0-9.eE]+)(?:;|$)")
+        value = pc.cast(pc.struct_field(found, [0]), pa.float32(), safe=False)
+        out = pc.if_else(pc.is_valid(found), value, out)
+    return out
 
 
 def build_batch(
@@ -41,9 +66,14 @@ def build_batch(
     alt_index: np.ndarray,
     counts: np.ndarray,
     packed: np.ndarray,
+    dosages: np.ndarray | None = None,
 ) -> pa.RecordBatch:
-    """Assemble one batch following :func:`better.genomics.schema.variants_schema`."""
-    schema = variants_schema(n_samples)
+    """Assemble one batch following :func:`better.genomics.schema.variants_schema`.
+
+    ``dosages``, ``(rows, n_samples)`` uint16 units of :mod:`better.genomics.dosage`, makes it a batch of a
+    dataset with dosages (``packed`` and ``counts`` must then be their hard calls).
+    """
+    schema = variants_schema(n_samples, dosages=dosages is not None)
 
     def col(name: str, values: Any) -> pa.Array:
         return (
@@ -67,4 +97,6 @@ def build_batch(
         *(pa.array(np.ascontiguousarray(counts[:, c])) for c in range(4)),
         packed_array(packed, n_samples),
     ]
+    if dosages is not None:
+        arrays += [imputation_r2(arrays[7]), dosage_array(dosages, n_samples)]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -13,11 +13,14 @@ import numpy as np
 import pyarrow as pa
 
 from better.engine.errors import InputError
+from better.genomics.dosage import hard_calls
 from better.genomics.schema import packed_width
 from better.genomics.vcf_batches import build_batch
+from better.genomics.vcf_dosage import cyvcf2_units
 from better.genomics.vcf_header import VcfHeader, check_sample_ids, split_info
 
 _INFO_NUMBER = re.compile(r"^##INFO=<ID=([^,>]+),Number=([^,>]+)")
+_FORMAT_ID = re.compile(r"^##FORMAT=<ID=([^,>]+)")
 
 
 def record_codes(gt: np.ndarray | None, n_alt: int, n_samples: int, where: str) -> np.ndarray:
@@ -52,6 +55,22 @@ def record_codes(gt: np.ndarray | None, n_alt: int, n_samples: int, where: str) 
     return np.where(missing, 3, codes).astype(np.int8)
 
 
+def record_haploid(gt: np.ndarray | None, n_samples: int) -> np.ndarray:
+    """Whether each sample's GT has one allele (``.`` and an absent GT included, as htslib reads them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> record_haploid(np.array([[0, 1, 0], [1, -2, 1], [-1, -2, 1], [-1, -1, 0]]), 4).tolist()
+    [False, True, True, False]
+    """
+    if gt is None:
+        return np.zeros(n_samples, dtype=np.bool_)
+    if gt.shape[1] < 3:
+        return np.ones(n_samples, dtype=np.bool_)
+    return np.asarray(gt[:, 1] == -2)
+
+
 def read_header(path: str) -> VcfHeader:
     """The header of a VCF/BCF as cyvcf2 reads it."""
     import cyvcf2
@@ -65,10 +84,12 @@ def read_header(path: str) -> VcfHeader:
         check_sample_ids(samples, path)
         raw = vcf.raw_header
         info_number = {m.group(1): m.group(2) for m in map(_INFO_NUMBER.match, raw.splitlines()) if m}
+        format_ids = [m.group(1) for m in map(_FORMAT_ID.match, raw.splitlines()) if m]
         return VcfHeader(
             samples=samples,
             info_number=info_number,
             contigs=list(vcf.seqnames),
+            format_ids=format_ids,
             n_lines=raw.count("\n"),
         )
     finally:
@@ -102,6 +123,7 @@ def iter_cyvcf2_batches(
             )
         }
         codes: list[np.ndarray] = []
+        dosages: list[np.ndarray] | None = [] if header.dosage_field else None
         record = 0
         vcf = cyvcf2.VCF(path, gts012=False, strict_gt=False)
         try:
@@ -115,10 +137,14 @@ def iter_cyvcf2_batches(
                     raise InputError(f"{path}: record {record + 1}: htslib cannot read it ({exc})") from None
                 where = f"{path}: record {record + 1} ({v.CHROM}:{v.POS})"
                 alts = list(v.ALT)
-                if n and "GT" not in v.FORMAT:  # no GT (e.g. PL only): every genotype missing, as bcftools
+                gt = v.genotype.array() if n and "GT" in v.FORMAT else None
+                if n and gt is None:  # no GT (e.g. PL only): every genotype missing, as bcftools
                     c = np.full((max(len(alts), 1), n), 3, dtype=np.int8)
                 else:
-                    c = record_codes(v.genotype.array() if n else None, len(alts), n, where)
+                    c = record_codes(gt, len(alts), n, where)
+                if dosages is not None and header.dosage_field is not None:
+                    haploid = record_haploid(gt, n)
+                    dosages.append(cyvcf2_units(v, header.dosage_field, c, haploid, len(alts), where, header.samples))
                 fixed = str(v).split("\t", 8)
                 filt = None if fixed[6] == "." else fixed[6]
                 info = None if fixed[7] == "." else fixed[7]
@@ -137,25 +163,33 @@ def iter_cyvcf2_batches(
                 codes.append(c)
                 record += 1
                 if len(cols["pos"]) >= batch_rows:
-                    yield _flush(cols, codes, n)
+                    yield _flush(cols, codes, n, dosages)
             if cols["pos"]:
-                yield _flush(cols, codes, n)
+                yield _flush(cols, codes, n, dosages)
         finally:
             vcf.close()
 
     return header, batches()
 
 
-def _flush(cols: dict[str, list], codes: list[np.ndarray], n: int) -> tuple[pa.RecordBatch, np.ndarray]:
+def _flush(
+    cols: dict[str, list], codes: list[np.ndarray], n: int, dosages: list[np.ndarray] | None = None
+) -> tuple[pa.RecordBatch, np.ndarray]:
     from better.genomics.packing import pack_genotypes
 
     allc = np.concatenate(codes, axis=0) if codes else np.zeros((0, n), dtype=np.int8)
-    counts = (
-        np.stack([(allc == c).sum(axis=1) for c in range(4)], axis=1)
-        if n
-        else np.zeros((allc.shape[0], 4), dtype=np.int32)
-    )
-    packed = pack_genotypes(allc) if n else np.zeros((allc.shape[0], packed_width(0)), dtype=np.uint8)
+    units = None
+    if dosages is not None:
+        units = np.concatenate(dosages, axis=0) if dosages else np.zeros((0, n), dtype=np.uint16)
+        packed, counts = hard_calls(units)
+        dosages.clear()
+    else:
+        counts = (
+            np.stack([(allc == c).sum(axis=1) for c in range(4)], axis=1)
+            if n
+            else np.zeros((allc.shape[0], 4), dtype=np.int32)
+        )
+        packed = pack_genotypes(allc) if n else np.zeros((allc.shape[0], packed_width(0)), dtype=np.uint8)
     batch = build_batch(
         n,
         chrom=cols["chrom"],
@@ -170,6 +204,7 @@ def _flush(cols: dict[str, list], codes: list[np.ndarray], n: int) -> tuple[pa.R
         alt_index=np.array(cols["alt_index"]),
         counts=counts,
         packed=packed,
+        dosages=units,
     )
     lines = np.array(cols["line"], dtype=np.int64)
     for v in cols.values():

@@ -26,6 +26,9 @@ class VcfHeader:
         Declared contigs, in header order.
     n_lines
         Number of header lines, so that record ``i`` (0-based) sits on line ``n_lines + i + 1``.
+    dosage_field
+        The FORMAT field the ingest reads ALT dosages from (``DS``, ``HDS`` or ``GP``), or None for hard
+        calls only; set by :func:`choose_dosage_field`.
     """
 
     samples: list[str]
@@ -34,6 +37,37 @@ class VcfHeader:
     format_ids: list[str] = field(default_factory=list)
     n_lines: int = 0
     fileformat: str = "VCFv4.2"
+    dosage_field: str | None = None
+
+
+#: FORMAT fields that give dosages, in the order ``auto`` prefers them.
+DOSAGE_FIELDS = ("DS", "HDS", "GP")
+
+
+def choose_dosage_field(header: VcfHeader, wanted: str, path: str) -> str | None:
+    """The FORMAT field to read dosages from: ``auto`` takes the first of :data:`DOSAGE_FIELDS` the
+    header declares (None if it declares none), ``none`` reads hard calls only, and a field name must be
+    declared.
+
+    Examples
+    --------
+    >>> h = VcfHeader(samples=["a"], format_ids=["GT", "GP", "DS"])
+    >>> [choose_dosage_field(h, wanted, "x.vcf") for wanted in ("auto", "GP", "none")]
+    ['DS', 'GP', None]
+    """
+    if wanted == "none" or not header.samples:
+        return None
+    if wanted == "auto":
+        return next((f for f in DOSAGE_FIELDS if f in header.format_ids), None)
+    if wanted not in DOSAGE_FIELDS:
+        raise InputError(f"dosage field {wanted!r} is not one of auto, {', '.join(DOSAGE_FIELDS)}, none")
+    if wanted not in header.format_ids:
+        declared = ", ".join(header.format_ids) or "none"
+        raise InputError(
+            f"{path}: the header declares no FORMAT/{wanted} (FORMAT fields: {declared}); choose another "
+            "--dosage field or none"
+        )
+    return wanted
 
 
 def parse_header_text(lines: list[str], path: str) -> VcfHeader:

@@ -8,19 +8,22 @@ parse the previous chunk on all Numba threads. No Python code runs per sample.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from isal import igzip_threaded
+from isal import igzip
 
 from better.engine.errors import InputError
 from better.genomics import vcf_numba as kernels
 from better.genomics.schema import packed_width
 from better.genomics.vcf_batches import build_batch, dot_to_null
+from better.genomics.vcf_dosage import KINDS, dosage_problem, fallback_field
 from better.genomics.vcf_header import VcfHeader, parse_header_text, split_info
 
 #: The 28-byte empty block that ends every complete BGZF file (SAM/BAM specification, section 4.1.2).
@@ -38,10 +41,78 @@ _ERRORS = {
 }
 
 
-class TextStream:
-    """A VCF text file, plain or gzip/BGZF, read as raw bytes with clear errors on corruption."""
+class _Inflater:
+    """A gzip stream inflated by ISA-L in a background thread, up to ``ahead`` bytes before its reader.
 
-    def __init__(self, path: str) -> None:
+    The thread runs (without the GIL) while the kernels parse the previous chunk, so that inflating a whole
+    chunk overlaps its parsing rather than only ISA-L's own couple of blocks. An error of the thread
+    (truncated or corrupt data) is raised by :meth:`readinto`.
+    """
+
+    def __init__(self, raw: BinaryIO, ahead: int, block: int = 1 << 20) -> None:
+        self._gz = igzip.IGzipFile(fileobj=raw, mode="rb")
+        self._block = block
+        self._blocks: queue.Queue[bytes | BaseException] = queue.Queue(max(2, ahead // block))
+        self._current = memoryview(b"")
+        self._done = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._inflate, name="better-inflate", daemon=True)
+        self._thread.start()
+
+    def _inflate(self) -> None:
+        item: bytes | BaseException = b""
+        try:
+            while not self._stop.is_set():
+                item = self._gz.read(self._block)
+                if not item:
+                    break
+                self._put(item)
+        except BaseException as exc:  # handed to the reader, which raises it
+            item = exc
+        self._put(item if isinstance(item, BaseException) else b"")
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._blocks.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` as far as the data goes; return the number of bytes copied (0 at the end)."""
+        total = 0
+        while total < len(view):
+            if not self._current:
+                if self._done:
+                    break
+                item = self._blocks.get()
+                if isinstance(item, BaseException):
+                    self._done = True
+                    raise item
+                if not item:
+                    self._done = True
+                    break
+                self._current = memoryview(item)
+            n = min(len(self._current), len(view) - total)
+            view[total : total + n] = self._current[:n]
+            self._current = self._current[n:]
+            total += n
+        return total
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._gz.close()
+
+
+class TextStream:
+    """A VCF text file, plain or gzip/BGZF, read as raw bytes with clear errors on corruption.
+
+    ``ahead``: how many inflated bytes a background thread may hold ready (a compressed file).
+    """
+
+    def __init__(self, path: str, ahead: int = 4 << 20) -> None:
         self.path = path
         self.size = os.path.getsize(path)
         self._raw = open(path, "rb")  # noqa: SIM115 - closed in close()
@@ -61,7 +132,7 @@ class TextStream:
                         f"{path}: the BGZF end-of-file marker is missing, so the file is truncated "
                         "(an interrupted copy or download?); copy it again or re-run bgzip"
                     )
-            self._stream = igzip_threaded.open(self._raw, "rb", threads=1)
+            self._stream = _Inflater(self._raw, ahead)
 
     def readinto(self, view: memoryview) -> int:
         """Fill ``view`` as far as the data goes; return the number of bytes read (0 at the end)."""
@@ -162,7 +233,7 @@ def iter_text_batches(
     def batches() -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
         # The file is opened again only once iteration starts, so an iterator that is never
         # consumed holds no file or thread.
-        stream = TextStream(path)
+        stream = TextStream(path, ahead=chunk_bytes)
         buf = bytearray(max(chunk_bytes, 1 << 16))
         try:
             _, filled, start = _read_header(stream, buf)
@@ -195,8 +266,9 @@ def iter_text_batches(
                     continue
                 arr = np.frombuffer(buf, dtype=np.uint8, count=filled)
                 result = None
-                for exact in (False, True):
-                    starts, ends, predicted, index, n_lines = _line_bounds(arr, start, complete, n_samples, exact)
+                # a dosage file's lines never have the predicted shape (GT alone): split them exactly
+                for exact in (False, True) if header.dosage_field is None else (True,):
+                    starts, ends, predicted, index, n_lines = _line_bounds(buf, arr, start, complete, n_samples, exact)
                     if starts.size == 0:
                         break
                     result = _parse_lines(arr, starts, ends, predicted, header, path, line_no + index, record)
@@ -221,13 +293,33 @@ def iter_text_batches(
     return header, batches()
 
 
+#: A chunk whose first line is at least this long has its newlines found one by one by ``bytearray.find``
+#: (C's memchr, a dozen GB/s, against 1 GB/s for a byte loop); one of shorter lines by the Numba kernels,
+#: where Python's cost per line would outweigh the scan.
+_LONG_LINE = 512
+
+
+def _newlines(buf: bytearray, arr: np.ndarray, begin: int, end: int) -> np.ndarray:
+    """Offsets of every ``\\n`` in ``buf[begin:end]`` (``arr`` is ``buf`` as a uint8 array)."""
+    first = buf.find(b"\n", begin, min(end, begin + _LONG_LINE))
+    if first >= 0:  # short lines
+        return kernels.find_newlines(arr[begin:end]) + begin
+    found: list[int] = []
+    find, append = buf.find, found.append
+    q = find(b"\n", begin, end)
+    while q >= 0:
+        append(q)
+        q = find(b"\n", q + 1, end)
+    return np.array(found, dtype=np.int64)
+
+
 def _line_bounds(
-    arr: np.ndarray, begin: int, end: int, n_samples: int, exact: bool
+    buf: bytearray, arr: np.ndarray, begin: int, end: int, n_samples: int, exact: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Start, end (before CR/LF), predicted flag and 0-based line index of each non-blank line of
-    ``arr[begin:end]``, and the number of lines including blank ones."""
+    ``arr[begin:end]`` (``arr`` is ``buf`` as a uint8 array), and the number of lines including blank ones."""
     if exact:
-        newlines = kernels.find_newlines(arr[begin:end]) + begin
+        newlines = _newlines(buf, arr, begin, end)
         if newlines.size == 0 or newlines[-1] != end - 1:
             newlines = np.append(newlines, end)
         starts = np.concatenate(([begin], newlines[:-1] + 1))
@@ -282,27 +374,66 @@ def _parse_lines(
     packed = np.zeros((total, packed_width(n_samples)), dtype=np.uint8)
     counts = np.zeros((total, 4), dtype=np.int32)
     err_sample = np.full(n_lines, -1, dtype=np.int64)
-    format_len = field_end[:, 8] - field_start[:, 8]
-    kernels.parse_genotypes_fast(
-        arr,
-        ends,
-        field_start[:, 9],
-        n_alt,
-        gt_index,
-        format_len,
-        predicted,
-        row_offset,
-        n_samples,
-        packed,
-        counts,
-        err,
-        err_sample,
-    )
+    err_field = np.full(n_lines, -1, dtype=np.int64)
+    dosages = None
+    if header.dosage_field is None:
+        kernels.parse_genotypes_fast(
+            arr,
+            ends,
+            field_start[:, 9],
+            n_alt,
+            gt_index,
+            field_end[:, 8] - field_start[:, 8],
+            predicted,
+            row_offset,
+            n_samples,
+            packed,
+            counts,
+            err,
+            err_sample,
+        )
+    else:
+        # dosages, hard calls (the dosages') and their counts in one pass over each line
+        dosages = np.empty((total, n_samples), dtype=np.uint16)
+        fallback = fallback_field(header.dosage_field) or ""
+        kernels.parse_dosage_lines(
+            arr,
+            ends,
+            field_start[:, 9],
+            field_start[:, 8],
+            field_end[:, 8],
+            n_alt,
+            gt_index,
+            predicted,
+            row_offset,
+            n_samples,
+            KINDS[header.dosage_field],
+            np.frombuffer(header.dosage_field.encode(), dtype=np.uint8),
+            np.frombuffer(fallback.encode(), dtype=np.uint8),
+            packed,
+            counts,
+            dosages,
+            err,
+            err_sample,
+            err_field,
+        )
     if np.any(err == kernels.ERR_RESCAN):
         return None
     bad = np.flatnonzero(err)
     if bad.size:
         ln = int(bad[0])
+        if err_field[ln] >= 0:
+            _raise_dosage_error(
+                arr,
+                starts[ln],
+                ends[ln],
+                int(err[ln]),
+                int(err_sample[ln]),
+                int(err_field[ln]),
+                header,
+                path,
+                int(line_numbers[ln]),
+            )
         _raise_line_error(
             arr, starts[ln], ends[ln], int(err[ln]), int(err_sample[ln]), header, path, int(line_numbers[ln])
         )
@@ -354,6 +485,7 @@ def _parse_lines(
         alt_index=alt_index,
         counts=counts,
         packed=packed,
+        dosages=dosages,
     )
     return batch, line_numbers[row_line]
 
@@ -375,3 +507,29 @@ def _raise_line_error(
     if 0 <= sample < len(header.samples):
         what += f" (sample {header.samples[sample]!r}, column {10 + sample})"
     raise InputError(f"{path}: line {line} (record {where}): {what}")
+
+
+def _raise_dosage_error(
+    arr: np.ndarray,
+    start: int,
+    end: int,
+    code: int,
+    sample: int,
+    field_index: int,
+    header: VcfHeader,
+    path: str,
+    line: int,
+) -> None:
+    """Raise the error of a bad dosage value: FORMAT position ``field_index`` of ``sample`` on a line."""
+    cols = bytes(arr[start:end]).decode("utf-8", "replace").split("\t")
+    keys = cols[8].split(":")
+    parts = cols[9 + sample].split(":")
+    value = parts[field_index] if field_index < len(parts) else ""
+    gt = parts[keys.index("GT")] if "GT" in keys and keys.index("GT") < len(parts) else "."
+    haploid = not any(c in gt[1:] for c in "/|")
+    n_alt = 0 if cols[4] == "." else cols[4].count(",") + 1
+    what = dosage_problem(code, keys[field_index], value, n_alt, haploid)
+    raise InputError(
+        f"{path}: line {line} (record {cols[0]}:{cols[1]}): {what} "
+        f"(sample {header.samples[sample]!r}, column {10 + sample})"
+    )

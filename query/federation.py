@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from better.engine.analyses.counts import CountsProtocol, pooled_summary
+from better.engine.analyses.counts import CountsProtocol
 from better.engine.analyses.coverage import CoverageProtocol
 from better.engine.analyses.linear import LinearProtocol
 from better.engine.analyses.logistic import LogisticProtocol
@@ -366,7 +366,7 @@ async def _execute(
         proto = CountsProtocol(groups=1)
         res = await drive(q.verb, proto, model)
         assert proto.counts is not None
-        keep = _keep(p.variant_filter, proto.counts, proto.withheld)
+        keep = _keep(p.variant_filter, proto)
         return _drop_filtered(output.table(q.verb, None, _rows(res, keep), ids, withheld_by), p, withheld_by)
     k = p.k
     counts_proto = CountsProtocol(groups=1) if p.separate_counts_round else None
@@ -390,7 +390,7 @@ async def _execute(
         pooled = main.pooled
         withheld = pooled.withheld if pooled.withheld is not None else np.zeros(pooled.n_variants, dtype=bool)
         called = pooled.n - pooled.n_miss
-        mask = p.variant_filter.mask(pooled.cg[:, 0], called, pooled.n_miss)
+        mask = p.variant_filter.mask(pooled.cg[:, 0], called, pooled.n_miss, squares=pooled.gg)
         res = _rows(res, mask | withheld)
     # rows the stations finished themselves: their results, and the filter on the counts that came with them
     res = finished.overlay(res, p.variant_filter if p.counts_source in ("linear", "score") else None)
@@ -405,21 +405,22 @@ def _drop_filtered(frame: pl.DataFrame, p: Plan, withheld_by: WithheldBy) -> pl.
     ref, alt = ("A1", "AX") if "AX" in frame.columns else ("REF", "ALT")
     keys = list(zip(frame["#CHROM"], frame["POS"], frame[ref], frame[alt], strict=True))
     floor = max((int(pol.get("min_minor_allele_count", 5)) for pol in p.policies.values()), default=5)
-    drop = withheld_by.certainly_filtered(keys, frame["WITHHELD"].to_numpy(), p.variant_filter, floor)
+    drop = withheld_by.certainly_filtered(
+        keys, frame["WITHHELD"].to_numpy(), p.variant_filter, floor, dosages=bool(p.with_dosages)
+    )
     return frame.filter(pl.Series(~drop)) if drop.any() else frame
 
 
-def _keep(vf: VariantFilter, counts: np.ndarray, withheld: np.ndarray) -> np.ndarray:
+def _keep(vf: VariantFilter, counts: CountsProtocol) -> np.ndarray:
     """Rows that pass the filter; withheld rows stay (their counts are unknown) and show as withheld."""
     if not vf.conditions:
-        return np.ones(counts.shape[0], dtype=bool)
-    return vf.mask(*pooled_summary(counts)) | withheld
+        return np.ones(counts.withheld.shape[0], dtype=bool)
+    return counts.keep(vf) | counts.withheld
 
 
 def _aligned_keep(res: dict[str, np.ndarray], counts_proto: CountsProtocol, vf: VariantFilter) -> np.ndarray:
     """The filter from a separate counts round, matched to the analysis' rows by variant key."""
-    assert counts_proto.counts is not None
-    keep = _keep(vf, counts_proto.counts, counts_proto.withheld)
+    keep = _keep(vf, counts_proto)
     index = {key: i for i, key in enumerate(zip(*(counts_proto.keys[c].tolist() for c in KEY_COLUMNS), strict=True))}
     rows = zip(*(res[c].tolist() for c in KEY_COLUMNS), strict=True)
     return np.array([keep[index[k]] if k in index else False for k in rows], dtype=bool)

@@ -24,9 +24,13 @@ class FinishedRows:
             self.rows[key] = {name: col[i] for name, col in columns.items()}
 
     def overlay(self, res: dict[str, np.ndarray], vf: VariantFilter | None = None) -> dict[str, np.ndarray]:
-        """``res`` with the finished rows' columns replaced; those failing ``vf`` left out."""
+        """``res`` with the finished rows' columns replaced; those failing ``vf`` left out (an ``r2``
+        condition is not judged on them: the stations release their allele and call counts, not the sums of
+        squared dosages, so such a row stays)."""
         if not self.rows:
             return res
+        if vf is not None:
+            vf = VariantFilter(tuple(c for c in vf.conditions if c.name != "r2"))
         out = {name: np.array(col, copy=True) for name, col in res.items()}
         keys = list(zip(*(np.asarray(res[c]).tolist() for c in KEY_COLUMNS), strict=True))
         keep = np.ones(len(keys), dtype=bool)

@@ -24,7 +24,7 @@ LINEAR = ["#CHROM", "POS", "ID", "REF", "ALT", "A1", "TEST", "OBS_CT", "BETA", "
 LINEAR_EXTRA = ["A1_FREQ", "LOG10_P", "ERRCODE"]
 LOGISTIC = ["#CHROM", "POS", "ID", "REF", "ALT", "A1", "TEST", "OBS_CT", "OR", "LOG(OR)_SE", "Z_STAT", "P"]
 LOGISTIC_EXTRA = ["A1_FREQ", "FIRTH?", "LOG10_P", "ERRCODE"]
-FREQ = ["#CHROM", "POS", "ID", "REF", "ALT", "ALT_FREQS", "OBS_CT", "MISSING_CT", "CALL_RATE"]
+FREQ = ["#CHROM", "POS", "ID", "REF", "ALT", "ALT_FREQS", "MACH_R2", "OBS_CT", "MISSING_CT", "CALL_RATE"]
 HARDY = ["#CHROM", "POS", "ID", "A1", "AX", "HOM_A1_CT", "HET_A1_CT", "TWO_AX_CT", "O(HET_A1)", "E(HET_A1)", "P"]
 #: Columns that are identity or labels, shown even on withheld rows.
 _LABELS = {
@@ -69,7 +69,7 @@ def table(
         "ALT": [str(a) for a in res["alt"]],
     }
     if verb == "freq":
-        cols = {**base, **{c: res[c] for c in ("ALT_FREQS", "OBS_CT", "MISSING_CT", "CALL_RATE")}}
+        cols = {**base, **{c: res[c] for c in ("ALT_FREQS", "MACH_R2", "OBS_CT", "MISSING_CT", "CALL_RATE")}}
         withheld = np.asarray(res["WITHHELD"], dtype=bool)
         order = FREQ
     elif verb == "hwe":

@@ -22,7 +22,7 @@ from better.genomics.regions import Region
 from better.wire.messages import MAX_CONDITIONS, MAX_REGIONS
 
 #: Pooled variant quantities usable in WHERE; anything else names a phenotype column.
-VARIANT_FILTERS = ("maf", "mac", "call_rate", "hwe_p", "filter")
+VARIANT_FILTERS = ("maf", "mac", "call_rate", "hwe_p", "r2", "filter")
 MAX_QUERY_CHARS = 10_000
 #: Statements over aligned reads (a "reads" dataset) rather than variants.
 READ_VERBS = ("coverage", "reads", "pileup")

@@ -2,14 +2,16 @@
 
 :func:`check` resolves names against the stations' catalogs (``GET /station``): an unknown column, one
 that only some stations have, or a comparison of the wrong type is a :class:`~better.query.parser.QueryError`
-with a caret. :func:`plan` decides the rounds. Variant filters (maf, mac, call_rate, hwe_p) are pooled
-quantities, so they are computed centrally from pooled counts:
+with a caret. :func:`plan` decides the rounds. Variant filters (maf, mac, call_rate, hwe_p, r2) are pooled
+quantities, so they are computed centrally from pooled counts (on dosages, dosage sums):
 
 - FREQ / HWE: from the counts round itself.
-- GWAS LINEAR: maf, mac and call_rate from the linear round's own sums (``Σg`` over called samples and the
-  missing count ride along); hwe_p needs genotype counts, so a counts round runs beside the linear one.
-- GWAS LOGISTIC: maf, mac and call_rate from the score round's case/control allele counts, before the
-  Newton rounds, so that filtered-out variants cost no Newton work; hwe_p needs a counts round beside it.
+- GWAS LINEAR: maf, mac, call_rate and r2 from the linear round's own sums (``Σg`` and ``Σg²`` over called
+  samples and the missing count ride along); hwe_p needs genotype counts, so a counts round runs beside
+  the linear one.
+- GWAS LOGISTIC: maf, mac, call_rate and r2 from the score round's case/control allele counts and ``Σg²``,
+  before the Newton rounds, so that filtered-out variants cost no Newton work; hwe_p needs a counts round
+  beside it.
 
 A *naive* plan (``naive=True``) always runs a separate counts round first and filters at the end; the
 tests check that it gives the same table.
@@ -76,11 +78,18 @@ class Plan:
     secure: bool = False
     #: Each station's disclosure policy, as it reports it.
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Stations whose dataset holds dosages (analysed on them, as PLINK 2 does with ``dosage=DS``).
+    with_dosages: tuple[str, ...] = ()
 
     def explain(self) -> str:
         """The plan in words: rounds, station tasks, what each station releases, estimated bytes."""
         q = self.query
         lines = [f"plan for: {' '.join(q.text.split())}", f"stations: {', '.join(self.stations)}"]
+        if self.with_dosages:
+            lines.append(
+                f"dosages at {', '.join(self.with_dosages)}: regressions, frequencies and the maf, mac, call_rate and "
+                "r2 filters use them; HWE, PCA and PRUNE use the hard calls (PCA unlike plink2 --pca)"
+            )
         m = max(self.variants_per_station.values(), default=0)
         scope = "the regions asked for" if q.regions else "every variant"
         k = self.k
@@ -403,6 +412,7 @@ def plan(
         naive=naive,
         stations=[c.name for c in catalogs],
         variants_per_station={c.name: int(c.datasets[datasets[c.name]]["variants"]) for c in catalogs},
+        with_dosages=tuple(c.name for c in catalogs if c.datasets[datasets[c.name]].get("dosages")),
         k=k,
         policies={c.name: c.policy for c in catalogs},
     )

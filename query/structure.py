@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from better.engine.analyses.counts import CountsProtocol, pooled_summary
+from better.engine.analyses.counts import CountsProtocol
 from better.engine.analyses.ld_prune import PruneProtocol
 from better.engine.analyses.pca import MAX_PCS, PCAProtocol, PCAResult, ProjectProtocol
 from better.engine.design import KEY_COLUMNS
@@ -52,7 +52,7 @@ async def run_structure(p: Plan, drive: Drive, ids: dict[tuple, str], into: Stru
     pooled = counts.counts.sum(axis=1)  # (variants, 4): hom-ref, het, hom-alt, missing
     keep = ~counts.withheld
     if p.variant_filter.conditions:
-        keep &= p.variant_filter.mask(*pooled_summary(counts.counts))
+        keep &= counts.keep(p.variant_filter)
     keys = {c: counts.keys[c][keep] for c in KEY_COLUMNS}
     genotypes = pooled[keep]
     into.variants = int(keep.sum())

@@ -56,21 +56,29 @@ class WithheldBy:
                 if key in withheld:
                     calls = self.calls.setdefault(key, [0, 0, 0])
                     for j, c in enumerate(counts):
-                        calls[j] += int(c[i])  # type: ignore[index]
+                        calls[j] += int(np.rint(c[i]))  # type: ignore[index]
 
     def column(self, keys: Iterable[tuple[object, ...]], withheld: Iterable[bool]) -> list[str]:
         """``WITHHELD_BY`` for rows with these keys (empty where not withheld)."""
         return [",".join(sorted(self.rules.get(k, set()))) if w else "" for k, w in zip(keys, withheld, strict=True)]
 
     def certainly_filtered(
-        self, keys: Sequence[tuple[object, ...]], withheld: np.ndarray, vf: VariantFilter, mac_floor: int
+        self,
+        keys: Sequence[tuple[object, ...]],
+        withheld: np.ndarray,
+        vf: VariantFilter,
+        mac_floor: int,
+        dosages: bool = False,
     ) -> np.ndarray:
         """Withheld rows that ``vf`` drops: on their released counts; and those withheld for a minor allele
         count of 1 to ``mac_floor - 1`` (which is not released) when every such count fails the filter at
         the row's calls. A filter the hidden count could pass leaves the row withheld: dropping it would
-        tell that count. An ``hwe_p`` condition is not judged here (it needs genotype counts).
+        tell that count. ``hwe_p`` and ``r2`` conditions are not judged here (they need genotype counts and
+        sums of squared dosages). With ``dosages`` (some station analyses dosages) a row withheld as rare is
+        kept: the rule counted nearest genotypes there, and the hidden dosage sum the filter reads is not
+        bounded by them.
         """
-        usable = VariantFilter(tuple(c for c in vf.conditions if c.name != "hwe_p"))
+        usable = VariantFilter(tuple(c for c in vf.conditions if c.name not in ("hwe_p", "r2")))
         out = np.zeros(len(keys), dtype=bool)
         if not usable.conditions:
             return out
@@ -80,6 +88,8 @@ class WithheldBy:
                 continue
             called, missing, alt = self.calls[key]
             rare = "minor_allele_count" in self.rules.get(key, set())
+            if rare and dosages:
+                continue
             alts = hidden if rare else np.array([alt])
             out[i] = not usable.mask(alts, np.full(alts.shape[0], called), np.full(alts.shape[0], missing)).any()
         return out

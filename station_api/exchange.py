@@ -167,7 +167,10 @@ def later_rules(kind: str, rules: dict[str, np.ndarray], people: np.ndarray, pol
     out = dict(rules)
     for later in round_kinds():
         if round_kind(later).rules_from == kind and people.ndim == 3:
-            for rule, hit in withheld_rows(later, people, policy).items():
+            view = people
+            if people.shape[-1] == 8:  # hard calls, then nearest genotypes: the view the later round reads
+                view = people[..., :4] if round_kind(later).hard_calls else people[..., 4:]
+            for rule, hit in withheld_rows(later, view, policy).items():
                 out[rule] = out[rule] | hit if rule in out else hit
     return out
 

@@ -137,7 +137,9 @@ def _require_total(n: int, policy: Policy, what: str) -> None:
 
 def withheld_rows(kind: str, people: np.ndarray, policy: Policy) -> dict[str, np.ndarray]:
     """Per rule of the round kind, the rows it withholds, judged on ``people`` (the kind's people counts,
-    this station's own or summed over an audit group).
+    this station's own or summed over an audit group). People with 8 codes are two views of 4 (a counts
+    round's hard calls and nearest genotypes, :func:`~better.engine.analyses.counts.counts_people`): a row
+    either view withholds is withheld.
 
     - ``minor_allele_count``: the minor allele is seen 1 to ``min_minor_allele_count - 1`` times.
     - ``carriers`` (linear): the people called, carrying the ALT allele or carrying the REF allele number
@@ -151,6 +153,9 @@ def withheld_rows(kind: str, people: np.ndarray, policy: Policy) -> dict[str, np
     wanted = round_kind(kind).rules
     if "small_cells" in wanted:  # samples behind each row (not genotype counts: no other rule applies)
         return {"small_cells": np.asarray(_small(people, k).any(axis=1))}
+    if people.shape[-1] == 8:  # two views of the people (hard calls, nearest genotypes): either withholds
+        first, second = withheld_rows(kind, people[..., :4], policy), withheld_rows(kind, people[..., 4:], policy)
+        return {rule: first[rule] | second[rule] for rule in first}
     hom_ref, het, hom_alt, missing = (people[:, :, i] for i in range(4))
     alt = (het + 2 * hom_alt).sum(axis=1)
     ref = (2 * hom_ref + het).sum(axis=1)

@@ -264,8 +264,9 @@ class BlockCache:
         self._locks: dict[tuple[Any, ...], threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def fits(self, n_variants: int, n_samples: int) -> bool:
-        return n_variants * (n_samples // 4 + 1) <= self.max_bytes
+    def fits(self, n_variants: int, n_samples: int, dosages: bool = False) -> bool:
+        """Whether a read of ``n_variants`` rows (hard calls, and 2 bytes a sample with dosages) is kept."""
+        return n_variants * (n_samples // 4 + 1 + (2 * n_samples if dosages else 0)) <= self.max_bytes
 
     def get(self, key: tuple[Any, ...], read: Callable[[], list[Block]]) -> list[Block]:
         with self._lock:
@@ -291,7 +292,8 @@ def block_source(
     """The task's blocks: through ``cache`` for a small full read, straight from the store otherwise."""
     request = prepared.request
     regions = regions_of(request)
-    if cache is None or not cache.fits(prepared.n_variants, prepared.dataset.n_samples):
+    dataset = prepared.dataset
+    if cache is None or not cache.fits(prepared.n_variants, dataset.n_samples, dataset.has_dosages):
         return StationBlocks(prepared.dataset, regions, on_block=on_block, pass_only=request.pass_only)
     plain = StationBlocks(prepared.dataset, regions, pass_only=request.pass_only)
     # the folder's inode changes when a new ingest replaces the dataset, so stale blocks are never served
@@ -347,13 +349,17 @@ def compute(
     kind = round_kind(request.kind)
     blocks = block_source(prepared, on_block, cache)
     seen: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
-    if judge and kind.judged_groups is not None and kind.people is None:
+    # a round's own sums give its people only for hard calls; on dosages they are counted from the blocks
+    dosages = kind.data == "variants" and not kind.hard_calls and prepared.dataset.has_dosages
+    from_sums = kind.people is not None and not (dosages and kind.judged_groups is not None)
+    if judge and kind.judged_groups is not None and not from_sums:
         group, n_groups = judged_groups(prepared.design, kind)
         inner = blocks
 
         def blocks(targets: Any = None) -> Any:  # the kernel's blocks, counted on the way
             for b in inner(targets):
-                seen.append((b.keys, genotype_counts(np.ascontiguousarray(b.packed), group, n_groups)))
+                nearest = b.dosages if dosages else None
+                seen.append((b.keys, genotype_counts(np.ascontiguousarray(b.packed), group, n_groups, nearest)))
                 yield b
 
     data = StoreData(prepared.dataset, prepared.design, blocks, regions_of(request), request.pass_only, on_block)
@@ -364,7 +370,8 @@ def compute(
         return Computed(result, kind.people(result) if kind.people is not None and judge else None)
     group, n_groups = judged_groups(prepared.design, kind)
     sizes = np.bincount(group[group >= 0], minlength=n_groups).astype(np.int64)
-    if kind.people is not None:  # e.g. a linear round's own sums give its genotype counts: no second pass
+    if from_sums:  # e.g. a linear round's own sums give its genotype counts: no second pass
+        assert kind.people is not None
         return Computed(result, kind.people(result), sizes)
     return Computed(result, _counts_on_rows(result, task, seen, sizes), sizes)
 
@@ -429,8 +436,9 @@ def _rules_first(
     rows (one counting pass)."""
     group, n_groups = judged_groups(prepared.design, kind)
     sizes = np.bincount(group[group >= 0], minlength=n_groups).astype(np.int64)
+    nearest = not kind.hard_calls  # the genotypes nearest the dosages, where the dataset has them
     seen = [
-        (b.keys, genotype_counts(np.ascontiguousarray(b.packed), group, n_groups))
+        (b.keys, genotype_counts(np.ascontiguousarray(b.packed), group, n_groups, b.dosages if nearest else None))
         for b in block_source(prepared, None, cache)(None)
     ]
     return withheld_rows(kind.name, _counts_on_rows({}, prepared.task, seen, sizes), policy)

@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def as_dosages(genotypes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(g, missing)`` of a genotype matrix: int codes 0..3 (3 missing) or float dosages (NaN missing)."""
+    if np.issubdtype(genotypes.dtype, np.floating):
+        return np.nan_to_num(genotypes), np.isnan(genotypes)
+    return np.where(genotypes == 3, 0, genotypes).astype(float), genotypes == 3
+
+
 def counts_twin(codes: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     out = np.zeros((codes.shape[0], n_groups, 4), dtype=np.int64)
     for v in range(codes.shape[0]):
@@ -30,10 +37,11 @@ def linear_sum_arrays(m: int, k: int) -> dict[str, np.ndarray]:
 def linear_sums_twin(codes: np.ndarray, C: np.ndarray, y: np.ndarray, include: np.ndarray) -> dict[str, np.ndarray]:
     m = codes.shape[0]
     out = linear_sum_arrays(m, C.shape[1])
+    values, missing = as_dosages(codes)
     for v in range(m):
-        called = include & (codes[v] != 3)
-        miss = include & (codes[v] == 3)
-        g = codes[v].astype(float)
+        called = include & ~missing[v]
+        miss = include & missing[v]
+        g = values[v]
         out["cg"][v] = C[called].T @ g[called]
         out["gg"][v] = g[called] @ g[called]
         out["gy"][v] = g[called] @ y[called]
@@ -49,9 +57,10 @@ def pooled_ols(codes: np.ndarray, C: np.ndarray, y: np.ndarray, include: np.ndar
     import statsmodels.api as sm
 
     out = np.full((codes.shape[0], 4), np.nan)
+    values, missing = as_dosages(codes)
     for v in range(codes.shape[0]):
-        keep = include & (codes[v] != 3)
-        X = np.column_stack([C[keep], codes[v, keep].astype(float)])
+        keep = include & ~missing[v]
+        X = np.column_stack([C[keep], values[v, keep]])
         if keep.sum() <= X.shape[1] or np.linalg.matrix_rank(X) < X.shape[1]:
             continue
         fit = sm.OLS(y[keep], X).fit()
@@ -66,10 +75,11 @@ def score_sums_twin(
     out = {"u": np.zeros(m), "gwg": np.zeros(m), "cwg": np.zeros((m, k)), "m_cwc": np.zeros((m, k, k))}
     out["m_cr"] = np.zeros((m, k))
     out.update(cg=np.zeros((m, k)), gg=np.zeros(m), n_miss=np.zeros(m, np.int64), m_cc=np.zeros((m, k, k)))
+    values, missing = as_dosages(codes)
     for v in range(m):
-        called = include & (codes[v] != 3)
-        miss = include & (codes[v] == 3)
-        g = codes[v].astype(float)
+        called = include & ~missing[v]
+        miss = include & missing[v]
+        g = values[v]
         out["u"][v] = g[called] @ resid[called]
         out["gwg"][v] = g[called] @ (w[called] * g[called])
         out["cwg"][v] = C[called].T @ (w[called] * g[called])
@@ -95,9 +105,10 @@ def newton_sums_twin(
     """X'WX, the (Firth) score and the log-likelihood per variant, straight from the definitions."""
     m, kk = beta.shape
     xwx, score, loglik = np.zeros((m, kk, kk)), np.zeros((m, kk)), np.zeros(m)
+    values, missing = as_dosages(codes)
     for v in range(m):
-        keep = include & (codes[v] != 3)
-        X = np.column_stack([C[keep], codes[v, keep].astype(float)])
+        keep = include & ~missing[v]
+        X = np.column_stack([C[keep], values[v, keep]])
         p = 1.0 / (1.0 + np.exp(-(X @ beta[v])))
         w = p * (1.0 - p)
         r = y[keep] - p

@@ -8,12 +8,15 @@ from hypothesis import strategies as st
 
 from better.engine.analyses.logistic.station import NewtonInputs, newton_sums
 from better.engine.design import Design
-from better.engine.kernels.counts import genotype_counts
+from better.engine.kernels.counts import dosage_sums, genotype_counts
 from better.engine.kernels.fastexp import exp_into
-from better.engine.kernels.regression import linear_sums, score_sums
+from better.engine.kernels.packed import NO_DOSAGES
+from better.engine.kernels.regression import linear_sums, linear_sums_dense, score_sums, score_sums_dense
 from better.engine.stats import allelic_chi2, hwe_exact, log10_p_chi2, log10_p_normal, log10_p_t, trend_chi2
+from better.genomics.dosage import from_units, hard_calls
 from better.genomics.packing import pack_genotypes
 from tests.engine_reference import (
+    as_dosages,
     counts_twin,
     linear_sum_arrays,
     linear_sums_twin,
@@ -34,6 +37,27 @@ def cohorts(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return codes.astype(np.int8), C, y, include
 
 
+@st.composite
+def dosage_cohorts(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A cohort whose genotypes are stored dosage units: exact 0/1/2, uncertain values, missing."""
+    codes, C, y, include = draw(cohorts())
+    rng = np.random.default_rng(codes.size + draw(st.integers(0, 2**31)))
+    units = (codes.astype(np.int64) * 16384 + rng.integers(-3000, 3000, size=codes.shape)).clip(0, 32768)
+    units = np.where(rng.random(codes.shape) < 0.4, codes.astype(np.int64) * 16384, units)  # exact calls
+    return np.where(codes == 3, 65535, units).astype(np.uint16), C, y, include
+
+
+def genotype_inputs(genotypes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a kernel takes for codes or dosage units: packed hard calls and dosages; and the twins' input
+    (codes, or float dosages with NaN missing)."""
+    if genotypes.dtype == np.uint16:
+        return hard_calls(genotypes)[0], genotypes, from_units(genotypes)
+    return pack_genotypes(genotypes), NO_DOSAGES, genotypes
+
+
+any_cohorts = st.one_of(cohorts(), dosage_cohorts())
+
+
 @settings(max_examples=50, deadline=None)
 @given(cohorts())
 def test_genotype_counts__equals_twin(c: tuple) -> None:
@@ -43,20 +67,107 @@ def test_genotype_counts__equals_twin(c: tuple) -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(cohorts())
+@given(dosage_cohorts())
+def test_nearest_genotype_counts__equal_rounded_dosages(c: tuple) -> None:
+    """Nearest genotypes; and an allele only dosages below them carry counts its dosage, rounded up, as hets."""
+    units, _, y, include = c
+    group = np.where(include, (y > 0).astype(int), -1)
+    nearest = np.where(units == 65535, 3, (units.astype(np.int64) + 8192) // 16384)
+    want = counts_twin(nearest, group, 2)
+    dosage = np.where(units == 65535, 0.0, units / 16384.0)
+    for v in range(units.shape[0]):
+        for g in range(2):
+            inside = (group == g) & (units[v] != 65535)
+            alt, called = dosage[v, inside].sum(), int(inside.sum())
+            hom_ref, het, hom_alt, _ = want[v, g]
+            if het + hom_alt == 0 and alt > 0:
+                moved = min(int(np.ceil(alt)), hom_ref)
+                want[v, g, 0] -= moved
+                want[v, g, 1] += moved
+            hom_ref, het, hom_alt, _ = want[v, g]
+            if hom_ref + het == 0 and called and 2 * called - alt > 0:
+                moved = min(int(np.ceil(2 * called - alt)), hom_alt)
+                want[v, g, 2] -= moved
+                want[v, g, 1] += moved
+    assert np.array_equal(genotype_counts(hard_calls(units)[0], group, 2, units), want)
+
+
+@settings(max_examples=50, deadline=None)
+@given(any_cohorts)
+def test_dosage_sums__equal_twin(c: tuple) -> None:
+    genotypes, _, y, include = c
+    packed, dosages, twin = genotype_inputs(genotypes)
+    group = np.where(include, (y > 0).astype(int), -1)
+    alt, squares, called = dosage_sums(packed, dosages, group, 2)
+    g, missing = as_dosages(twin)
+    for k in range(2):
+        inside = (group == k) & ~missing
+        np.testing.assert_allclose(alt[:, k], (g * inside).sum(axis=1), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(squares[:, k], (g * g * inside).sum(axis=1), rtol=1e-12, atol=1e-12)
+        assert np.array_equal(called[:, k], inside.sum(axis=1))
+
+
+@settings(max_examples=50, deadline=None)
+@given(any_cohorts)
 def test_linear_sums__equals_twin(c: tuple) -> None:
-    codes, C, y, include = c
+    genotypes, C, y, include = c
+    packed, dosages, codes = genotype_inputs(genotypes)
     got = linear_sum_arrays(codes.shape[0], C.shape[1])
-    linear_sums(pack_genotypes(codes), C, y, include, *got.values())
+    linear_sums(packed, dosages, C, y, include, *got.values())
     want = linear_sums_twin(codes, C, y, include)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 @settings(max_examples=50, deadline=None)
-@given(cohorts())
+@given(dosage_cohorts(), st.integers(1, 200))
+def test_dense_sums_of_dosage_blocks__equal_twins(c: tuple, chunk: int) -> None:
+    """The matrix-product path for dosage blocks, in chunks of every size, equals the slow twins."""
+    import better.engine.kernels.regression as regression
+
+    units, C, y, include = c
+    m, k = units.shape[0], C.shape[1]
+    rng = np.random.default_rng(units.size + chunk)
+    resid, w = rng.normal(size=len(y)), rng.random(len(y))
+    group = np.where(include, (y > 0).astype(np.int64), -1)
+    old = regression.DENSE_CHUNK_VALUES
+    regression.DENSE_CHUNK_VALUES = chunk
+    try:
+        lin = linear_sum_arrays(m, k)
+        linear_sums_dense(units, C, y, include, *lin.values())
+        score = {
+            "u": np.zeros(m),
+            "gwg": np.zeros(m),
+            "cwg": np.zeros((m, k)),
+            "m_cwc": np.zeros((m, k, k)),
+            "m_cr": np.zeros((m, k)),
+            "cg": np.zeros((m, k)),
+            "gg": np.zeros(m),
+            "n_miss": np.zeros(m, np.int64),
+            "m_cc": np.zeros((m, k, k)),
+        }
+        alt, miss = np.zeros((m, 2)), np.zeros((m, 2), np.int64)
+        score_sums_dense(units, C, resid, w, include, *score.values(), group, alt, miss)
+    finally:
+        regression.DENSE_CHUNK_VALUES = old
+    dosages = from_units(units)
+    for got, want in (
+        (lin, linear_sums_twin(dosages, C, y, include)),
+        (score, score_sums_twin(dosages, C, resid, w, include)),
+    ):
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12, err_msg=name)
+    g, missing = as_dosages(dosages)
+    for j in range(2):
+        np.testing.assert_allclose(alt[:, j], (g * ((group == j) & ~missing)).sum(axis=1), rtol=1e-12, atol=1e-12)
+        assert np.array_equal(miss[:, j], ((group == j) & missing).sum(axis=1))
+
+
+@settings(max_examples=50, deadline=None)
+@given(any_cohorts)
 def test_score_sums__equals_twin(c: tuple) -> None:
-    codes, C, y, include = c
+    genotypes, C, y, include = c
+    packed, dosages, codes = genotype_inputs(genotypes)
     m, k = codes.shape[0], C.shape[1]
     rng = np.random.default_rng(codes.size)
     resid, w = rng.normal(size=len(y)), rng.random(len(y))
@@ -72,23 +183,25 @@ def test_score_sums__equals_twin(c: tuple) -> None:
         "m_cc": np.zeros((m, k, k)),
     }
     group = np.where(include, (y > 0).astype(np.int64), -1)
-    alt, miss = np.zeros((m, 2), np.int64), np.zeros((m, 2), np.int64)
-    score_sums(pack_genotypes(codes), C, resid, w, include, *got.values(), group, alt, miss)
+    alt, miss = np.zeros((m, 2)), np.zeros((m, 2), np.int64)
+    score_sums(packed, dosages, C, resid, w, include, *got.values(), group, alt, miss)
     want = score_sums_twin(codes, C, resid, w, include)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-12, err_msg=name)
-    genotypes = counts_twin(codes, group, 2)
-    assert np.array_equal(alt, genotypes[:, :, 1] + 2 * genotypes[:, :, 2])
-    assert np.array_equal(miss, genotypes[:, :, 3])
+    g, missing = as_dosages(codes)
+    for k in range(2):
+        np.testing.assert_allclose(alt[:, k], (g * ((group == k) & ~missing)).sum(axis=1), rtol=1e-12)
+        assert np.array_equal(miss[:, k], ((group == k) & missing).sum(axis=1))
 
 
 @settings(max_examples=50, deadline=None)
-@given(cohorts(), st.integers(1, 700))
+@given(any_cohorts, st.integers(1, 700))
 def test_newton_sums__equals_twin(c: tuple, chunk: int) -> None:
     """Chunks of every size (down to one value, so one variant a chunk), Firth and likelihood rows mixed."""
     import better.engine.analyses.logistic.station as logistic
 
-    codes, C, y, include = c
+    genotypes, C, y, include = c
+    packed, dosages, codes = genotype_inputs(genotypes)
     m, kk = codes.shape[0], C.shape[1] + 1
     rng = np.random.default_rng(codes.size + chunk)
     y = (y > 0).astype(float)
@@ -102,17 +215,19 @@ def test_newton_sums__equals_twin(c: tuple, chunk: int) -> None:
     logistic.NEWTON_CHUNK_VALUES = chunk
     try:
         inputs = NewtonInputs.of(Design(C=C, y=y, include=include, names=tuple("abc")))
-        got = newton_sums(pack_genotypes(codes), rows, beta, inputs, inv, firth, loglik)
+        got = newton_sums(packed, dosages, rows, beta, inputs, inv, firth, loglik)
     finally:
         logistic.NEWTON_CHUNK_VALUES = old
     want = newton_sums_twin(codes[rows], beta, np.nan_to_num(C), y, include, inv, firth, loglik)
     for name, g, w in zip(("xwx", "score", "loglik"), got[:3], want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-12, err_msg=name)
     group = np.where(include, (y > 0.5).astype(np.int64), -1)
-    genotypes = counts_twin(codes[rows], group, 2)
-    assert np.array_equal(got[3][:, :, 0], genotypes[:, :, :3].sum(axis=2))  # called
-    assert np.array_equal(got[3][:, :, 1], genotypes[:, :, 1] + 2 * genotypes[:, :, 2])  # ALT alleles
-    assert np.array_equal(got[3][:, :, 2], genotypes[:, :, 3])  # missing
+    g, missing = as_dosages(codes[rows])
+    for k in range(2):
+        inside = group == k
+        assert np.array_equal(got[3][:, k, 0], (inside & ~missing).sum(axis=1))  # called
+        np.testing.assert_allclose(got[3][:, k, 1], (g * (inside & ~missing)).sum(axis=1), rtol=1e-12)  # ALT
+        assert np.array_equal(got[3][:, k, 2], (inside & missing).sum(axis=1))  # missing
 
 
 def test_fast_exp__within_two_ulp_of_numpy_everywhere() -> None:
@@ -208,6 +323,6 @@ def test_newton_sums__a_huge_inverse_information_cannot_scale_the_score() -> Non
     beta = np.zeros((m, 3))
     firth, loglik = np.ones(m, dtype=bool), np.zeros(m, dtype=bool)
     huge = np.broadcast_to(np.eye(3) * 1e30, (m, 3, 3)).copy()
-    _, score, _, _ = newton_sums(pack_genotypes(codes), np.arange(m), beta, inputs, huge, firth, loglik)
+    _, score, _, _ = newton_sums(pack_genotypes(codes), NO_DOSAGES, np.arange(m), beta, inputs, huge, firth, loglik)
     X = np.concatenate([np.broadcast_to(C, (m, n, 2)), codes[:, :, None].astype(float)], axis=2)
     assert np.all(np.abs(score) <= 1.5 * np.abs(X).sum(axis=1) + 1e-9)

@@ -13,20 +13,32 @@ from better.engine.analyses.logistic import LogisticProtocol
 from better.engine.design import Block, Design
 from better.engine.errors import InputError
 from better.engine.protocol import run_local
-from better.genomics.packing import pack_genotypes
+from better.genomics.dosage import from_codes, from_units, hard_calls
+from better.genomics.packing import pack_genotypes, unpack_genotypes
 from tests.engine_reference import pooled_ols
 
 KEYS = {"chrom": "1", "ref": "A", "alt": "G"}
 
 
 def block(codes: np.ndarray, rows: np.ndarray) -> Block:
+    """A block of rows ``rows`` of codes (int8) or of dosage units (uint16: the block then has dosages)."""
     keys = {
         "chrom": np.array([KEYS["chrom"]] * rows.size, dtype=object),
         "pos": rows + 100,
         "ref": np.array(["A"] * rows.size, dtype=object),
         "alt": np.array(["G"] * rows.size, dtype=object),
     }
+    if codes.dtype == np.uint16:
+        return Block(keys, hard_calls(codes[rows])[0], codes[rows])
     return Block(keys, pack_genotypes(codes[rows]))
+
+
+def imputed(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Dosage units around the codes: some exact, most a little uncertain, some far from any call."""
+    noise = rng.normal(scale=rng.choice([600.0, 3000.0, 9000.0], size=(codes.shape[0], 1)), size=codes.shape)
+    units = np.clip(codes.astype(np.int64) * 16384 + np.rint(noise), 0, 32768)
+    units = np.where(rng.random(codes.shape) < 0.3, codes.astype(np.int64) * 16384, units)
+    return np.where(codes == 3, 65535, units).astype(np.uint16)
 
 
 @st.composite
@@ -49,7 +61,27 @@ def split_cohorts(draw: st.DrawFn, binary: bool = False) -> dict:
     station = rng.integers(0, n_st, n)
     station[0] = n_st - 1  # make sure the last station exists; it may hold a single sample
     lacks = {s: rng.random(m) < 0.2 for s in range(n_st)}  # variants a station does not have at all
-    return {"codes": codes, "C": C, "y": y, "include": include, "station": station, "n_st": n_st, "lacks": lacks}
+    hard: set[int] = set()
+    if draw(st.booleans()):  # imputed: dosages at most stations, only the hard calls of them at some
+        codes = imputed(codes, rng)
+        hard = {s for s in range(n_st) if rng.random() < 0.3}
+        for s in hard:
+            codes[:, station == s] = from_codes(hard_call_codes(codes[:, station == s]))
+    return {
+        "codes": codes,
+        "C": C,
+        "y": y,
+        "include": include,
+        "station": station,
+        "n_st": n_st,
+        "lacks": lacks,
+        "hard": hard,
+    }
+
+
+def hard_call_codes(units: np.ndarray) -> np.ndarray:
+    """The hard-call codes of dosage units (PLINK 2's threshold)."""
+    return unpack_genotypes(hard_calls(units)[0], units.shape[1])
 
 
 def stations_of(c: dict) -> list[tuple[Design, object]]:
@@ -61,6 +93,8 @@ def stations_of(c: dict) -> list[tuple[Design, object]]:
         design = Design(C=C, y=np.where(inc, c["y"][idx], 0.0), include=inc, names=("intercept", "x1", "x2"))
         rows = np.flatnonzero(~c["lacks"][s])
         codes = c["codes"][:, idx]
+        if s in c["hard"]:  # a station that holds hard calls only
+            codes = hard_call_codes(codes)
         out.append((design, (lambda _t, codes=codes, rows=rows: [block(codes, rows)])))
     return out
 
@@ -69,7 +103,7 @@ def pooled_of(c: dict) -> tuple[np.ndarray, list[tuple[Design, object]]]:
     """The pooled cohort, where a station's samples are missing for variants that station lacks."""
     codes = c["codes"].copy()
     for s in range(c["n_st"]):
-        codes[np.ix_(c["lacks"][s], c["station"] == s)] = 3
+        codes[np.ix_(c["lacks"][s], c["station"] == s)] = 65535 if codes.dtype == np.uint16 else 3
     inc = c["include"]
     design = Design(
         C=np.where(inc[:, None], c["C"], 0.0),
@@ -108,7 +142,7 @@ def test_linear__federated_equals_pooled_and_statsmodels(c: dict) -> None:
     for col in ("OBS_CT", "BETA", "SE", "T_STAT", "LOG10_P", "A1_FREQ"):
         close(fed[col], pooled[col], 1e-8)
     assert list(fed["ERRCODE"]) == list(pooled["ERRCODE"])
-    ref = pooled_ols(codes, c["C"], c["y"], c["include"])
+    ref = pooled_ols(from_units(codes) if codes.dtype == np.uint16 else codes, c["C"], c["y"], c["include"])
     ok = np.array([e == "" for e in pooled["ERRCODE"]])
     np.testing.assert_allclose(pooled["BETA"][ok].astype(float), ref[ok, 0], rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(pooled["SE"][ok].astype(float), ref[ok, 1], rtol=1e-7, atol=1e-9)

@@ -44,6 +44,7 @@ def test_query__tsv_json_and_parquet_agree(federation: Path, tmp_path: Path) -> 
         "REF",
         "ALT",
         "ALT_FREQS",
+        "MACH_R2",
         "OBS_CT",
         "MISSING_CT",
         "CALL_RATE",

@@ -318,6 +318,7 @@ ROUNDS = (
         zeroed=("pairs",),
         pairs=("pairs",),
         rules_from="counts",
+        hard_calls=True,
     ),
 )
 ANALYSES = (Analysis("ld_prune", ("variant_keys", "counts", "ld_pairs")),)

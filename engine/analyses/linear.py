@@ -21,7 +21,8 @@ import numpy as np
 from better.engine.accelerate import jit
 from better.engine.analyses.counts import station_keys
 from better.engine.design import KEY_COLUMNS, Block, Design, concat_keys
-from better.engine.kernels.regression import linear_sums
+from better.engine.kernels.packed import NO_DOSAGES
+from better.engine.kernels.regression import linear_sums, linear_sums_dense
 from better.engine.key_union import KeyUnion, union_keys
 from better.engine.protocol import OneRoundProtocol
 from better.engine.rounds import Analysis, Finishing, Result, RoundKind, SharedRows, StationData, Task
@@ -82,7 +83,12 @@ def linear_station(design: Design, blocks: Iterable[Block]) -> LinearStats:
         cg, gg, gy = np.zeros((m, k)), np.zeros(m), np.zeros(m)
         n_miss, m_cc, m_cy, m_yy = np.zeros(m, np.int64), np.zeros((m, k, k)), np.zeros((m, k)), np.zeros(m)
         if m:
-            linear_sums(np.ascontiguousarray(block.packed), C, y, inc, cg, gg, gy, n_miss, m_cc, m_cy, m_yy)
+            if block.dosages is not None:  # every sample has a value: matrix products over dense rows
+                linear_sums_dense(block.dosages, C, y, inc, cg, gg, gy, n_miss, m_cc, m_cy, m_yy)
+            else:  # sparse: the cost follows the carriers
+                linear_sums(
+                    np.ascontiguousarray(block.packed), NO_DOSAGES, C, y, inc, cg, gg, gy, n_miss, m_cc, m_cy, m_yy
+                )
         parts.append((block.keys, cg, gg, gy, n_miss, m_cc, m_cy, m_yy))
     keys = concat_keys([p[0] for p in parts])
 

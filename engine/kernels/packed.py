@@ -29,3 +29,56 @@ def nonzero_codes(row: np.ndarray, n: int, idx: np.ndarray, codes: np.ndarray) -
                 codes[found] = c
                 found += 1
     return found
+
+
+#: The ``dosages`` argument of a kernel whose block has hard calls only.
+NO_DOSAGES = np.zeros((0, 0), dtype=np.uint16)
+#: A stored dosage unit: 1/16384 of an ALT allele (PLINK 2's); 65535 is a missing dosage.
+DOSAGE_ONE = 16384.0
+DOSAGE_MISSING = 65535
+
+
+@jit
+def nonzero_values(packed: np.ndarray, dosages: np.ndarray, v: int, n: int, idx: np.ndarray, values: np.ndarray) -> int:
+    """List the samples of variant ``v`` whose ALT dosage is not 0, or is missing.
+
+    With hard calls only (``dosages`` has no rows) the dosage is the code (1 het, 2 hom-alt); otherwise
+    ``dosages[v, s] / 16384``. A missing genotype is written as -1. Writes indices into ``idx`` and
+    dosages into ``values`` and returns how many there are: every kernel that sums over genotypes reads
+    them through here, so hard calls and dosages are one code path.
+    """
+    found = 0
+    if dosages.shape[0] == 0:
+        row = packed[v]
+        for j in range(row.shape[0]):
+            b = row[j]
+            if b == 0:
+                continue
+            for t in range(4):
+                s = 4 * j + t
+                if s >= n:
+                    break
+                c = (b >> (2 * t)) & 3
+                if c != 0:
+                    idx[found] = s
+                    values[found] = -1.0 if c == 3 else float(c)
+                    found += 1
+        return found
+    row16 = dosages[v]
+    for s in range(n):
+        u = row16[s]
+        if u != 0:
+            idx[found] = s
+            values[found] = -1.0 if u == DOSAGE_MISSING else u / DOSAGE_ONE
+            found += 1
+    return found
+
+
+@jit
+def genotype_value(packed: np.ndarray, dosages: np.ndarray, v: int, s: int) -> float:
+    """Sample ``s``'s ALT dosage at variant ``v`` (the hard call's code without dosages); -1 if missing."""
+    if dosages.shape[0] == 0:
+        c = (packed[v, s >> 2] >> (2 * (s & 3))) & 3
+        return -1.0 if c == 3 else float(c)
+    u = dosages[v, s]
+    return -1.0 if u == DOSAGE_MISSING else u / DOSAGE_ONE

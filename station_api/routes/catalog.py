@@ -45,7 +45,7 @@ def _dataset(store: Store, d: dict[str, Any], step: int) -> dict[str, Any]:
         positions = pl.from_arrow(ds.variants(columns=["chrom", "pos"]))
         assert isinstance(positions, pl.DataFrame)
         positions = positions.with_columns(pl.col("pos").alias("end"))
-        extra = {}
+        extra = {"dosages": ds.has_dosages}  # analysed on ALT dosages (imputed data), as PLINK 2 does
     spans = positions.group_by("chrom", maintain_order=True).agg(
         pl.col("pos").min().alias("lo"), pl.col("end").max().alias("hi")
     )

@@ -20,8 +20,13 @@ from better.engine.protocol import Protocol
 from better.engine.rounds import Result, Task
 from better.engine.stats import log10_p_normal
 
-NEWTON, FIRTH_INFO, FIRTH_SCORE, DONE = 1, 2, 3, 0
+NEWTON, FIRTH_INFO, FIRTH_SCORE, DONE, PLINK_PATH = 1, 2, 3, 0, 4
 NULL_MAX_ITER = 25  # a well-posed null model converges in under 15; (quasi-)separation needs ~35 to fake it
+#: A variant whose case/control x allele table has a cell below this many alleles (an ALT dosage sum of
+#: 0.003 in cases, say: imputed data makes such near-empty cells common) is nearly separated. Whether
+#: PLINK 2's hybrid falls back to Firth for it depends on how its Newton iterations from zero go, so
+#: such variants follow that path (:meth:`LogisticProtocol._plink_update`) before being polished.
+NEAR_EMPTY_CELL = 2.0
 
 
 @dataclass
@@ -52,6 +57,13 @@ class LogisticProtocol(Protocol):
     last_step: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     halvings: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     damping: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: Per variant on PLINK 2's path: the smallest step so far (L1, PLINK's coding) and whether PLINK's
+    #: A1, the minor allele, is REF (its genotype column is then the REF dosage).
+    min_delta: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ref_coded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    #: PLINK 2 stops these fits unfinished (its 14 Newton steps): reported as UNFINISHED, with the values
+    #: the plain Newton steps then converge to.
+    unfinished: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     errcode: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     #: Pooled variant filter, applied to the score round's counts before any Newton round.
     variant_filter: VariantFilter = field(default_factory=VariantFilter)
@@ -80,7 +92,7 @@ class LogisticProtocol(Protocol):
                 **{f"key_{c}": self.keys[c][act] for c in KEY_COLUMNS},
                 "beta": self.beta[act],
                 "firth": self.mode[act] == FIRTH_SCORE,
-                "loglik": self.mode[act] != NEWTON,
+                "loglik": np.isin(self.mode[act], (FIRTH_INFO, FIRTH_SCORE)),
                 "inv": inv,
             }
         return None
@@ -159,14 +171,14 @@ class LogisticProtocol(Protocol):
         few = called <= k + 1
         self.errcode[few & ~const] = "SAMPLE_CT<=COVAR_CT"
         # PLINK 2 checks the unweighted predictors of every variant as for linear regression.
-        collinear = linear_.finalize_linear(linear_.combine_linear([_predictor_stats(r, k) for r in results], al))[
-            "ERRCODE"
-        ]
+        predictors = linear_.combine_linear([_predictor_stats(r, k) for r in results], al)
+        collinear = linear_.finalize_linear(predictors)["ERRCODE"]
         flagged = np.isin(collinear, ("CORR_TOO_HIGH", "VIF_TOO_HIGH", "INVALID_RESULT")) & (self.errcode == "")
         # A singular predictor matrix is INVALID_RESULT in PLINK 2's linear output, VIF_INFINITE in station.
         self.errcode[flagged] = np.where(collinear[flagged] == "INVALID_RESULT", "VIF_INFINITE", collinear[flagged])
         self.errcode[withheld] = "WITHHELD"
-        self.kept = withheld | self.variant_filter.mask(*pooled_summary(self.counts))
+        self.kept = withheld | self.variant_filter.mask(*pooled_summary(self.counts), squares=predictors.gg)
+        self.unfinished = np.zeros(m, dtype=bool)
         if self.test == "score":
             self.phase = "done"
             return
@@ -185,6 +197,13 @@ class LogisticProtocol(Protocol):
         self.firth_used = use_firth & (self.errcode == "")
         self.mode = np.where(self.errcode != "", DONE, np.where(use_firth, FIRTH_INFO, NEWTON)).astype(np.int8)
         self.mode[~self.kept] = DONE
+        alt = self.counts[:, :, 1]
+        ref = 2 * self.counts[:, :, 0] - alt
+        near_empty = (np.minimum(alt, ref) < NEAR_EMPTY_CELL).any(axis=1) & (self.mode == NEWTON)
+        self.mode[near_empty] = PLINK_PATH
+        self.beta[near_empty] = 0.0  # PLINK starts every coefficient at zero
+        self.min_delta = np.full(m, 1e9)
+        self.ref_coded = alt.sum(axis=1) > ref.sum(axis=1)
         # The first Newton step, from the null fit, needs only what this round returned: X'WX and the
         # score over called samples are the totals minus the missing-genotype parts.
         first = np.flatnonzero(self.mode == NEWTON)
@@ -214,6 +233,47 @@ class LogisticProtocol(Protocol):
         for v in variants[give_up]:
             self._to_firth(int(v))
 
+    def _plink_update(self, variants: np.ndarray, xwx: np.ndarray, score: np.ndarray) -> None:
+        """A Newton step of PLINK 2's ``LogisticRegressionF`` for nearly separated variants, with its rules:
+        from all coefficients zero, in its coding (A1 the minor allele), it gives up (and the hybrid turns
+        to Firth) when the L1 step is NaN, or from the 5th step on grows past 20 and twice the smallest, or
+        from the 8th stays within 1e-3 of 1 (a coefficient drifting off to infinity), or when after the
+        15th a coefficient exceeds 8e3 (otherwise PLINK stops there, unfinished); an L1 step under 1e-4 is
+        convergence (unless a coefficient exceeds 6e4). Converged or unfinished, a variant goes on by plain
+        Newton steps to the usual tolerance. All variants of the round at once."""
+        if not variants.size:
+            return
+        k = self.k
+        # beta in PLINK's coding is a @ beta (and back: a is its own inverse); X' = X a, so X'WX' = a'(X'WX)a
+        a = np.broadcast_to(np.eye(k + 1), (variants.size, k + 1, k + 1)).copy()
+        flip = self.ref_coded[variants]
+        a[flip, 0, k], a[flip, k, k] = 2.0, -1.0
+        at = a.transpose(0, 2, 1)
+        step = _batched_solve(at @ xwx @ a, np.einsum("vji,vj->vi", a, score))
+        it = self.iterations[variants].copy()
+        self.iterations[variants] += 1
+        finite = np.isfinite(step).all(axis=1)
+        step = np.where(finite[:, None], step, 0.0)
+        coef = np.einsum("vij,vj->vi", a, self.beta[variants]) + step
+        delta = np.abs(step).sum(axis=1)
+        min_delta = np.minimum(self.min_delta[variants], delta)
+        biggest = np.abs(coef).max(axis=1)
+        late = it > 3
+        firth = ~finite | (
+            late & (((delta > 20.0) & (delta > 2 * min_delta)) | ((it > 6) & (np.abs(1.0 - delta) < 1e-3)))
+        )
+        stopped = late & (it > 13) & ~firth
+        unfinished = stopped & (biggest <= 8e3)
+        converged = ~firth & ~stopped & (delta < 1e-4)
+        firth |= (stopped & (biggest > 8e3)) | (converged & (biggest > 6e4))
+        self.beta[variants] = np.einsum("vij,vj->vi", a, coef)
+        self.min_delta[variants] = min_delta
+        self.unfinished[variants[unfinished & ~firth]] = True
+        on = variants[(unfinished | converged) & ~firth]
+        self.mode[on], self.iterations[on] = NEWTON, 0
+        for v in variants[firth].tolist():
+            self._to_firth(v)
+
     def _receive_newton(self, results: list[Result]) -> None:
         act = self._active()
         withheld = np.zeros(act.size, dtype=bool)
@@ -230,8 +290,10 @@ class LogisticProtocol(Protocol):
         loglik = np.sum([r["loglik"] for r in results], axis=0)
         k = self.k
         newton = self.mode[act] == NEWTON
+        plink = self.mode[act] == PLINK_PATH
         self._newton_update(act[newton], xwx[newton], score[newton])
-        for j in np.flatnonzero(~newton):
+        self._plink_update(act[plink], xwx[plink], score[plink])
+        for j in np.flatnonzero(~newton & ~plink):
             v = act[j]
             mode = self.mode[v]
             info = xwx[j]
@@ -271,8 +333,11 @@ class LogisticProtocol(Protocol):
                 self.beta[v] += step
                 self.last_step[v] = step
                 self.iterations[v] += 1
-                if not np.all(np.isfinite(self.beta[v])) or self.iterations[v] >= station.FIRTH_MAX_ITER:
+                if not np.all(np.isfinite(self.beta[v])):
                     self._fail(v, "FIRTH_CONVERGE_FAIL")
+                    continue
+                if self.iterations[v] >= station.FIRTH_MAX_ITER:  # PLINK 2 calls a fit out of steps so
+                    self._fail(v, "UNFINISHED")
                     continue
                 if biggest < station.FIRTH_TOL:
                     self.final[v] = True
@@ -331,9 +396,9 @@ class LogisticProtocol(Protocol):
                 }
             )
         unusable = ~bad & ~(np.isfinite(z) & np.isfinite(log_or) & np.isfinite(se))
-        if unusable.any():  # e.g. a score variance of zero, or a fit that ran off to infinity
+        if unusable.any() or self.unfinished.any():  # e.g. a score variance of zero, or a fit that ran off
             self.errcode = self.errcode.copy()
-            self.errcode[unusable] = "UNFINISHED"
+            self.errcode[unusable | (~bad & self.unfinished)] = "UNFINISHED"
             z, log_or, se = (np.where(unusable, np.nan, a) for a in (z, log_or, se))
         lp = log10_p_normal(np.where(np.isfinite(z), z, 0.0))
         lp = np.where(np.isfinite(z), lp, np.nan)

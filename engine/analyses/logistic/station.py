@@ -26,7 +26,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from better.engine.design import Block, Design, concat_keys
-from better.engine.kernels.regression import logistic_weights, score_sums, weighted_gram
+from better.engine.kernels.packed import NO_DOSAGES
+from better.engine.kernels.regression import logistic_weights, score_sums, score_sums_dense, weighted_gram
 
 MAX_ITER = 25
 FIRTH_MAX_ITER = 100
@@ -92,10 +93,12 @@ def score_station(design: Design, beta: np.ndarray, blocks: Iterable[Block]) -> 
         sums = {
             name: np.zeros((m, *shape), dtype=np.int64 if name == "n_miss" else float) for name, shape in shapes.items()
         }
-        alt, miss = np.zeros((m, 2), dtype=np.int64), np.zeros((m, 2), dtype=np.int64)
+        alt, miss = np.zeros((m, 2)), np.zeros((m, 2), dtype=np.int64)
         packed = np.ascontiguousarray(b.packed)
-        if m:
-            score_sums(packed, C, resid, w, inc, **sums, group=group, alt_by_group=alt, miss_by_group=miss)
+        if m and b.dosages is not None:  # every sample has a value: matrix products over dense rows
+            score_sums_dense(b.dosages, C, resid, w, inc, **sums, group=group, alt_by_group=alt, miss_by_group=miss)
+        elif m:  # sparse: the cost follows the carriers
+            score_sums(packed, NO_DOSAGES, C, resid, w, inc, **sums, group=group, alt_by_group=alt, miss_by_group=miss)
         key_parts.append(b.keys)
         for name, arr in sums.items():
             parts[name].append(arr)
@@ -151,6 +154,7 @@ class NewtonInputs:
 
 def newton_sums(
     packed: np.ndarray,
+    dosages: np.ndarray,
     rows: np.ndarray,
     beta: np.ndarray,
     inputs: NewtonInputs,
@@ -159,7 +163,8 @@ def newton_sums(
     want_loglik: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``X'WX``, ``X'(y - p)`` (Firth-corrected where ``firth``) and the log-likelihood (where
-    ``want_loglik``) for the variants ``rows`` of ``packed`` at coefficients ``beta``, over called samples;
+    ``want_loglik``) for the variants ``rows`` of ``packed`` (and of ``dosages``, where the block has
+    them: :meth:`~better.engine.design.Block.dosage_rows`) at coefficients ``beta``, over called samples;
     and their case/control allele counts (:func:`allele_counts`), for the station's policy.
 
     The per-sample weights come from the :func:`~better.engine.kernels.regression.logistic_weights` kernel;
@@ -172,7 +177,7 @@ def newton_sums(
     lower = np.tril_indices(k)
     m = rows.shape[0]
     xwx, score, loglik = np.zeros((m, kk, kk)), np.zeros((m, kk)), np.zeros(m)
-    alt, miss = np.zeros((m, 2), dtype=np.int64), np.zeros((m, 2), dtype=np.int64)
+    alt, miss = np.zeros((m, 2)), np.zeros((m, 2), dtype=np.int64)
     step = min(m, max(1, NEWTON_CHUNK_VALUES // max(n, 1)))
     buffers = np.empty((4, step, n))  # reused: fresh pages for every chunk cost as much as the work
     for lo in range(0, m, step):
@@ -184,6 +189,7 @@ def newton_sums(
         gwg, gr = np.zeros(c), np.zeros(c)
         logistic_weights(
             packed,
+            dosages,
             rows[sl],
             eta_c,
             b,
@@ -234,7 +240,7 @@ def newton_station(design: Design, blocks: Iterable[Block], request: dict[str, n
         )
     }
     xwx, score, loglik = np.zeros((a, kk, kk)), np.zeros((a, kk)), np.zeros(a)
-    counts = np.zeros((a, 2, 3), dtype=np.int64)
+    counts = np.zeros((a, 2, 3))
     counts[:, :, 2] = _group_sizes(design)  # a variant this station lacks: everyone missing
     inputs = NewtonInputs.of(design)
     # The kernel runs on all threads and BLAS on one: its small products come between kernel calls,
@@ -277,6 +283,7 @@ def _newton_blocks(
         packed = np.ascontiguousarray(b.packed)
         xwx[req], score[req], loglik[req], counts[req] = newton_sums(
             packed,
+            b.dosage_rows(),
             rows,
             request["beta"][req],
             inputs,
@@ -308,14 +315,14 @@ def null_step(beta: np.ndarray, results: list[dict[str, np.ndarray]]) -> tuple[n
 def allele_counts(group_sizes: np.ndarray, alt: np.ndarray, missing: np.ndarray) -> np.ndarray:
     """Per variant and group, ``(called samples, ALT alleles, missing samples)``: all logistic regression
     needs to know, coarser than genotype counts. ``alt`` and ``missing`` are ``(variants, groups)``,
-    ``group_sizes`` the included samples per group.
+    ``group_sizes`` the included samples per group. Float: with dosages the ALT count is a dosage sum.
 
     Examples
     --------
-    >>> allele_counts(np.array([11]), np.array([[5]]), np.array([[2]])).tolist()
-    [[[9, 5, 2]]]
+    >>> allele_counts(np.array([11]), np.array([[5.0]]), np.array([[2]])).tolist()
+    [[[9.0, 5.0, 2.0]]]
     """
-    return np.stack([group_sizes[None, :] - missing, alt, missing], axis=-1)
+    return np.stack([group_sizes[None, :] - missing, alt, missing], axis=-1).astype(np.float64)
 
 
 def zero_cell(counts: np.ndarray) -> np.ndarray:

@@ -48,6 +48,7 @@ ROUNDS = (
         zeroed=("product",),
         excludes="scale",
         rules_from="counts",
+        hard_calls=True,
         max_cols=MAX_BASIS,
     ),
     RoundKind(
@@ -67,6 +68,7 @@ ROUNDS = (
         judged_groups=1,
         excludes="scale",
         rules_from="counts",
+        hard_calls=True,
         max_cols=MAX_PCS,
     ),
 )
