@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import run, timed  # the ingest benchmark's process helpers
+from ingest import run, spread_positions, timed  # the ingest benchmark's helpers
 
 OUT = Path(__file__).resolve().parent / "out"
 COVARS = ["age", "sex", "pc1", "pc2", "pc3", "pc4"]
@@ -44,16 +44,7 @@ def make_cohort(samples: int, variants: int, threads: int) -> Path:
     common = ["--threads", str(threads)]
     dummy = ["plink2", "--dummy", str(samples), str(variants), "0.01", "acgt", "dosage-freq=0.4", "--seed", "5"]
     run([*dummy, "--make-pgen", "--out", str(d / "dummy"), *common])
-    lines = (d / "dummy.pvar").read_text().splitlines()
-    with open(d / "dummy.pvar", "w") as f:
-        k = 0
-        for line in lines:
-            if not line.startswith("#"):
-                cols = line.split("\t")
-                cols[1] = str(1000 + 100 * k)
-                k += 1
-                line = "\t".join(cols)
-            f.write(line + "\n")
+    spread_positions(d / "dummy.pvar")
     export = ["plink2", "--pfile", str(d / "dummy"), "--export", "vcf", "bgz", "vcf-dosage=DS-force", "id-paste=iid"]
     run([*export, "--out", str(d / "pooled"), *common])
     psam = (d / "dummy.psam").read_text().splitlines()

@@ -49,16 +49,7 @@ def make_vcf(samples: int, variants: int, threads: int) -> Path:
             str(threads),
         ]
     )
-    lines = (d / "dummy.pvar").read_text().splitlines()
-    k = 0
-    with open(d / "dummy.pvar", "w") as f:
-        for line in lines:
-            if not line.startswith("#"):
-                cols = line.split("\t")
-                cols[1] = str(1000 + 100 * k)
-                k += 1
-                line = "\t".join(cols)
-            f.write(line + "\n")
+    spread_positions(d / "dummy.pvar")
     run(
         [
             "plink2",
@@ -75,6 +66,20 @@ def make_vcf(samples: int, variants: int, threads: int) -> Path:
         ]
     )
     return vcf
+
+
+def spread_positions(pvar: Path) -> None:
+    """Give ``plink2 --dummy``'s variants valid, distinct positions, 100 bp apart (it writes them all at 0)."""
+    lines = pvar.read_text().splitlines()
+    k = 0
+    with open(pvar, "w") as f:
+        for line in lines:
+            if not line.startswith("#"):
+                cols = line.split("\t")
+                cols[1] = str(1000 + 100 * k)
+                k += 1
+                line = "\t".join(cols)
+            f.write(line + "\n")
 
 
 def run(cmd: list[str]) -> None:

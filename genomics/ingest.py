@@ -191,18 +191,14 @@ def ingest_vcf(
     chunk_bytes: int = 32 << 20,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
-    """Ingest a VCF/BCF (and optionally a phenotype TSV) as dataset ``dataset`` of ``store``.
+    """Ingest a VCF/BCF (and optionally a phenotype TSV): :func:`ingest_variants` of :func:`vcf_source`.
 
     Parameters
     ----------
-    store
-        An opened :class:`~better.genomics.store.Store`.
-    dataset
-        Name of the dataset to create or replace (replaced only if this ingest succeeds).
+    store, dataset, phenotypes
+        As for :func:`ingest_variants`.
     vcf
         ``.vcf``, ``.vcf.gz`` (BGZF or gzip) or ``.bcf``; records sorted by chromosome and position.
-    phenotypes
-        Optional tab-separated table, sample ID first (see :mod:`better.genomics.phenotypes`).
     dosage
         Which FORMAT field gives ALT dosages: ``auto`` (``DS``, else ``HDS``, else ``GP``, whichever the
         header declares first; none: hard calls only), one of those names, or ``none``.

@@ -34,6 +34,21 @@ def linear_sum_arrays(m: int, k: int) -> dict[str, np.ndarray]:
     }
 
 
+def score_sum_arrays(m: int, k: int) -> dict[str, np.ndarray]:
+    """Zeroed outputs of the score sums for ``m`` variants and ``k`` covariates, in the kernel's order."""
+    return {
+        "u": np.zeros(m),
+        "gwg": np.zeros(m),
+        "cwg": np.zeros((m, k)),
+        "m_cwc": np.zeros((m, k, k)),
+        "m_cr": np.zeros((m, k)),
+        "cg": np.zeros((m, k)),
+        "gg": np.zeros(m),
+        "n_miss": np.zeros(m, np.int64),
+        "m_cc": np.zeros((m, k, k)),
+    }
+
+
 def linear_sums_twin(codes: np.ndarray, C: np.ndarray, y: np.ndarray, include: np.ndarray) -> dict[str, np.ndarray]:
     m = codes.shape[0]
     out = linear_sum_arrays(m, C.shape[1])

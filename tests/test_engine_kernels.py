@@ -21,6 +21,7 @@ from tests.engine_reference import (
     linear_sum_arrays,
     linear_sums_twin,
     newton_sums_twin,
+    score_sum_arrays,
     score_sums_twin,
 )
 
@@ -135,17 +136,7 @@ def test_dense_sums_of_dosage_blocks__equal_twins(c: tuple, chunk: int) -> None:
     try:
         lin = linear_sum_arrays(m, k)
         linear_sums_dense(units, C, y, include, *lin.values())
-        score = {
-            "u": np.zeros(m),
-            "gwg": np.zeros(m),
-            "cwg": np.zeros((m, k)),
-            "m_cwc": np.zeros((m, k, k)),
-            "m_cr": np.zeros((m, k)),
-            "cg": np.zeros((m, k)),
-            "gg": np.zeros(m),
-            "n_miss": np.zeros(m, np.int64),
-            "m_cc": np.zeros((m, k, k)),
-        }
+        score = score_sum_arrays(m, k)
         alt, miss = np.zeros((m, 2)), np.zeros((m, 2), np.int64)
         score_sums_dense(units, C, resid, w, include, *score.values(), group, alt, miss)
     finally:
@@ -171,17 +162,7 @@ def test_score_sums__equals_twin(c: tuple) -> None:
     m, k = codes.shape[0], C.shape[1]
     rng = np.random.default_rng(codes.size)
     resid, w = rng.normal(size=len(y)), rng.random(len(y))
-    got = {
-        "u": np.zeros(m),
-        "gwg": np.zeros(m),
-        "cwg": np.zeros((m, k)),
-        "m_cwc": np.zeros((m, k, k)),
-        "m_cr": np.zeros((m, k)),
-        "cg": np.zeros((m, k)),
-        "gg": np.zeros(m),
-        "n_miss": np.zeros(m, np.int64),
-        "m_cc": np.zeros((m, k, k)),
-    }
+    got = score_sum_arrays(m, k)
     group = np.where(include, (y > 0).astype(np.int64), -1)
     alt, miss = np.zeros((m, 2)), np.zeros((m, 2), np.int64)
     score_sums(packed, dosages, C, resid, w, include, *got.values(), group, alt, miss)

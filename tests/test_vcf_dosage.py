@@ -246,6 +246,50 @@ def test_text_path__equals_bcf_path_byte_for_byte(field: str, tmp_path: Path) ->
         assert text.column(column).equals(binary.column(column)), column
 
 
+def test_gt_ds_one_pass__equals_the_general_reader(tmp_path: Path) -> None:
+    # a biallelic GT:DS line is read in one pass (vcf_numba._gt_ds_line), which takes the common shapes
+    # (``easy``) and hands a line with any other (``odd``) to the general readers; the same samples written
+    # DS:GT always go through the general readers: both must give the same dosages, hard calls and counts
+    easy = ["0/0:0", "0|1:1", "1/1:2", "./.:1.2", "./1:0.5", "1/.:.", "0/1:.", "0/1", "1:0.7", "0:.", ".:0.25",
+            "1", "0/1:1.91", "0/0:0.0999", "0/0:0.1001", "0/1:1.", "0/1:.5", "0|0:00.75", "0/0:0.0",
+            "1/1:1.999999999999"]  # fmt: skip
+    odd = ["0/1:1e-1", "0/1:+0.5", "0/1:0.123456789012345678", "0/1:1.9999999999999999", "0/1:.,.", "01/1:0.3",
+           "/0/1:0.4", "1/1:2.00000000000000000"]  # fmt: skip
+    samples = easy + odd
+    swapped = [":".join(reversed((f + ":.").split(":")[:2])) for f in samples]  # a shortened field: DS '.'
+    records = [
+        f"1\t{100 + i}\t.\tA\tG\t.\t.\t.\t{fmt}\t" + "\t".join(values)
+        for i, (fmt, values) in enumerate(
+            [
+                ("GT:DS", easy + easy[: len(odd)]),
+                ("DS:GT", swapped[: len(easy)] + swapped[: len(odd)]),
+                ("GT:DS", samples),
+                ("DS:GT", swapped),
+            ]
+        )
+    ]
+    path = write_text(tmp_path / "a.vcf", vcf_text([f"s{i}" for i in range(len(samples))], records))
+    table = pa.Table.from_batches([b for b, _ in open_vcf(str(path), dosage="DS")[1]])
+    for column in ("dosages", "genotypes", "n_hom_ref", "n_het", "n_hom_alt", "n_missing"):
+        values = table.column(column).to_pylist()
+        assert values[0] == values[1] and values[2] == values[3], column
+    units = np.frombuffer(table.column("dosages")[0].as_py(), dtype="<u2")
+    assert units[easy.index("1:0.7")] == 22938 and units[easy.index("0/1:.")] == 16384
+    assert units[easy.index("1/.:.")] == MISSING and units[easy.index("0/1:1.91")] == 31293
+    # the first line is the one pass's, the third is not
+    from better.genomics import vcf_numba
+
+    code_of = np.full(33, 255, dtype=np.uint8)
+    code_of[[0, 1, 2, 4, 5, 8]] = [0, 1, 2, 3, 3, 3]
+    value = np.full(256, 16, dtype=np.uint8)
+    value[[ord("0"), ord("1"), ord(".")]] = [0, 1, 4]
+    for line, taken in ((records[0], True), (records[2], False)):
+        buf = np.frombuffer(line.encode(), dtype=np.uint8)
+        start = len("\t".join(line.split("\t")[:9])) + 1
+        out = np.zeros(8, np.uint8), np.zeros(4, np.int32), np.zeros(len(samples), np.uint16)
+        assert vcf_numba._gt_ds_line(buf, start, len(buf), len(samples), *out, value, code_of) == taken
+
+
 def test_auto__takes_the_first_declared_of_ds_hds_gp(tmp_path: Path) -> None:
     record = ["1\t100\t.\tA\tG\t.\t.\t.\tGT:DS\t0/1:0.9"]
     path = write_text(tmp_path / "a.vcf", vcf_text(["a"], record))

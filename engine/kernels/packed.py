@@ -47,23 +47,13 @@ def nonzero_values(packed: np.ndarray, dosages: np.ndarray, v: int, n: int, idx:
     dosages into ``values`` and returns how many there are: every kernel that sums over genotypes reads
     them through here, so hard calls and dosages are one code path.
     """
-    found = 0
     if dosages.shape[0] == 0:
-        row = packed[v]
-        for j in range(row.shape[0]):
-            b = row[j]
-            if b == 0:
-                continue
-            for t in range(4):
-                s = 4 * j + t
-                if s >= n:
-                    break
-                c = (b >> (2 * t)) & 3
-                if c != 0:
-                    idx[found] = s
-                    values[found] = -1.0 if c == 3 else float(c)
-                    found += 1
+        codes = np.empty(n, dtype=np.int8)
+        found = nonzero_codes(packed[v], n, idx, codes)
+        for e in range(found):
+            values[e] = -1.0 if codes[e] == 3 else float(codes[e])
         return found
+    found = 0
     row16 = dosages[v]
     for s in range(n):
         u = row16[s]

@@ -202,6 +202,7 @@ def filesets(imputed: Imputed) -> dict[str, Path]:
     return {"root": root}
 
 
+@pytest.mark.slow  # six more ingests and plink2 conversions: run with -m slow
 def test_gwas_linear_on_pgen_and_bgen_stations__equals_plink2(imputed: Imputed, filesets: dict[str, Path]) -> None:
     """Stations that ingested ``.pgen`` and BGEN files (in process): the same table as PLINK 2 on the pooled
     ``.pgen`` (whose dosages are the VCF's: the VCF reference applies) and on the pooled BGEN."""
