@@ -49,7 +49,7 @@ class Imputed:
 @pytest.fixture(scope="module")
 def imputed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Imputed]:
     root = tmp_path_factory.mktemp("imputed")
-    r = synthesize(SynthConfig(out=str(root / "cohort"), stations=3, samples=900, variants=1500, seed=11, dosages=True))
+    r = synthesize(SynthConfig(out=str(root / "cohort"), stations=3, samples=700, variants=1100, seed=11, dosages=True))
     split = root / "split.vcf.gz"
     subprocess.run(
         ["bcftools", "norm", "-m-", str(r.out / "pooled.vcf.gz"), "-Oz", "-o", str(split)],
@@ -105,7 +105,7 @@ def test_gwas_linear_on_dosages__equals_plink2(imputed: Imputed) -> None:
                 assert rounds_to(ours[col], r[col]), (key, col, ours[col], r[col])
             assert abs(ours["LOG10_P"] + np.log10(float(r["P"]))) <= 2e-5, key
             fitted += 1
-    assert fitted > 1000
+    assert fitted > 700
 
 
 def test_gwas_logistic_on_dosages__equals_plink2_hybrid(imputed: Imputed) -> None:
@@ -134,8 +134,8 @@ def test_gwas_logistic_on_dosages__equals_plink2_hybrid(imputed: Imputed) -> Non
         assert dz <= (PLINK_FIRTH_Z if r["FIRTH?"] == "Y" else PLINK_WALD_Z), (key, r["FIRTH?"], dz)
         fitted += 1
     assert not mismatched, (len(mismatched), mismatched[:20])
-    assert degenerate <= len(ref) // 200, degenerate  # measured 2 of 1,504
-    assert fitted > 1000
+    assert degenerate <= len(ref) // 200, degenerate  # measured 2 of 1,504 (900 samples, seed 11)
+    assert fitted > 700
 
 
 def test_freq_on_dosages__equals_plink2_with_mach_r2(imputed: Imputed) -> None:
@@ -152,7 +152,7 @@ def test_freq_on_dosages__equals_plink2_with_mach_r2(imputed: Imputed) -> None:
         else:
             assert rounds_to(ours["MACH_R2"], r["MACH_R2"]), (r["ID"], ours["MACH_R2"], r["MACH_R2"])
             uncertain += float(r["MACH_R2"]) < 0.95
-    assert uncertain > 50  # the cohort is imputed: many variants are far from hard calls
+    assert uncertain > 30  # the cohort is imputed: many variants are far from hard calls
 
 
 def test_r2_filter__equals_plink2_mach_r2_filter(imputed: Imputed) -> None:
@@ -242,4 +242,4 @@ def test_gwas_linear_on_pgen_and_bgen_stations__equals_plink2(imputed: Imputed, 
                 for col in ("BETA", "SE", "T_STAT"):
                     assert rounds_to(res[col][i], r[col]), (kind, key, col, res[col][i], r[col])
                 fitted += 1
-        assert fitted > 1000, kind
+        assert fitted > 700, kind
