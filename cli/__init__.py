@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from better.cli import data, research, station
+from better.cli import data, hub, research, station
 from better.cli.console import err
 from better.engine.errors import BetterError
 
@@ -32,6 +32,7 @@ app.command()(research.verify)
 app.command()(research.gwas)
 app.command()(research.demo)
 app.add_typer(station.station_app, name="station")
+app.add_typer(hub.hub_app, name="hub")
 app.add_typer(data.store_app, name="store")
 app.add_typer(research.federation_app, name="federation")
 
@@ -39,7 +40,6 @@ app.add_typer(research.federation_app, name="federation")
 #: Packages a lean station install leaves out, and the optional group (pyproject.toml) that brings each.
 OPTIONAL_GROUPS = {
     "cbgen": "bgen",
-    "httpx": "coordinator",
     "lark": "coordinator",
     "msprime": "simulate",
     "matplotlib": "report",

@@ -94,24 +94,91 @@ def station_serve(
     threads: Annotated[
         int | None, typer.Option(help="kernel threads (default: [server] threads, or all cores)")
     ] = None,
+    hub: Annotated[
+        str | None, typer.Option(help="serve through this hub instead: outbound only, no port is opened")
+    ] = None,
+    hub_credential_env: Annotated[
+        str | None, typer.Option(help="environment variable holding the credential from `better hub enrol`")
+    ] = None,
+    hub_ca: Annotated[Path | None, typer.Option(help="CA bundle (PEM) that signed the hub's certificate")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this certificate chain (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="and this private key (PEM)")] = None,
+    allow_http: Annotated[
+        bool, typer.Option(help="allow a plain http:// hub on another machine (a tunnel protects it)")
+    ] = False,
 ) -> None:
-    """Run the station's HTTP API (FastAPI under uvicorn) until interrupted."""
+    """Run the station's HTTP API (FastAPI under uvicorn), or with --hub serve it through a hub, until
+    interrupted."""
     import logging
 
-    import uvicorn
-
     from better.engine.accelerate import set_threads
-    from better.station_api.app import check_loopback, create_app
     from better.station_api.config import read_config
 
     config = read_config(station)
     set_threads(threads or (config.server.threads or None))
-    app_ = create_app(station)
-    if not check_loopback(host):
-        err.print(f"[yellow]listening on {host}: reachable from the network; put TLS in front of it[/yellow]")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    err.print(f"station {config.name} serving http://{host}:{port} (OpenAPI at /docs)")
-    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+    if hub is not None:
+        _serve_through_hub(station, hub, hub_credential_env, hub_ca, allow_http)
+        return
+    if hub_credential_env is not None or hub_ca is not None:
+        raise BetterError("--hub-credential-env and --hub-ca go with --hub URL")
+    import uvicorn
+
+    from better.station_api.app import check_loopback, create_app
+
+    certfile, keyfile = tls_options(tls_cert, tls_key)
+    app_ = create_app(station)
+    if not check_loopback(host) and not certfile:
+        err.print(f"[yellow]listening on {host} without TLS: put a TLS proxy in front (docs/deployment.md)[/yellow]")
+    scheme = "https" if certfile else "http"
+    err.print(f"station {config.name} serving {scheme}://{host}:{port} (OpenAPI at /docs)")
+    uvicorn.run(
+        app_, host=host, port=port, log_level="warning", access_log=False, ssl_certfile=certfile, ssl_keyfile=keyfile
+    )
+
+
+def tls_options(cert: Path | None, key: Path | None) -> tuple[str | None, str | None]:
+    """uvicorn's ``ssl_certfile`` and ``ssl_keyfile`` from ``--tls-cert``/``--tls-key`` (both or neither)."""
+    if (cert is None) != (key is None):
+        raise BetterError("--tls-cert and --tls-key go together (the certificate chain and its private key)")
+    if cert is None or key is None:
+        return None, None
+    for path in (cert, key):
+        if not path.is_file():
+            raise BetterError(f"{path}: no such file")
+    return str(cert), str(key)
+
+
+def _serve_through_hub(station: Path, hub: str, credential_env: str | None, ca: Path | None, allow_http: bool) -> None:
+    """``better station serve --hub``: the pull loop of :mod:`better.station_api.pull` until a signal."""
+    import asyncio
+    import os
+    import signal
+
+    from better.station_api.pull import HubStation
+    from better.wire.signed_requests import plain_http_problem
+
+    if credential_env is None:
+        raise BetterError("--hub needs --hub-credential-env VAR, the variable holding `better hub enrol`'s credential")
+    credential = os.environ.get(credential_env, "").strip()
+    if not credential:
+        raise BetterError(f"set the environment variable {credential_env} to the station's hub credential")
+    problem = plain_http_problem(hub, allow_http, "the station's hub credential")
+    if problem:
+        raise BetterError(problem.replace("allow http", "pass --allow-http"))
+    if ca is not None and not ca.is_file():
+        raise BetterError(f"--hub-ca {ca}: no such file")
+    serving = HubStation(station, hub, credential, str(ca) if ca else True)
+    err.print(f"station {serving.name} serving through hub {hub} (outbound only: no port is open here)")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serving.run(stop)
+
+    asyncio.run(run())
 
 
 @station_app.command("approve")

@@ -45,13 +45,23 @@ from better.engine.filters import VariantFilter
 from better.engine.protocol import Protocol, Result
 from better.query import output
 from better.query.finished import FinishedRows
+from better.query.hub_link import SCHEME, HubLink, researcher_key
 from better.query.parser import Query, parse
 from better.query.planner import Plan, StationCatalog, plan
-from better.query.remote import Model, Recording, StationClient, StationError, gather_or_cancel, run_remote_async
+from better.query.remote import (
+    Model,
+    Recording,
+    StationClient,
+    StationError,
+    gather_or_cancel,
+    open_client,
+    run_remote_async,
+)
 from better.query.secure import MIN_STATIONS, SecureSession
 from better.query.structure import Structure, run_structure
 from better.query.withholding import WithheldBy
 from better.station_api.tomlfile import load_toml, read_toml, validate
+from better.wire.signed_requests import plain_http_problem
 
 #: Called as each round ends: (stage, round number, task kind, stations, seconds).
 OnRound = Callable[[str, int, str, int, float], None]
@@ -63,7 +73,9 @@ class StationEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
-    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")] | None = Field(
+        None, description="the station's URL; none when the federation names a hub"
+    )
     token_env: str | None = None
     token: str | None = None
     public_key: str | None = Field(None, description="the station's signing key (ed25519:...), pinned")
@@ -86,7 +98,29 @@ class FederationFile(BaseModel):
 
     dataset: str | None = None
     secure_aggregation: Literal["auto", "on", "off"] = "auto"
+    hub: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")] | None = Field(
+        None, description="a hub every station is reached through (docs/deployment.md); stations then have no url"
+    )
+    ca_file: str | None = Field(
+        None, description="CA bundle (PEM) to verify the stations' or the hub's TLS certificates"
+    )
+    allow_http: bool = Field(False, description="allow plain http:// to addresses other than this machine")
+    researcher_key: str | None = Field(None, description="the researcher's Ed25519 key file (hub mode)")
     station: list[StationEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _urls(self) -> FederationFile:
+        for s in self.station:
+            if self.hub is not None and s.url is not None:
+                raise ValueError(f"station {s.name}: no url when the federation names a hub (it is reached through it)")
+            if self.hub is None and s.url is None:
+                raise ValueError(f'station {s.name}: give its url (or a top-level hub = "URL")')
+        if not self.allow_http:
+            for url in [self.hub, *(s.url for s in self.station)]:
+                problem = None if url is None else plain_http_problem(url)
+                if problem:
+                    raise ValueError(problem.replace("allow http", "set allow_http = true"))
+        return self
 
 
 def add_station(
@@ -159,6 +193,17 @@ class Federation:
         names = [s.name for s in spec.station]
         if len(set(names)) != len(names):
             raise InputError(f"{p}: a station name appears twice")
+        verify: bool | str = True
+        if spec.ca_file is not None:
+            ca = (p.parent / spec.ca_file).expanduser()
+            if not ca.is_file():
+                raise InputError(f"{p}: ca_file {spec.ca_file}: no such file")
+            verify = str(ca)
+        link = None
+        if spec.hub is not None:
+            key_file = None if spec.researcher_key is None else p.parent / Path(spec.researcher_key).expanduser()
+            keys = {s.name: (s.public_key, s.agreement_key) for s in spec.station}
+            link = HubLink(spec.hub, researcher_key(key_file), verify, keys)
         clients = []
         for s in spec.station:
             token = s.token
@@ -167,9 +212,17 @@ class Federation:
                 if not token:
                     raise InputError(f"{p}: station {s.name}: set the environment variable {s.token_env} to its token")
             assert token is not None
+            url = s.url if s.url is not None else f"{SCHEME}://{s.name}"
             clients.append(
                 StationClient(
-                    s.name, s.url, token, timeout=s.timeout, public_key=s.public_key, agreement_key=s.agreement_key
+                    s.name,
+                    url,
+                    token,
+                    timeout=s.timeout,
+                    public_key=s.public_key,
+                    agreement_key=s.agreement_key,
+                    verify=verify,
+                    hub=link,
                 )
             )
         return cls(clients, spec.dataset, spec.secure_aggregation)
@@ -220,7 +273,13 @@ class Federation:
     # -- the async parts ---------------------------------------------------------------------------------
     async def catalogs(self, stations: list[StationClient]) -> list[StationCatalog]:
         """What each station holds (``GET /station``), all asked at once."""
-        async with httpx.AsyncClient() as client:
+        link = next((s.hub for s in stations if s.hub is not None), None)
+        if link is not None:
+            for note in await link.learn_keys():
+                self._note(note)
+            for s in stations:
+                s.public_key, s.agreement_key = link.keys[s.name]
+        async with open_client(stations) as client:
 
             async def one(s: StationClient) -> StationCatalog:
                 info = await s.station_info(client)

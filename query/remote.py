@@ -26,6 +26,7 @@ from better.engine.design import KEY_COLUMNS
 from better.engine.errors import BetterError, InputError
 from better.engine.protocol import Protocol, Result, Task
 from better.query.finished import FinishedRows
+from better.query.hub_link import HubLink, mounts
 from better.query.secure import SecureSession
 from better.query.withholding import WithheldBy
 from better.station_api.finishing import MAX_STEPS
@@ -34,6 +35,15 @@ from better.wire.masking import unmask_sum
 from better.wire.messages import Adjust, Condition, Exchange, Secure, TaskRequest
 
 T = TypeVar("T")
+#: Seconds a station holds a task status request open while the task runs (progress shows this often).
+STATUS_WAIT = 2.0
+
+
+def open_client(stations: list[StationClient], **kw: Any) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` that reaches ``stations``: directly, or through their hub (sealed)."""
+    link = next((s.hub for s in stations if s.hub is not None), None)
+    verify = next((s.verify for s in stations), True)
+    return httpx.AsyncClient(verify=verify, mounts=mounts(link), **kw)
 
 
 class StationError(BetterError):
@@ -147,6 +157,10 @@ class StationClient:
     manifests: list[dict[str, Any]] = field(default_factory=list)
     #: Where to keep every release as it came (for ``better verify``), or None.
     recording: Recording | None = None
+    #: TLS verification: True (the system's CAs), a CA bundle's path, or False.
+    verify: bool | str = True
+    #: The hub this station is reached through (its URL is then ``hub://NAME``), or None (direct).
+    hub: HubLink | None = None
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -217,9 +231,9 @@ class StationClient:
         task_id = r.json()["id"]
         if submitted is not None:
             submitted.append(task_id)
-        pause = 0.005
         while True:
-            r = await self._call(client, "GET", f"/tasks/{task_id}")
+            wait = max(0.0, min(STATUS_WAIT, deadline - time.monotonic()))
+            r = await self._call(client, "GET", f"/tasks/{task_id}?wait={wait:.2f}")
             self._check(r, "task status")
             status = r.json()
             if on_progress is not None:
@@ -246,8 +260,6 @@ class StationClient:
             if time.monotonic() > deadline:
                 await self._call(client, "DELETE", f"/tasks/{task_id}")
                 raise StationError(self.name, f"no answer within {self.timeout:.0f} s (task cancelled)", dropout=True)
-            await asyncio.sleep(pause)
-            pause = min(pause * 1.5, 0.25)
         r = await self._call(client, "GET", f"/tasks/{task_id}/result")
         self._check(r, "result download")
         self.timings.append(time.perf_counter() - t0)
@@ -313,7 +325,7 @@ async def run_remote_async(
     timeout = httpx.Timeout(max(s.timeout for s in stations), connect=10.0)
     n = len(stations)
     audited = False  # a sealed round of this protocol audited its selection: later null rounds need none
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    async with open_client(stations, limits=limits, timeout=timeout) as client:
 
         async def everywhere(task: Task, spec: Secure | None = None, exchange: Exchange | None = None) -> list[Result]:
             requests = [to_request(task, model, i, n, spec, exchange) for i in range(n)]

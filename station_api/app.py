@@ -22,6 +22,7 @@ from better.station_api import __version__
 from better.station_api.middleware import AuditRequests, BodyLimit, add_error_handlers
 from better.station_api.routes import admin, catalog, info, tasks
 from better.station_api.server_state import ServerState
+from better.wire.signed_requests import LOOPBACK
 
 
 def create_app(station_dir: Path) -> FastAPI:
@@ -75,4 +76,4 @@ def check_loopback(host: str) -> bool:
     bool
         True for 127.0.0.1, ::1 and localhost.
     """
-    return host in ("127.0.0.1", "::1", "localhost")
+    return host in LOOPBACK

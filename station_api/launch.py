@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,35 +25,87 @@ def free_port() -> int:
 
 @contextmanager
 def station_process(
-    station: Path, port: int | None = None, threads: int | None = None, start_timeout: float = 120.0
+    station: Path,
+    port: int | None = None,
+    threads: int | None = None,
+    start_timeout: float = 120.0,
+    hub: str | None = None,
+    credential: str | None = None,
 ) -> Iterator[str]:
     """Run ``better station serve`` for ``station`` on a loopback port; yield its URL; stop it on exit.
 
+    With ``hub`` (and the station's hub ``credential``), the station serves through that hub instead: it
+    opens no port, and the URL yielded is ``hub://NAME``; it counts as started once it has reached the hub.
     The server's output goes to ``serve.log`` in the station directory.
     """
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-c", "from better.cli import main; main()", "station", "serve"]
-    cmd += ["--station", str(station), "--port", str(port)]
+    cmd = [sys.executable, "-c", "from better.cli import main; main()", "station", "serve", "--station", str(station)]
     if threads:
         cmd += ["--threads", str(threads)]
-    with open(station / "serve.log", "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    env = dict(os.environ)
+    log_path = station / "serve.log"
+    if hub is not None:
+        cmd += ["--hub", hub, "--hub-credential-env", "BETTER_HUB_CREDENTIAL"]
+        env["BETTER_HUB_CREDENTIAL"] = credential or ""
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        from better.station_api.config import read_config
+
+        url = f"hub://{read_config(station).name}"
+
+        def ready() -> bool:
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                return b"connected to hub" in f.read()
+
+    else:
+        port = port or free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd += ["--port", str(port)]
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{url}/health", timeout=1.0).status_code == 200
+            except httpx.TransportError:
+                return False
+
+    with child_process(cmd, log_path, ready, f"station server for {station}", start_timeout, env):
+        yield url
+
+
+@contextmanager
+def hub_process(hub: Path, port: int | None = None, start_timeout: float = 60.0) -> Iterator[str]:
+    """Run ``better hub serve`` for ``hub`` on a loopback port; yield its URL; stop it on exit (log: ``serve.log``)."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-c", "from better.cli import main; main()", "hub", "serve", "--hub", str(hub)]
+    cmd += ["--port", str(port)]
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    with child_process(cmd, hub / "serve.log", ready, f"hub {hub}", start_timeout, dict(os.environ)):
+        yield url
+
+
+@contextmanager
+def child_process(
+    cmd: list[str], log_path: Path, ready: Callable[[], bool], what: str, start_timeout: float, env: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd`` (output to ``log_path``) until ``ready()``; stop it on exit (SIGTERM, then SIGKILL)."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + start_timeout
-            while True:
+            while not ready():
                 if proc.poll() is not None:
-                    tail = (station / "serve.log").read_text(errors="replace")[-2000:]
-                    raise BetterError(f"station server for {station} exited at start:\n{tail}")
-                try:
-                    if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise BetterError(f"{what} exited at start:\n{tail}")
                 if time.monotonic() > deadline:
-                    raise BetterError(f"station server for {station} did not answer within {start_timeout:.0f} s")
+                    raise BetterError(f"{what} did not start within {start_timeout:.0f} s")
                 time.sleep(0.1)
-            yield url
+            yield proc
         finally:
             proc.terminate()
             try:
