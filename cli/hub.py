@@ -103,6 +103,7 @@ def hub_serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=1,
+        limit_concurrency=app_.state.hub.config.limits.max_connections,
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,
     )

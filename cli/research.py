@@ -26,21 +26,33 @@ federation_app = typer.Typer(help="Write the researcher's federation file.", no_
 @federation_app.command("add")
 def federation_add(
     name: Annotated[str, typer.Argument(help="the station's name, as its /info says")],
-    url: Annotated[str, typer.Argument(help="the station's URL, e.g. http://127.0.0.1:8701")],
+    url: Annotated[
+        str | None, typer.Argument(help="the station's URL, e.g. http://127.0.0.1:8701 (none with --hub)")
+    ] = None,
     token_env: Annotated[
         str | None, typer.Option(help="environment variable that will hold the token (keeps it out of the file)")
     ] = None,
     token: Annotated[str | None, typer.Option(help="the token itself, written into the file (mode 0600)")] = None,
     federation: Annotated[Path, typer.Option(help="federation file to create or add to")] = Path("federation.toml"),
     pin: Annotated[bool, typer.Option(help="pin the station's signing and agreement keys from its /info")] = True,
+    hub: Annotated[
+        str | None, typer.Option(help="the station is reached through this hub (the file's hub, if it has one)")
+    ] = None,
+    public_key: Annotated[
+        str | None, typer.Option(help="through a hub: the station's signing key, as `better station init` printed it")
+    ] = None,
 ) -> None:
-    """Add a station to the federation file (created if missing), pinning its keys as it reports them now."""
+    """Add a station to the federation file (created if missing), pinning its keys as it reports them now
+    (from its /info, or from the card it signed for the hub)."""
     from better.query.federation import add_station
 
-    entry = add_station(federation, name, url, token_env=token_env, token=token, pin=pin)
+    entry = add_station(
+        federation, name, url, token_env=token_env, token=token, pin=pin, hub=hub, public_key=public_key
+    )
     pinned = [k for k in ("public_key", "agreement_key") if k in entry]
     err.print(
-        f"{federation}: station {name} at {url}"
+        f"{federation}: station {name} "
+        + (f"at {url}" if url else "through the hub")
         + (f"; pinned {' and '.join(pinned)} (check them with the station's administrator)" if pinned else "")
     )
 

@@ -156,7 +156,7 @@ def _serve_through_hub(station: Path, hub: str, credential_env: str | None, ca: 
     import signal
 
     from better.station_api.pull import HubStation
-    from better.wire.signed_requests import plain_http_problem
+    from better.wire.signed_requests import plain_http_problem, tls_verify
 
     if credential_env is None:
         raise BetterError("--hub needs --hub-credential-env VAR, the variable holding `better hub enrol`'s credential")
@@ -168,7 +168,13 @@ def _serve_through_hub(station: Path, hub: str, credential_env: str | None, ca: 
         raise BetterError(problem.replace("allow http", "pass --allow-http"))
     if ca is not None and not ca.is_file():
         raise BetterError(f"--hub-ca {ca}: no such file")
-    serving = HubStation(station, hub, credential, str(ca) if ca else True)
+    import ssl
+
+    try:
+        verify = tls_verify(ca)
+    except ssl.SSLError as exc:
+        raise BetterError(f"--hub-ca {ca}: not a PEM CA bundle ({exc})") from None
+    serving = HubStation(station, hub, credential, verify)
     err.print(f"station {serving.name} serving through hub {hub} (outbound only: no port is open here)")
 
     async def run() -> None:

@@ -11,7 +11,7 @@ Routes (all under ``/v1`` but ``/health`` and ``/info``):
 
 =========================================  ============  ==============================================
 ``GET /v1/stations``                       researcher    enrolled stations, their signed cards, backlog
-``POST /v1/stations/{name}/messages``      researcher    queue a task envelope (body: the frame)
+``POST /v1/stations/{name}/messages``      researcher    queue a task envelope (``wait``: and its reply)
 ``GET /v1/messages/{id}/reply?wait=S``     researcher    the reply frame (200), or 204 after S seconds
 ``DELETE /v1/messages/{id}``               researcher    withdraw a task, or acknowledge its reply
 ``POST /v1/stations/{name}/card``          station       the station's keys, signed by itself
@@ -38,18 +38,16 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from better.hub.config import HubConfig, read_config
-from better.hub.queue import HubQueue
+from better.hub.queue import HubQueue, Quotas
 from better.station_api import __version__
-from better.wire.envelope import EnvelopeError, check_task, decode, verify_signature
+from better.wire.envelope import Envelope, EnvelopeError, check_task, decode, verify_signature
 from better.wire.masking import canonical
-from better.wire.signed_requests import verify_request
+from better.wire.signed_requests import check_fresh, verify_request
 
 log = logging.getLogger("better.hub")
 T = TypeVar("T")
 STATION_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 MESSAGE_ID = r"^[0-9a-f]{32}$"
-#: Envelopes handed to a station in one answer at most.
-BATCH = 16
 SWEEP_SECONDS = 30.0
 
 
@@ -60,6 +58,10 @@ class HubState:
         self.dir = Path(hub_dir)
         self.config: HubConfig = read_config(self.dir)
         self.queue = HubQueue(self.dir)
+        limits = self.config.limits
+        self.quotas = Quotas(
+            limits.max_waiting_per_station, limits.max_waiting_mib_per_station << 20, limits.max_waiting_per_researcher
+        )
         self._station_events: dict[str, asyncio.Event] = {}
         self._reply_events: dict[str, asyncio.Event] = {}
 
@@ -67,24 +69,41 @@ class HubState:
     def max_bytes(self) -> int:
         return self.config.limits.max_message_mib << 20
 
+    @property
+    def max_task_bytes(self) -> int:
+        return self.config.limits.max_task_mib << 20
+
     def wake_station(self, station: str) -> None:
         self._station_events.setdefault(station, asyncio.Event()).set()
 
     def wake_reply(self, message_id: str) -> None:
-        self._reply_events.setdefault(message_id, asyncio.Event()).set()
+        event = self._reply_events.get(message_id)
+        if event is not None:
+            event.set()
 
     async def poll(self, events: dict[str, asyncio.Event], key: str, check: Callable[[], T], wait: float) -> T:
         """``check()`` (in a thread) until it gives something truthy, woken by ``events[key]``, for ``wait`` s."""
         deadline = time.monotonic() + wait
-        while True:
-            event = events.setdefault(key, asyncio.Event())
-            event.clear()
-            found = await anyio.to_thread.run_sync(check)
-            remaining = deadline - time.monotonic()
-            if found or remaining <= 0:
-                return found
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), remaining)
+        try:
+            while True:
+                event = events.setdefault(key, asyncio.Event())
+                event.clear()
+                found = await anyio.to_thread.run_sync(check)
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0:
+                    return found
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining)
+        finally:
+            if events is self._reply_events:
+                events.pop(key, None)
+
+    def reply_frame(self, message_id: str) -> bytes | None:
+        path = self.queue.reply_path(message_id)
+        try:
+            return None if path is None else path.read_bytes()
+        except FileNotFoundError:  # acknowledged meanwhile
+            return None
 
 
 def create_app(hub_dir: Path) -> FastAPI:
@@ -104,7 +123,10 @@ def create_app(hub_dir: Path) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.queue.log("hub", "hub.start", {"software": __version__, "waiting": state.queue.counts()})
+        removed = state.queue.clean_up()
+        state.queue.log(
+            "hub", "hub.start", {"software": __version__, "waiting": state.queue.counts(), "removed": removed}
+        )
         sweeper = asyncio.create_task(_sweep(state))
         yield
         sweeper.cancel()
@@ -132,47 +154,46 @@ def create_app(hub_dir: Path) -> FastAPI:
     # -- researchers ---------------------------------------------------------------------------------------
     @app.get("/v1/stations")
     async def stations(request: Request) -> list[dict[str, Any]]:
-        """The enrolled stations, the keys they state (signed by themselves) and how many tasks wait."""
+        """The enrolled stations and the cards they signed (their keys, as they state them)."""
         await _researcher(state, request, b"")
-        return await anyio.to_thread.run_sync(state.queue.directory)
+        found = await anyio.to_thread.run_sync(state.queue.directory)
+        return [{"name": s["name"], "card": s["card"]} for s in found]
 
-    @app.post("/v1/stations/{name}/messages", status_code=202)
-    async def submit(request: Request, name: str = _name()) -> dict[str, str]:
-        """Queue a sealed task envelope for station ``name``."""
-        body = await _body(request, state.max_bytes)
-        key = await _researcher(state, request, body)
+    @app.post("/v1/stations/{name}/messages", status_code=202, response_model=None)
+    async def submit(
+        request: Request,
+        name: str = _name(),
+        wait: float = Query(0.0, ge=0.0, le=120.0, description="wait this long for the reply (200) before 202"),
+    ) -> Response | dict[str, str]:
+        """Queue a sealed task envelope for station ``name``; with ``wait``, answer with its reply if it comes."""
+        key = await _researcher_preflight(state, request)
+        body = await _body(request, state.max_task_bytes)
+        await _researcher(state, request, body)
         try:
-            envelope = decode(body, state.max_bytes)
-            if envelope.header.get("to") != name:
-                raise EnvelopeError(
-                    "misaddressed", f"the envelope is addressed to {envelope.header.get('to')!r}, not {name!r}"
-                )
-            check_task(envelope)
-            if envelope.header["from"] != key:
-                raise EnvelopeError("bad_signature", "the envelope is signed by another key than the request")
+            envelope = await anyio.to_thread.run_sync(lambda: _checked_task(body, name, key, state.max_task_bytes))
         except EnvelopeError as exc:
-            await _refuse(state, key, "message.refused", {"station": name, "reason": exc.reason})
+            await _event(state, key, "message.refused", {"station": name, "reason": exc.reason})
             raise HTTPException(422, f"envelope refused ({exc.reason}): {exc}") from None
+        expires = float(envelope.header["expires"])
         why = await anyio.to_thread.run_sync(
-            lambda: state.queue.enqueue(
-                envelope.id,
-                name,
-                key,
-                float(envelope.header["expires"]),
-                body,
-                state.config.limits.max_waiting_per_station,
-            )
+            lambda: state.queue.enqueue(envelope.id, name, key, expires, body, state.quotas)
         )
         if why is not None:
-            await _refuse(state, key, "message.refused", {"station": name, "reason": why, "id": envelope.id})
-            status = {"unknown_station": 404, "duplicate": 409, "queue_full": 503}[why]
+            await _event(state, key, "message.refused", {"station": name, "reason": why, "id": envelope.id})
+            status = {"unknown_station": 404, "duplicate": 409, "queue_full": 503, "sender_quota": 429}[why]
             detail = {
                 "unknown_station": f"no station {name!r} is enrolled at this hub (better hub enrol --station {name})",
                 "duplicate": f"envelope {envelope.id} was queued before; a replayed envelope is refused",
                 "queue_full": f"station {name} has too many tasks waiting; try again later",
+                "sender_quota": "you have too many tasks waiting at this hub; wait for their replies",
             }[why]
             raise HTTPException(status, detail)
         state.wake_station(name)
+        if wait > 0:
+            wait = min(wait, state.config.limits.max_wait_seconds)
+            frame = await state.poll(state._reply_events, envelope.id, lambda: state.reply_frame(envelope.id), wait)
+            if frame is not None:
+                return Response(frame, media_type="application/octet-stream", headers={"X-Better-Id": envelope.id})
         return {"id": envelope.id}
 
     @app.get("/v1/messages/{message_id}/reply")
@@ -183,8 +204,7 @@ def create_app(hub_dir: Path) -> FastAPI:
         key = await _researcher(state, request, b"")
         await _own(state, message_id, key)
         wait = min(wait, state.config.limits.max_wait_seconds)
-        frame = await state.poll(state._reply_events, message_id, lambda: state.queue.fetch_reply(message_id), wait)
-        state._reply_events.pop(message_id, None)
+        frame = await state.poll(state._reply_events, message_id, lambda: state.reply_frame(message_id), wait)
         if frame is None:
             return Response(status_code=204)
         return Response(frame, media_type="application/octet-stream")
@@ -200,16 +220,18 @@ def create_app(hub_dir: Path) -> FastAPI:
     # -- stations ------------------------------------------------------------------------------------------
     @app.post("/v1/stations/{name}/card", status_code=204)
     async def card(request: Request, name: str = _name()) -> Response:
-        """The station states its keys (signed with its signing key); coordinators may read them here."""
+        """The station states its keys (signed with its signing key); coordinators check them against the
+        signing key they pinned."""
+        station = await _station_preflight(state, request)
         body = await _body(request, 64 << 10)
-        _, key = await _station(state, request, name, body)
+        _, key = await _station(state, request, station, name, body)
         try:
             doc = json.loads(body)
             signed = doc["card"]
             if not isinstance(signed, dict) or signed.get("name") != name or signed.get("public_key") != key:
                 raise ValueError
             verify_signature(key, base64.b64decode(doc["signature"], validate=True), canonical(signed), "the card")
-        except (ValueError, KeyError, TypeError, EnvelopeError):
+        except (ValueError, KeyError, TypeError, RecursionError, EnvelopeError):
             raise HTTPException(
                 422, "the card must be {card: {name, public_key, agreement_key}, signature} signed by the station"
             ) from None
@@ -224,33 +246,38 @@ def create_app(hub_dir: Path) -> FastAPI:
         fresh: bool = Query(False, description="the station just started: its earlier leases end"),
     ) -> Response:
         """The station's waiting envelopes, each as a 4-byte big-endian length and the frame."""
-        await _station(state, request, name, b"")
+        station = await _station_preflight(state, request)
+        await _station(state, request, station, name, b"")
         limits = state.config.limits
-        first = await anyio.to_thread.run_sync(lambda: state.queue.lease(name, limits.lease_seconds, BATCH, fresh))
-        found = first or await state.poll(
-            state._station_events,
-            name,
-            lambda: state.queue.lease(name, limits.lease_seconds, BATCH),
-            min(wait, limits.max_wait_seconds),
-        )
-        body = b"".join(struct.pack(">I", len(d.frame)) + d.frame for d in found)
-        return Response(body, media_type="application/octet-stream", headers={"X-Better-Count": str(len(found))})
+
+        def lease(fresh: bool = False) -> bytes:
+            found = state.queue.lease(name, limits.lease_seconds, limits.max_delivery_mib << 20, fresh)
+            frames = []
+            for d in found:
+                with contextlib.suppress(FileNotFoundError):  # withdrawn meanwhile
+                    frames.append(d.path.read_bytes())
+            return b"".join(struct.pack(">I", len(f)) + f for f in frames)
+
+        body = await anyio.to_thread.run_sync(lambda: lease(fresh))
+        if not body:
+            body = await state.poll(state._station_events, name, lease, min(wait, limits.max_wait_seconds))
+        return Response(body, media_type="application/octet-stream")
 
     @app.post("/v1/messages/{message_id}/reply", status_code=204)
     async def answer(request: Request, message_id: str = _message_id()) -> Response:
-        """The station's sealed reply (or signed refusal) to one of its envelopes."""
+        """The station's sealed reply (or signed refusal) to one of its envelopes. The signed request already
+        shows the station sent these bytes; the coordinator checks the reply's own signature."""
+        station = await _station_preflight(state, request)
         body = await _body(request, state.max_bytes)
-        station, _ = await _station_by_credential(state, request, body)
+        station, _ = await _station(state, request, station, None, body)
         try:
             envelope = decode(body, state.max_bytes)
             if envelope.header["kind"] not in ("reply", "refusal") or envelope.id != message_id:
                 raise EnvelopeError("misaddressed", "not a reply to this message")
             if envelope.header["station"] != station:
                 raise EnvelopeError("misaddressed", "a reply in another station's name")
-            bound = await anyio.to_thread.run_sync(lambda: state.queue.signing_key(station))
-            verify_signature(bound, envelope.signature, envelope.signed_bytes(), "the reply")
         except EnvelopeError as exc:
-            await _refuse(state, station, "reply.refused", {"id": message_id, "reason": exc.reason})
+            await _event(state, station, "reply.refused", {"id": message_id, "reason": exc.reason})
             raise HTTPException(422, f"reply refused ({exc.reason}): {exc}") from None
         if not await anyio.to_thread.run_sync(lambda: state.queue.reply(message_id, station, body)):
             raise HTTPException(404, f"no task {message_id} of station {station} waits for a reply")
@@ -258,6 +285,17 @@ def create_app(hub_dir: Path) -> FastAPI:
         return Response(status_code=204)
 
     return app
+
+
+def _checked_task(body: bytes, station: str, key: str, max_bytes: int) -> Envelope:
+    """A task envelope the hub will queue for ``station``: well formed, addressed there, signed by ``key``."""
+    envelope = decode(body, max_bytes)
+    if envelope.header["kind"] != "task" or envelope.header["to"] != station:
+        raise EnvelopeError("misaddressed", f"the envelope is not a task addressed to {station!r}")
+    if envelope.header["from"] != key:
+        raise EnvelopeError("bad_signature", "the envelope is signed by another key than the request")
+    check_task(envelope)
+    return envelope
 
 
 def _name() -> Any:
@@ -275,7 +313,9 @@ def _message_id() -> Any:
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 past ``limit`` bytes (declared or streamed)."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is None:
+        raise HTTPException(411, "a Content-Length is needed")
+    if not (declared.isascii() and declared.isdigit()) or int(declared) > limit:
         raise HTTPException(413, f"request body over {limit} bytes (hub.toml [limits] max_message_mib)")
     chunks, seen = [], 0
     async for chunk in request.stream():
@@ -291,61 +331,75 @@ def _target(request: Request) -> str:
     return request.url.path + (f"?{query}" if query else "")
 
 
-async def _signed(state: HubState, request: Request, body: bytes, who: str) -> str:
+def _unauthenticated(request: Request, reason: str) -> None:
+    """Refusals before anyone is authenticated go to the log, not the database (a flood costs no writes)."""
+    log.warning("refused %s %s: %s", request.method, request.url.path, reason)
+
+
+async def _researcher_preflight(state: HubState, request: Request) -> str:
+    """The key of a researcher's request, checked as far as it can be before its body is read."""
     try:
-        return verify_request(request.headers, request.method, _target(request), body)
+        key = check_fresh(request.headers)
     except EnvelopeError as exc:
-        await _refuse(state, who, "request.refused", {"path": request.url.path, "reason": exc.reason})
+        _unauthenticated(request, exc.reason)
         raise HTTPException(401, f"request signature refused: {exc}") from None
-
-
-async def _researcher(state: HubState, request: Request, body: bytes) -> str:
-    key = await _signed(state, request, body, "researcher")
     if state.config.researchers == "enrolled" and key not in state.config.researcher_keys.values():
-        await _refuse(state, key, "request.refused", {"path": request.url.path, "reason": "not_enrolled"})
+        _unauthenticated(request, "not_enrolled")
         raise HTTPException(403, "this hub relays only for enrolled researcher keys (better hub enrol --researcher)")
     return key
 
 
-async def _station_by_credential(state: HubState, request: Request, body: bytes) -> tuple[str, str]:
-    """The station calling and its signing key: its credential, its signature, its bound key."""
+async def _researcher(state: HubState, request: Request, body: bytes) -> str:
+    key = await _researcher_preflight(state, request)
+    try:
+        verify_request(request.headers, request.method, _target(request), body)
+    except EnvelopeError as exc:
+        _unauthenticated(request, exc.reason)
+        raise HTTPException(401, f"request signature refused: {exc}") from None
+    return key
+
+
+async def _station_preflight(state: HubState, request: Request) -> str:
+    """The station a request's credential belongs to (before its body is read)."""
     auth = request.headers.get("authorization", "")
     credential = auth[7:] if auth.lower().startswith("bearer ") else ""
     station = await anyio.to_thread.run_sync(lambda: state.queue.station_for(credential)) if credential else None
     if station is None:
-        await _refuse(state, "station", "request.refused", {"path": request.url.path, "reason": "bad_credential"})
+        _unauthenticated(request, "bad_credential")
         raise HTTPException(401, "a station's hub credential is needed (Authorization: Bearer, from better hub enrol)")
-    key = await _signed(state, request, body, station)
+    try:
+        check_fresh(request.headers)
+    except EnvelopeError as exc:
+        _unauthenticated(request, exc.reason)
+        raise HTTPException(401, f"request signature refused: {exc}") from None
+    return station
+
+
+async def _station(state: HubState, request: Request, station: str, name: str | None, body: bytes) -> tuple[str, str]:
+    """The station calling and its signing key: its signature, its bound key, and (``name``) its route."""
+    try:
+        key = verify_request(request.headers, request.method, _target(request), body)
+    except EnvelopeError as exc:
+        await _event(state, station, "request.refused", {"path": request.url.path, "reason": exc.reason})
+        raise HTTPException(401, f"request signature refused: {exc}") from None
     if not await anyio.to_thread.run_sync(lambda: state.queue.bind_key(station, key)):
-        await _refuse(
-            state, station, "request.refused", {"path": request.url.path, "reason": "key_mismatch", "key": key}
-        )
+        await _event(state, station, "request.refused", {"path": request.url.path, "reason": "key_mismatch"})
         raise HTTPException(
             403, f"station {station} is bound to another signing key at this hub; enrol it again to rebind"
         )
-    return station, key
-
-
-async def _station(state: HubState, request: Request, name: str, body: bytes) -> tuple[str, str]:
-    station, key = await _station_by_credential(state, request, body)
-    if station != name:
-        await _refuse(state, station, "request.refused", {"path": request.url.path, "reason": "other_station"})
+    if name is not None and station != name:
+        await _event(state, station, "request.refused", {"path": request.url.path, "reason": "other_station"})
         raise HTTPException(403, f"this credential is station {station}'s, not {name}'s")
     return station, key
 
 
 async def _own(state: HubState, message_id: str, key: str) -> None:
     sender = await anyio.to_thread.run_sync(lambda: state.queue.sender(message_id))
-    if sender is None:
-        raise HTTPException(
-            404, f"no message {message_id} at this hub (answered and acknowledged, withdrawn or expired)"
-        )
-    if sender != key:
-        await _refuse(state, key, "request.refused", {"id": message_id, "reason": "not_sender"})
-        raise HTTPException(403, f"message {message_id} was queued by another researcher key")
+    if sender is None or sender != key:  # another key's message is as unknown as a missing one
+        raise HTTPException(404, f"no message {message_id} of yours at this hub (acknowledged, withdrawn or expired)")
 
 
-async def _refuse(state: HubState, who: str, action: str, detail: dict[str, Any]) -> None:
+async def _event(state: HubState, who: str, action: str, detail: dict[str, Any]) -> None:
     await anyio.to_thread.run_sync(lambda: state.queue.log(who, action, detail))
 
 

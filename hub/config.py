@@ -21,13 +21,18 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_message_mib: int = Field(512, ge=1, le=590, description="largest envelope or reply accepted")
-    max_waiting_per_station: int = Field(2000, ge=1, le=1_000_000, description="tasks queued for one station at most")
-    lease_seconds: int = Field(
-        120, ge=5, le=3600, description="a task handed to a station returns to the queue after this"
+    max_message_mib: int = Field(512, ge=1, le=590, description="largest reply accepted")
+    max_task_mib: int = Field(
+        260, ge=1, le=590, description="largest task envelope accepted (a station takes requests up to 256 MiB)"
     )
+    max_delivery_mib: int = Field(64, ge=1, le=590, description="envelopes handed to a station in one answer")
+    max_waiting_per_station: int = Field(2000, ge=1, le=1_000_000, description="tasks queued for one station")
+    max_waiting_mib_per_station: int = Field(4096, ge=1, description="bytes of tasks queued for one station")
+    max_waiting_per_researcher: int = Field(1000, ge=1, le=1_000_000, description="tasks one key has waiting")
+    lease_seconds: int = Field(120, ge=5, le=3600, description="a task handed to a station is queued again after")
     reply_ttl_seconds: int = Field(86_400, ge=60, description="replies nobody fetched are deleted after this")
     max_wait_seconds: int = Field(30, ge=1, le=120, description="longest a long-poll is held open")
+    max_connections: int = Field(1000, ge=10, le=100_000, description="connections served at once")
 
 
 class HubConfig(BaseModel):

@@ -10,8 +10,11 @@
 The federation file lists stations (``[[station]]`` with ``name``, ``url`` and ``token_env`` or
 ``token``; optional ``timeout``, ``dataset``, ``public_key`` and ``agreement_key``) and may set
 ``secure_aggregation`` to ``"auto"`` (the default: on with three or more stations), ``"on"`` or
-``"off"``. Each round goes to every station at once; a station that refuses or fails stops the query
-with its name and reason, unless ``allow_partial``: then the query restarts without it and the result
+``"off"``. With a top-level ``hub = "URL"`` the stations have no ``url``: every call to them is sealed
+and relayed by the hub (:mod:`better.query.hub_link`, docs/deployment.md); ``ca_file`` names a CA bundle
+for TLS, and plain ``http://`` to another machine is refused unless ``allow_http = true``. Each round
+goes to every station at once; a station that refuses or fails stops the query with its name and
+reason, unless ``allow_partial``: then the query restarts without it and the result
 says which stations were left out and why. With secure aggregation on, a station that drops out
 (unreachable, too slow, its task failed) makes the query restart without it in any case, with fresh
 masks, as long as three stations remain.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +65,7 @@ from better.query.secure import MIN_STATIONS, SecureSession
 from better.query.structure import Structure, run_structure
 from better.query.withholding import WithheldBy
 from better.station_api.tomlfile import load_toml, read_toml, validate
-from better.wire.signed_requests import plain_http_problem
+from better.wire.signed_requests import plain_http_problem, tls_verify
 
 #: Called as each round ends: (stage, round number, task kind, stations, seconds).
 OnRound = Callable[[str, int, str, int, float], None]
@@ -126,23 +130,48 @@ class FederationFile(BaseModel):
 def add_station(
     path: str | os.PathLike[str],
     name: str,
-    url: str,
+    url: str | None = None,
     token_env: str | None = None,
     token: str | None = None,
     pin: bool = True,
+    hub: str | None = None,
+    public_key: str | None = None,
 ) -> dict[str, str]:
     """Add a ``[[station]]`` to a federation file (created if missing) and return the entry.
 
-    With ``pin``, the station's signing and agreement keys are read from its open ``/info`` and written
-    into the entry, so that later runs refuse a station whose keys changed.
+    A station is reached at ``url``, or through the file's hub (``hub``, written at the top of the file).
+    With ``pin``, the station's signing and agreement keys are written into the entry, so that later runs
+    refuse a station whose keys changed: read from its open ``/info``; or, through a hub, the signing key
+    its administrator gave (``public_key``: a hub is not trusted to tell it) and the agreement key from the
+    card the station signed with it for the hub.
     """
     p = Path(path)
     raw = read_toml(p, "federation file") if p.exists() else {}
-    entry: dict[str, str] = {"name": name, "url": url.rstrip("/")}
+    hub = hub or (raw.get("hub") if url is None else None)
+    if (url is None) == (hub is None):
+        raise InputError("give the station's URL, or --hub URL for a station reached through a hub")
+    if hub is not None and raw.get("hub") not in (None, hub):
+        raise InputError(f"{p} names the hub {raw.get('hub')}; a federation has one hub")
     if (token is None) == (token_env is None):
         raise InputError("give exactly one of --token-env VAR (the token stays out of the file) or --token TOKEN")
+    entry: dict[str, str] = {"name": name} if url is None else {"name": name, "url": url.rstrip("/")}
     entry.update({"token_env": token_env} if token_env is not None else {"token": str(token)})
-    if pin:
+    if hub is not None:
+        raw = {**raw, "hub": hub}
+    if hub is not None and public_key is None:
+        raise InputError(
+            f"station {name} through a hub: give its signing key (--public-key ed25519:..., as `better station "
+            "init` printed it at the station); a hub cannot be trusted to tell it"
+        )
+    if public_key is not None:
+        entry["public_key"] = public_key
+    if pin and hub is not None:
+        probe = validate(FederationFile, {**raw, "station": [entry]}, p)
+        _, link = _connection(probe, p)
+        assert link is not None
+        asyncio.run(link.learn_keys())
+        entry["agreement_key"] = str(link.keys[name][1])
+    elif pin:
         try:
             info = httpx.get(f"{entry['url']}/info", timeout=10.0).json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -164,6 +193,24 @@ def add_station(
         tmp.chmod(0o600)
     tmp.replace(p)
     return entry
+
+
+def _connection(spec: FederationFile, path: Path) -> tuple[bool | ssl.SSLContext, HubLink | None]:
+    """How a federation file reaches its stations: TLS verification (True, or its ``ca_file``) and its hub."""
+    verify: bool | ssl.SSLContext = True
+    if spec.ca_file is not None:
+        ca = (path.parent / Path(spec.ca_file).expanduser()).resolve()
+        if not ca.is_file():
+            raise InputError(f"{path}: ca_file {spec.ca_file}: no such file")
+        try:
+            verify = tls_verify(ca)
+        except ssl.SSLError as exc:
+            raise InputError(f"{path}: ca_file {spec.ca_file}: not a PEM CA bundle ({exc})") from None
+    if spec.hub is None:
+        return verify, None
+    key_file = None if spec.researcher_key is None else path.parent / Path(spec.researcher_key).expanduser()
+    keys = {s.name: (s.public_key, s.agreement_key) for s in spec.station}
+    return verify, HubLink(spec.hub, researcher_key(key_file), verify, keys)
 
 
 @dataclass
@@ -193,17 +240,7 @@ class Federation:
         names = [s.name for s in spec.station]
         if len(set(names)) != len(names):
             raise InputError(f"{p}: a station name appears twice")
-        verify: bool | str = True
-        if spec.ca_file is not None:
-            ca = (p.parent / spec.ca_file).expanduser()
-            if not ca.is_file():
-                raise InputError(f"{p}: ca_file {spec.ca_file}: no such file")
-            verify = str(ca)
-        link = None
-        if spec.hub is not None:
-            key_file = None if spec.researcher_key is None else p.parent / Path(spec.researcher_key).expanduser()
-            keys = {s.name: (s.public_key, s.agreement_key) for s in spec.station}
-            link = HubLink(spec.hub, researcher_key(key_file), verify, keys)
+        verify, link = _connection(spec, p)
         clients = []
         for s in spec.station:
             token = s.token

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import logging
 import os
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from better.engine.errors import InputError
 from better.station_api.signing import load_or_create_pem_key
-from better.wire.envelope import EnvelopeError, decode, encode, open_reply, seal_task, verify_signature
+from better.wire.envelope import (
+    Envelope,
+    EnvelopeError,
+    decode,
+    encode,
+    open_reply,
+    seal_task,
+    verify_signature,
+)
 from better.wire.masking import canonical
 from better.wire.signed_requests import signed_call
 
@@ -53,7 +62,7 @@ class HubLink:
 
     url: str
     key: Ed25519PrivateKey
-    verify: bool | str = True
+    verify: bool | ssl.SSLContext = True
     #: station name -> (signing key ``ed25519:...``, agreement key ``x25519:...``), as pinned or learned.
     keys: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
 
@@ -62,10 +71,24 @@ class HubLink:
         return httpx.AsyncClient(base_url=self.url.rstrip("/"), verify=self.verify, **kw)
 
     async def learn_keys(self) -> list[str]:
-        """Fill in the keys the federation file does not pin from the hub's directory (each card signed by its
-        station; a card whose signing key differs from a pinned one is refused). Returns a note for each
-        station whose keys came from the hub."""
-        missing = [n for n, (pub, agree) in self.keys.items() if pub is None or agree is None]
+        """Fill in agreement keys the federation file does not pin from the cards the stations gave the hub,
+        each checked against the station's pinned signing key (a hub cannot put its own key in a card
+        without the station's signing key). Returns a note for each station whose key came from a card.
+
+        Raises
+        ------
+        InputError
+            A station whose signing key is not pinned (the hub would be trusted with everything), or whose
+            card is missing or does not verify under the pinned key.
+        """
+        unpinned = [n for n, (pub, _) in self.keys.items() if pub is None]
+        if unpinned:
+            raise InputError(
+                f"station(s) {', '.join(unpinned)}: through a hub, each station's signing key must be pinned "
+                '(public_key = "ed25519:..." in the federation file, as `better station init` prints it at the '
+                "station); the hub cannot be trusted to tell it"
+            )
+        missing = [n for n, (_, agree) in self.keys.items() if agree is None]
         if not missing:
             return []
         async with self.client(timeout=30.0) as hub:
@@ -74,48 +97,51 @@ class HubLink:
             except httpx.TransportError as exc:
                 raise InputError(f"hub {self.url} is unreachable ({type(exc).__name__}: {exc})") from None
         if r.status_code != 200:
-            raise InputError(f"hub {self.url} refused the station list: HTTP {r.status_code} {r.text[:200]}")
-        cards = {d.get("name"): d.get("card") for d in r.json() if isinstance(d, dict)}
+            raise InputError(f"hub {self.url} refused the station list: {_hub_said(r)}")
+        try:
+            cards = {d.get("name"): d.get("card") for d in r.json() if isinstance(d, dict)}
+        except (ValueError, TypeError, AttributeError):
+            raise InputError(f"hub {self.url} sent an unreadable station list") from None
         notes = []
         for name in missing:
-            pinned_pub, pinned_agree = self.keys[name]
-            card = _checked_card(cards.get(name), name)
+            pinned = self.keys[name][0]
+            assert pinned is not None
+            card = _checked_card(cards.get(name), name, pinned)
             if card is None:
                 raise InputError(
-                    f"station {name}: its keys are not pinned in the federation file and the hub {self.url} has none "
-                    "yet (the station has not connected to it); pin public_key and agreement_key from the station's "
-                    "administrator"
+                    f"station {name}: its agreement key is not pinned and the hub {self.url} has no card signed by "
+                    "its pinned signing key (has the station connected to the hub?); pin agreement_key"
                 )
-            if pinned_pub is not None and card["public_key"] != pinned_pub:
-                raise InputError(
-                    f"station {name}: the hub lists the signing key {card['public_key']}, not the pinned {pinned_pub}"
-                )
-            self.keys[name] = (pinned_pub or card["public_key"], pinned_agree or card["agreement_key"])
-            notes.append(
-                f"station {name}: keys not pinned in the federation file; used those the hub lists "
-                f"({card['public_key']})"
-            )
+            self.keys[name] = (pinned, card)
+            notes.append(f"station {name}: agreement key not pinned; used the one it signed for the hub ({card})")
         return notes
 
 
-def _checked_card(doc: Any, name: str) -> dict[str, str] | None:
-    """A station's self-signed card from the hub's directory, or None if it has none or it does not verify."""
+def _checked_card(doc: Any, name: str, signing_key: str) -> str | None:
+    """The agreement key in a station's card from the hub's directory, if the card is ``name``'s and signed
+    by ``signing_key``; else None."""
     if not isinstance(doc, dict) or not isinstance(doc.get("card"), dict):
         return None
     card = doc["card"]
+    if card.get("name") != name or card.get("public_key") != signing_key:
+        return None
     try:
-        verify_signature(
-            card.get("public_key"), base64.b64decode(str(doc.get("signature")), validate=True), canonical(card), "card"
-        )
+        signature = base64.b64decode(str(doc.get("signature")), validate=True)
+        verify_signature(signing_key, signature, canonical(card), "card")
     except (EnvelopeError, ValueError):
         return None
-    if card.get("name") != name or not isinstance(card.get("agreement_key"), str):
-        return None
-    return {"public_key": str(card["public_key"]), "agreement_key": str(card["agreement_key"])}
+    agreement = card.get("agreement_key")
+    return agreement if isinstance(agreement, str) and agreement.startswith("x25519:") else None
 
 
 def _response(request: httpx.Request, status: int, detail: Any) -> httpx.Response:
     return httpx.Response(status, json={"detail": detail}, request=request)
+
+
+def _hub_said(r: httpx.Response) -> str:
+    """What a hub answered, quoted as the hub's words and cut short (it is not the station's)."""
+    text = r.text[:200].replace("\n", " ")
+    return f"HTTP {r.status_code} from the hub: {text!r}"
 
 
 class HubTransport(httpx.AsyncBaseTransport):
@@ -124,8 +150,11 @@ class HubTransport(httpx.AsyncBaseTransport):
     def __init__(self, link: HubLink) -> None:
         self.link = link
         self._hub: httpx.AsyncClient | None = None
+        self._acks: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
+        if self._acks:
+            await asyncio.gather(*self._acks, return_exceptions=True)
         if self._hub is not None:
             await self._hub.aclose()
             self._hub = None
@@ -139,67 +168,72 @@ class HubTransport(httpx.AsyncBaseTransport):
             )
         if self._hub is None:
             self._hub = self.link.client(limits=httpx.Limits(max_connections=64))
-        timeouts = request.extensions.get("timeout", {})
-        budget = float(timeouts.get("read") or 600.0)
+        budget = float(request.extensions.get("timeout", {}).get("read") or 600.0)
         deadline = time.monotonic() + budget
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type", "accept")}
-        inner = {
-            "method": request.method,
-            "path": request.url.raw_path.decode("ascii"),
-            "headers": headers,
-            "body": base64.b64encode(await request.aread()).decode(),
-        }
-        envelope, secret = seal_task(self.link.key, station, agree, inner, ttl=budget + 60)
-        hub = self._hub
-        submitted = await self._retry(
-            request,
-            deadline,
-            lambda: signed_call(hub, self.link.key, "POST", f"/v1/stations/{station}/messages", encode(envelope)),
-        )
-        if submitted.status_code not in (202, 409):  # 409: a retried submission the hub had already queued
-            return _response(
-                request, 502, f"the hub did not queue the request: HTTP {submitted.status_code} {submitted.text[:300]}"
-            )
-        target = f"/v1/messages/{envelope.id}/reply"
+        inner = {"method": request.method, "path": request.url.raw_path.decode("ascii"), "headers": headers}
+        envelope, secret = seal_task(self.link.key, station, agree, inner, await request.aread(), ttl=budget + 60)
         try:
-            while True:
-                wait = max(0.0, min(REPLY_WAIT, deadline - time.monotonic()))
-                r = await self._retry(
-                    request,
-                    deadline,
-                    lambda w=wait: signed_call(hub, self.link.key, "GET", f"{target}?wait={w:.1f}", timeout=w + 15),
-                )
-                if r.status_code == 200:
-                    break
-                if r.status_code != 204:
-                    return _response(request, 502, f"the hub lost the request: HTTP {r.status_code} {r.text[:300]}")
-                if time.monotonic() >= deadline:
-                    raise httpx.ReadTimeout(f"no reply through the hub within {budget:g} s", request=request)
+            frame = await self._exchange(request, station, envelope, deadline, budget)
         except BaseException:
-            await self._withdraw(envelope.id)
+            self._acknowledge(envelope.id)  # withdrawn: the station will not run it later
             raise
-        await self._withdraw(envelope.id)  # the hub forgets the reply once read
+        self._acknowledge(envelope.id)  # the hub forgets the reply once read
+        if isinstance(frame, httpx.Response):
+            return frame
         try:
-            response = open_reply(decode(r.content), envelope, secret, pub)
+            response, body = open_reply(decode(frame), envelope, secret, pub)
+            status = int(response["status"])
+            kept = {str(k): str(v) for k, v in dict(response.get("headers") or {}).items()}
         except EnvelopeError as exc:
             if exc.reason.startswith("refused:"):
                 return _response(request, 403, {"rule": "sealed_envelope", "message": str(exc)})
-            return _response(request, 502, f"the hub relayed a reply that is not the station's ({exc})")
-        try:
-            body = base64.b64decode(str(response.get("body", "")), validate=True)
-            status = int(response["status"])
+            return _response(request, 502, f"the hub relayed a reply that is not station {station}'s answer ({exc})")
         except (KeyError, ValueError, TypeError):
-            return _response(request, 502, "the station's sealed response is unreadable")
-        kept = {str(k): str(v) for k, v in dict(response.get("headers") or {}).items()}
+            return _response(request, 502, f"station {station}'s sealed response is unreadable")
         return httpx.Response(status, headers=kept, content=body, request=request)
 
-    async def _retry(self, request: httpx.Request, deadline: float, call: Any) -> httpx.Response:
-        """``call()`` until it answers, waiting out a hub that restarts, up to ``deadline``."""
+    async def _exchange(
+        self, request: httpx.Request, station: str, envelope: Envelope, deadline: float, budget: float
+    ) -> bytes | httpx.Response:
+        """Queue the envelope and wait for its reply frame (or an error response), within ``deadline``."""
+        hub, key = self._hub, self.link.key
+        assert hub is not None
+        first = f"/v1/stations/{station}/messages?wait={REPLY_WAIT:g}"
+        r = await self._call(
+            request, deadline, lambda t: signed_call(hub, key, "POST", first, encode(envelope), timeout=t)
+        )
+        if r.status_code == 200:
+            return r.content
+        if r.status_code not in (202, 409):  # 409: a retried submission the hub had already queued
+            return _response(request, 502, f"the hub did not queue the request to station {station}: {_hub_said(r)}")
+        target = f"/v1/messages/{envelope.id}/reply"
+        while True:
+            if time.monotonic() >= deadline:
+                raise httpx.ReadTimeout(f"no reply through the hub within {budget:g} s", request=request)
+            wait = max(0.0, min(REPLY_WAIT, deadline - time.monotonic()))
+            r = await self._call(
+                request, deadline, lambda t, w=wait: signed_call(hub, key, "GET", f"{target}?wait={w:.1f}", timeout=t)
+            )
+            if r.status_code == 200:
+                return r.content
+            if r.status_code != 204:
+                return _response(request, 502, f"the hub lost the request to station {station}: {_hub_said(r)}")
+
+    async def _call(self, request: httpx.Request, deadline: float, call: Any) -> httpx.Response:
+        """``call(timeout)`` until it answers, waiting out a hub that restarts; the whole call (a slow hub
+        included) ends by ``deadline``."""
         pause = 0.2
         while True:
+            remaining = deadline - time.monotonic()
             try:
-                response: httpx.Response = await call()
+                async with asyncio.timeout(max(remaining, 0.01)):
+                    response: httpx.Response = await call(REPLY_WAIT + 15)
                 return response
+            except httpx.DecodingError:
+                return _response(request, 502, "the hub answered with more bytes than any envelope holds")
+            except TimeoutError:
+                raise httpx.ReadTimeout("no answer through the hub in time", request=request) from None
             except httpx.TransportError as exc:
                 if time.monotonic() + pause > deadline:
                     raise httpx.ConnectError(f"hub {self.link.url} unreachable: {exc}", request=request) from None
@@ -207,11 +241,19 @@ class HubTransport(httpx.AsyncBaseTransport):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    async def _withdraw(self, envelope_id: str) -> None:
+    def _acknowledge(self, envelope_id: str) -> None:
+        """Tell the hub to forget an envelope and its reply, without waiting for it."""
         if self._hub is None:
             return
-        with contextlib.suppress(httpx.HTTPError):  # the hub lets it expire
-            await signed_call(self._hub, self.link.key, "DELETE", f"/v1/messages/{envelope_id}", timeout=10.0)
+        hub, key = self._hub, self.link.key
+
+        async def ack() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # the hub lets it expire
+                await signed_call(hub, key, "DELETE", f"/v1/messages/{envelope_id}", timeout=10.0)
+
+        task = asyncio.ensure_future(ack())
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
 
 
 def mounts(link: HubLink | None) -> dict[str, httpx.AsyncBaseTransport]:

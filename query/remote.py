@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -157,8 +158,8 @@ class StationClient:
     manifests: list[dict[str, Any]] = field(default_factory=list)
     #: Where to keep every release as it came (for ``better verify``), or None.
     recording: Recording | None = None
-    #: TLS verification: True (the system's CAs), a CA bundle's path, or False.
-    verify: bool | str = True
+    #: TLS verification: True (the system's CAs), or a context trusting the federation file's ``ca_file``.
+    verify: bool | ssl.SSLContext = True
     #: The hub this station is reached through (its URL is then ``hub://NAME``), or None (direct).
     hub: HubLink | None = None
 

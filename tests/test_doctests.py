@@ -53,6 +53,8 @@ WITH_EXAMPLES = (
     "better.query.withholding",
     "better.station_api.policy",
     "better.station_api.tomlfile",
+    "better.wire.envelope",
+    "better.wire.signed_requests",
 )
 
 

@@ -25,9 +25,10 @@ import polars as pl
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from better.hub.queue import DB_FILE, HubQueue
-from better.query.federation import Federation
-from better.query.remote import StationClient, StationError
+from better.engine.errors import InputError
+from better.hub.queue import DB_FILE, HubQueue, Quotas
+from better.query.federation import Federation, add_station
+from better.query.remote import StationClient
 from better.station_api.launch import free_port, hub_process, station_process, station_processes
 from better.station_api.secure_agg import agreement_key_text, load_or_create_agreement_key
 from better.station_api.signing import load_or_create_key, public_key_text
@@ -105,7 +106,10 @@ def hubbed(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     hub_dir = root / "hub"
     done = better("hub", "init", "--hub", str(hub_dir))
     assert done.returncode == 0, done.stderr
-    credentials = {name: _enrol(hub_dir, name) for name in NAMES}
+    credentials = {NAMES[0]: _enrol(hub_dir, NAMES[0])}  # the command line once, the others directly
+    queue = HubQueue(hub_dir)
+    credentials.update({name: queue.enrol(name) for name in NAMES[1:]})
+    queue.close()
     port = free_port()
     lines = [f'hub = "http://127.0.0.1:{port}"', 'secure_aggregation = "on"', 'researcher_key = "researcher.key"']
     for s in stations:
@@ -171,6 +175,45 @@ def test_stations_behind_the_hub_open_no_port(hubbed: Hubbed) -> None:
     assert _listening_sockets(_pids_serving(hubbed.hub_dir)[0]) == 1  # the hub listens: it is the one reached
 
 
+def test_federation_add_pins_the_keys_the_stations_signed_for_the_hub(hubbed: Hubbed, tmp_path: Path) -> None:
+    env = {**os.environ, "BETTER_RESEARCHER_KEY": str(tmp_path / "me.key")}
+    fed_file = tmp_path / "fed.toml"
+    first = hubbed.stations[0]
+    token_env = f"BETTER_TEST_TOKEN_{first.name.upper()}"
+    done = better("federation", "add", first.name, "--hub", hubbed.hub_url, "--token-env", token_env, env=env)
+    assert done.returncode == 1 and "--public-key" in done.stderr  # the hub is not trusted with the signing key
+    done = better(
+        "federation", "add", first.name, "--hub", hubbed.hub_url, "--token-env", token_env,
+        "--public-key", public_key_text(load_or_create_key(first.path)), "--federation", str(fed_file), env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    os.environ["BETTER_RESEARCHER_KEY"] = env["BETTER_RESEARCHER_KEY"]
+    try:
+        for s in hubbed.stations[1:]:
+            signing = public_key_text(load_or_create_key(s.path))
+            add_station(fed_file, s.name, token_env=f"BETTER_TEST_TOKEN_{s.name.upper()}", public_key=signing)
+    finally:
+        del os.environ["BETTER_RESEARCHER_KEY"]
+    written = fed_file.read_text()
+    assert f'hub = "{hubbed.hub_url}"' in written and "url" not in written.replace(f'hub = "{hubbed.hub_url}"', "")
+    for s in hubbed.stations:
+        assert public_key_text(load_or_create_key(s.path)) in written
+        assert agreement_key_text(load_or_create_agreement_key(s.path)) in written
+    # Without pinned agreement keys, the query takes them from the cards the stations signed for the hub, and
+    # says so; without a pinned signing key, it does not run.
+    os.environ["BETTER_RESEARCHER_KEY"] = str(tmp_path / "me.key")
+    try:
+        fed_file.write_text("\n".join(line for line in written.splitlines() if not line.startswith("agreement_key")))
+        fed = Federation.from_file(fed_file)
+        assert fed.query("COUNT samples")["COUNT"][0] > 0
+        assert any("agreement key not pinned" in n for n in fed.notes)
+        fed_file.write_text("\n".join(line for line in written.splitlines() if not line.startswith("public_key")))
+        with pytest.raises(InputError, match="signing key must be pinned"):
+            Federation.from_file(fed_file).query("COUNT samples")
+    finally:
+        del os.environ["BETTER_RESEARCHER_KEY"]
+
+
 def _direct(hubbed: Hubbed, queries: list[str]) -> list[pl.DataFrame]:
     paths = [hubbed.root / "direct" / s.name for s in hubbed.stations]
     with station_processes(paths, threads=1) as urls:
@@ -223,23 +266,47 @@ def test_a_station_offline_and_a_hub_restart_lose_no_task(hubbed: Hubbed) -> Non
 
 
 def _hub_bytes(hubbed: Hubbed) -> bytes:
-    return b"".join(p.read_bytes() for p in hubbed.hub_dir.glob(DB_FILE + "*"))
+    files = [*hubbed.hub_dir.glob(DB_FILE + "*"), *(hubbed.hub_dir / "frames").iterdir()]
+    return b"".join(p.read_bytes() for p in files)
 
 
 def test_the_hub_stores_no_plaintext(hubbed: Hubbed, small_cohort: Path) -> None:
+    import asyncio
+
+    from better.query.hub_link import HubLink, HubTransport
+
+    # A query's task waits at the hub for a stopped station: the hub's files then hold its envelope.
+    nijmegen = hubbed.stations[1]
     hubbed.stop("nijmegen")
     try:
-        fed = hubbed.federation()
-        fed.stations[1].timeout = 3.0  # the task stays queued at the hub when the coordinator gives up
-        with pytest.raises(StationError):
-            fed.query("COUNT samples WHERE age > 47.3125")
+        link = HubLink(hubbed.hub_url, Ed25519PrivateKey.generate())
+        link.keys[nijmegen.name] = (
+            public_key_text(load_or_create_key(nijmegen.path)),
+            agreement_key_text(load_or_create_agreement_key(nijmegen.path)),
+        )
+        body = {"dataset": "cohort", "analysis": "count", "kind": "sample_count", "where": [["age", ">", 47.3125]]}
+
+        async def ask() -> None:
+            async with httpx.AsyncClient(mounts={"hub://": HubTransport(link)}) as client:
+                headers = {"Authorization": f"Bearer {nijmegen.researcher}"}
+                answer = await client.post("hub://nijmegen/tasks", json=body, headers=headers, timeout=60)
+                assert answer.status_code in (202, 422)  # the station, back, answered it (as it would directly)
+
+        asking = threading.Thread(target=asyncio.run, args=(ask(),))
+        asking.start()
+        deadline = time.monotonic() + 20
+        while hubbed.waiting("nijmegen") == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        stored = _hub_bytes(hubbed)
+        assert any(p.suffix == ".task" for p in (hubbed.hub_dir / "frames").iterdir())
     finally:
-        hubbed.start_station("nijmegen")
-    stored = _hub_bytes(hubbed)
-    assert len(stored) > 10_000
+        hubbed.start_station("nijmegen")  # it answers the task; the coordinator has given up, and withdraws it
+        asking.join(timeout=60)
+    stored += _hub_bytes(hubbed)  # and after the queries of the other tests, deleted pages included
     pheno = pl.read_csv(small_cohort / "milano.pheno.tsv", separator="\t", null_values="NA")
     secrets = [s.researcher.encode() for s in hubbed.stations] + [s.admin.encode() for s in hubbed.stations]
-    secrets += [b"47.3125", b'"dataset"', b"Bearer", b"cohort"]
+    secrets += [b"47.3125", b'"dataset"', b"Bearer", b"cohort", b"sample_count", b"/tasks"]
     secrets += [str(v).encode() for v in pheno[pheno.columns[0]].to_list()[:20]]  # sample ids
     secrets += [f"{v:.4f}".encode() for v in pheno["ldl"].drop_nulls().to_list()[:20]]
     found = [s for s in secrets if s in stored]
@@ -255,7 +322,8 @@ def _audit_rows(path: Path, action: str) -> list[dict[str, str]]:
 
 def _seal(hubbed: Hubbed, key: Ed25519PrivateKey, station: StationSetup) -> tuple[Envelope, object]:
     request = {"method": "GET", "path": "/station", "headers": {"authorization": f"Bearer {station.researcher}"}}
-    return seal_task(key, station.name, agreement_key_text(load_or_create_agreement_key(station.path)), request, 60)
+    agreement = agreement_key_text(load_or_create_agreement_key(station.path))
+    return seal_task(key, station.name, agreement, request, ttl=60)
 
 
 async def _reply(hubbed: Hubbed, key: Ed25519PrivateKey, envelope_id: str, what: str = "") -> bytes:
@@ -286,24 +354,25 @@ def test_tampered_replayed_and_misaddressed_envelopes_are_refused(hubbed: Hubbed
     assert asyncio.run(submit("nijmegen", frame)).status_code == 422  # addressed to milano
     assert asyncio.run(submit("milano", frame)).status_code == 202
     assert asyncio.run(submit("milano", frame)).status_code == 409  # the same envelope again
-    response = open_reply(decode(asyncio.run(_reply(hubbed, key, good.id))), good, secret, signing)  # type: ignore[arg-type]
-    assert response["status"] == 200
+    response, body = open_reply(decode(asyncio.run(_reply(hubbed, key, good.id))), good, secret, signing)  # type: ignore[arg-type]
+    assert response["status"] == 200 and b"datasets" in body
     events = HubQueue(hubbed.hub_dir).events(200)
     reasons = {e["detail"].get("reason") for e in events if e["action"] == "message.refused"}
     assert {"bad_signature", "misaddressed", "duplicate"} <= reasons
 
     # A dishonest hub delivers them anyway: the stations refuse, audit, and answer with signed refusals.
     queue = HubQueue(hubbed.hub_dir)
-    sender = ed25519_text(key)
+    sender, quotas = ed25519_text(key), Quotas()
     try:
         queue.remove(good.id, "test", "test")
-        queue.enqueue(good.id, "milano", sender, time.time() + 60, frame, 100)  # replayed
+        queue.enqueue(good.id, "milano", sender, time.time() + 60, frame, quotas)  # replayed
         other, _ = _seal(hubbed, key, milano)
-        queue.enqueue(other.id, "nijmegen", sender, time.time() + 60, encode(other), 100)  # misaddressed
+        queue.enqueue(other.id, "nijmegen", sender, time.time() + 60, encode(other), quotas)  # misaddressed
         third, _ = _seal(hubbed, key, milano)
-        body = bytearray(encode(third))
-        body[-3] ^= 0x40
-        queue.enqueue(third.id, "milano", sender, time.time() + 60, bytes(body), 100)  # tampered ciphertext
+        flipped = bytearray(encode(third))
+        flipped[-3] ^= 0x40
+        tampered_body = bytes(flipped)
+        queue.enqueue(third.id, "milano", sender, time.time() + 60, tampered_body, quotas)  # tampered ciphertext
     finally:
         queue.close()
     wake, _ = _seal(hubbed, key, nijmegen)  # a real submission wakes the stations' long-polls
@@ -315,6 +384,7 @@ def test_tampered_replayed_and_misaddressed_envelopes_are_refused(hubbed: Hubbed
         reply = decode(asyncio.run(_reply(hubbed, key, envelope.id, reason)))
         assert reply.header["kind"] == "refusal" and reply.header["reason"] == reason
         assert reply.header["station"] == station.name
+        assert reply.header["task"] == (envelope.digest if envelope is not third else decode(tampered_body).digest)
         verify_signature(public_key_text(load_or_create_key(station.path)), reply.signature, reply.signed_bytes(), "")
     with pytest.raises(EnvelopeError, match="refused"):  # what the coordinator makes of a refusal
         open_reply(decode(asyncio.run(_reply(hubbed, key, good.id))), good, secret, signing)  # type: ignore[arg-type]

@@ -11,11 +11,14 @@ researcher's station token, the body). It is
   check who queued it and the station who asked.
 
 The **reply** is the HTTP response, encrypted under a second key from the same agreement (so only the
-holder of the envelope's ephemeral key, the requesting coordinator, can open it) and signed by the
-station's Ed25519 key. A station that will not open an envelope sends a signed **refusal** instead.
+holder of the envelope's ephemeral key, the requesting coordinator, can open it), signed by the
+station's Ed25519 key, and naming the envelope it answers by its digest (the hash of everything the
+researcher signed, and the signature). A station that will not open an envelope sends a signed
+**refusal** naming the envelope's digest instead. What is sealed is a JSON head (method, path and
+headers; or status and headers) and the raw body after it, no base64.
 
-Replay: an envelope carries a random id and an expiry; a station opens each id once
-(:class:`better.station_api.pull.SeenIds`) and never one past its expiry. The frame on the wire is
+Replay: an envelope carries a random id and an expiry; a station opens each envelope once
+(:class:`better.station_api.pull.SeenIds`, by digest) and never one past its expiry. The frame on the wire is
 ``b"BTE1"``, the header's length (4 bytes) and canonical JSON, the signature's length (2 bytes) and the
 signature, then the ciphertext.
 
@@ -29,9 +32,9 @@ Examples
 >>> opened = open_task(decode(encode(task)), "milano", station_agree, now=task.header["issued"])
 >>> opened.request["path"]
 '/info'
->>> reply = seal_reply(station_sign, "milano", opened, {"status": 200, "body": "b2s="})
->>> open_reply(decode(encode(reply)), task, secret, ed25519_text(station_sign))["status"]
-200
+>>> reply = seal_reply(station_sign, "milano", opened, {"status": 200}, b"ok")
+>>> open_reply(decode(encode(reply)), task, secret, ed25519_text(station_sign))
+({'status': 200}, b'ok')
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ import json
 import secrets
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -68,15 +72,28 @@ _ID_HEX = 32
 
 
 class EnvelopeError(Exception):
-    """An envelope that is refused; ``reason`` is one of :data:`REASONS`."""
+    """An envelope that is refused; ``reason`` is one of :data:`REASONS` (``refused:<reason>`` when it is a
+    station's signed refusal)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
 
-#: Why an envelope is refused (what the station's audit log and its signed refusal say).
-REASONS = ("malformed", "misaddressed", "expired", "not_yet_valid", "bad_signature", "undecryptable", "replayed")
+#: Why an envelope is refused (what the station's audit log and its signed refusal say). ``interrupted``:
+#: the station opened it before a restart and cannot tell whether its request ran; ``too_large``: the
+#: answer was over the hub's limit.
+REASONS = (
+    "malformed",
+    "misaddressed",
+    "expired",
+    "not_yet_valid",
+    "bad_signature",
+    "undecryptable",
+    "replayed",
+    "interrupted",
+    "too_large",
+)
 
 
 @dataclass(frozen=True)
@@ -86,35 +103,40 @@ class Envelope:
     header: dict[str, Any]
     signature: bytes
     ciphertext: bytes = b""
-    #: Filled by :func:`decode`: the frame as it came.
-    size: int = field(default=0, compare=False)
 
     @property
     def id(self) -> str:
         return str(self.header["id"])
 
+    @cached_property
+    def _ciphertext_hash(self) -> bytes:
+        return hashlib.sha256(self.ciphertext).digest()
+
     def signed_bytes(self) -> bytes:
         """What the signature covers: the canonical header and the ciphertext's SHA-256."""
-        return canonical(self.header) + hashlib.sha256(self.ciphertext).digest()
+        return canonical(self.header) + self._ciphertext_hash
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the whole envelope as signed: what replies and refusals name, and what a station
+        opens once."""
+        return hashlib.sha256(self.signed_bytes() + self.signature).hexdigest()
 
 
 # -- keys as text ------------------------------------------------------------------------------------------
+def _public_text(prefix: str, pub: Ed25519PublicKey | X25519PublicKey) -> str:
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return prefix + base64.b64encode(raw).decode()
+
+
 def ed25519_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     """``ed25519:<base64 of the raw public key>``."""
-    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return (
-        "ed25519:"
-        + base64.b64encode(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
-    )
+    return _public_text("ed25519:", key.public_key() if isinstance(key, Ed25519PrivateKey) else key)
 
 
 def x25519_text(key: X25519PrivateKey | X25519PublicKey) -> str:
     """``x25519:<base64 of the raw public key>``."""
-    pub = key.public_key() if isinstance(key, X25519PrivateKey) else key
-    return (
-        "x25519:"
-        + base64.b64encode(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
-    )
+    return _public_text("x25519:", key.public_key() if isinstance(key, X25519PrivateKey) else key)
 
 
 def _raw_key(text: object, prefix: str, what: str) -> bytes:
@@ -151,15 +173,9 @@ def verify_signature(key_text: object, signature: bytes, data: bytes, what: str)
 def encode(envelope: Envelope) -> bytes:
     """The envelope as one frame of bytes."""
     head = canonical(envelope.header)
+    signature = envelope.signature
     return b"".join(
-        (
-            MAGIC,
-            struct.pack(">I", len(head)),
-            head,
-            struct.pack(">H", len(envelope.signature)),
-            envelope.signature,
-            envelope.ciphertext,
-        )
+        (MAGIC, struct.pack(">I", len(head)), head, struct.pack(">H", len(signature)), signature, envelope.ciphertext)
     )
 
 
@@ -172,39 +188,64 @@ def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Envelope:
     (n,) = struct.unpack(">I", frame[4:8])
     if n > MAX_HEADER_BYTES or 8 + n + 2 > len(frame):
         raise EnvelopeError("malformed", "the envelope's header length is out of bounds")
-    try:
-        header = json.loads(frame[8 : 8 + n])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise EnvelopeError("malformed", "the envelope's header is not JSON") from None
-    if not isinstance(header, dict) or canonical(header) != frame[8 : 8 + n]:
-        raise EnvelopeError("malformed", "the envelope's header is not canonical JSON of an object")
+    header = _json_object(frame[8 : 8 + n], "the envelope's header")
+    if canonical(header) != frame[8 : 8 + n]:
+        raise EnvelopeError("malformed", "the envelope's header is not canonical JSON")
     (s,) = struct.unpack(">H", frame[8 + n : 10 + n])
-    if 10 + n + s > len(frame):
-        raise EnvelopeError("malformed", "the envelope's signature length is out of bounds")
-    envelope = Envelope(header, frame[10 + n : 10 + n + s], frame[10 + n + s :], size=len(frame))
+    if s != 64 or 10 + n + s > len(frame):
+        raise EnvelopeError("malformed", "the envelope's signature is not 64 bytes")
+    envelope = Envelope(header, frame[10 + n : 10 + n + s], frame[10 + n + s :])
     _check_header(envelope.header)
     return envelope
 
 
-_FIELDS = {
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise EnvelopeError("malformed", f"{what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise EnvelopeError("malformed", f"{what} is not a JSON object")
+    return value
+
+
+_FIELDS: dict[str, dict[str, type]] = {
     "task": {"v": int, "kind": str, "id": str, "to": str, "from": str, "issued": int, "expires": int, "ephemeral": str},
-    "reply": {"v": int, "kind": str, "id": str, "station": str, "to": str},
-    "refusal": {"v": int, "kind": str, "id": str, "station": str, "to": str, "reason": str},
+    "reply": {"v": int, "kind": str, "id": str, "station": str, "to": str, "task": str},
+    "refusal": {"v": int, "kind": str, "id": str, "station": str, "to": str, "task": str, "reason": str},
 }
 
 
 def _check_header(header: dict[str, Any]) -> None:
-    fields = _FIELDS.get(header.get("kind"))  # type: ignore[arg-type]
+    kind = header.get("kind")
+    fields = _FIELDS.get(kind) if isinstance(kind, str) else None
     if fields is None or set(header) != set(fields):
         raise EnvelopeError("malformed", "the envelope's header is not a task, reply or refusal header")
     for name, kind in fields.items():
         value = header[name]
         if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, str) and len(value) > 200):
             raise EnvelopeError("malformed", f"the envelope's header field {name!r} is not a valid {kind.__name__}")
+        if isinstance(value, int) and not 0 <= value < 2**40:
+            raise EnvelopeError("malformed", f"the envelope's header field {name!r} is out of range")
     if header["v"] != VERSION:
         raise EnvelopeError("malformed", f"envelope version {header['v']} (this software reads {VERSION})")
     if len(header["id"]) != _ID_HEX or any(c not in "0123456789abcdef" for c in header["id"]):
         raise EnvelopeError("malformed", "the envelope id is not 32 hexadecimal digits")
+
+
+# -- what is sealed: a JSON head and raw bytes -------------------------------------------------------------
+def _pack(meta: dict[str, Any], body: bytes) -> bytes:
+    head = canonical(meta)
+    return struct.pack(">I", len(head)) + head + body
+
+
+def _unpack(plain: bytes, what: str) -> tuple[dict[str, Any], bytes]:
+    if len(plain) < 4:
+        raise EnvelopeError("malformed", f"{what} is cut short")
+    (n,) = struct.unpack(">I", plain[:4])
+    if n > MAX_HEADER_BYTES or 4 + n > len(plain):
+        raise EnvelopeError("malformed", f"{what} has a head out of bounds")
+    return _json_object(plain[4 : 4 + n], what), plain[4 + n :]
 
 
 # -- keys of one envelope ----------------------------------------------------------------------------------
@@ -238,13 +279,12 @@ def seal_task(
     station: str,
     agreement_key: str,
     request: dict[str, Any],
+    body: bytes = b"",
     ttl: float = 3600.0,
     now: float | None = None,
 ) -> tuple[Envelope, ReplySecret]:
-    """Seal ``request`` (JSON) to ``station``, whose X25519 key is ``agreement_key`` (``x25519:...``).
-
-    Returns the envelope and the secret that opens its reply.
-    """
+    """Seal ``request`` (JSON: method, path, headers) and its ``body`` to ``station``, whose X25519 key is
+    ``agreement_key`` (``x25519:...``). Returns the envelope and the secret that opens its reply."""
     issued = int(time.time() if now is None else now)
     ephemeral = X25519PrivateKey.generate()
     envelope_id = secrets.token_hex(16)
@@ -258,21 +298,23 @@ def seal_task(
         "expires": issued + int(min(max(ttl, 1.0), MAX_TTL)),
         "ephemeral": x25519_text(ephemeral),
     }
-    task_key, reply_key = _keys(
-        _agree(ephemeral, x25519_public(agreement_key, f"station {station}'s agreement key")), envelope_id
-    )
-    body = ChaCha20Poly1305(task_key).encrypt(_NONCE, canonical(request), canonical(header))
-    unsigned = Envelope(header, b"", body)
-    return Envelope(header, researcher.sign(unsigned.signed_bytes()), body), ReplySecret(reply_key)
+    peer = x25519_public(agreement_key, f"station {station}'s agreement key")
+    task_key, reply_key = _keys(_agree(ephemeral, peer), envelope_id)
+    sealed = ChaCha20Poly1305(task_key).encrypt(_NONCE, _pack(request, body), canonical(header))
+    unsigned = Envelope(header, b"", sealed)
+    return Envelope(header, researcher.sign(unsigned.signed_bytes()), sealed), ReplySecret(reply_key)
 
 
 @dataclass(frozen=True)
 class OpenedTask:
-    """A task envelope a station opened: the request, who signed it, and the key for the reply."""
+    """A task envelope a station opened: the request, its body, who signed it, and the key for the reply."""
 
     header: dict[str, Any]
     request: dict[str, Any]
+    body: bytes
     reply_key: bytes
+    #: The envelope's :attr:`Envelope.digest`, which the reply names.
+    digest: str
 
     @property
     def sender(self) -> str:
@@ -303,12 +345,12 @@ def open_task(envelope: Envelope, station: str, agreement: X25519PrivateKey, now
     Raises
     ------
     EnvelopeError
-        With the reason (the caller audits it and sends a signed refusal).
+        With the reason (the caller audits it, and answers with a signed refusal if the signature held).
     """
-    if envelope.header.get("to") != station:
-        raise EnvelopeError(
-            "misaddressed", f"the envelope is addressed to {envelope.header.get('to')!r}, not {station!r}"
-        )
+    if envelope.header["kind"] != "task":
+        raise EnvelopeError("malformed", "not a task envelope")
+    if envelope.header["to"] != station:
+        raise EnvelopeError("misaddressed", f"the envelope is addressed to {envelope.header['to']!r}, not {station!r}")
     check_task(envelope, now)
     ephemeral = x25519_public(envelope.header["ephemeral"], "the envelope's ephemeral key")
     task_key, reply_key = _keys(_agree(agreement, ephemeral), envelope.id)
@@ -316,65 +358,76 @@ def open_task(envelope: Envelope, station: str, agreement: X25519PrivateKey, now
         plain = ChaCha20Poly1305(task_key).decrypt(_NONCE, envelope.ciphertext, canonical(envelope.header))
     except InvalidTag:
         raise EnvelopeError("undecryptable", "the envelope does not open with this station's key") from None
-    try:
-        request = json.loads(plain)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise EnvelopeError("malformed", "the sealed request is not JSON") from None
-    if not isinstance(request, dict):
-        raise EnvelopeError("malformed", "the sealed request is not a JSON object")
-    return OpenedTask(envelope.header, request, reply_key)
+    request, body = _unpack(plain, "the sealed request")
+    return OpenedTask(envelope.header, request, body, reply_key, envelope.digest)
 
 
 # -- reply -------------------------------------------------------------------------------------------------
-def seal_reply(signing: Ed25519PrivateKey, station: str, task: OpenedTask, response: dict[str, Any]) -> Envelope:
-    """Seal ``response`` (JSON) to the coordinator that sent ``task``, signed by the station."""
-    header = {"v": VERSION, "kind": "reply", "id": task.header["id"], "station": station, "to": task.sender}
-    body = ChaCha20Poly1305(task.reply_key).encrypt(_NONCE, canonical(response), canonical(header))
-    unsigned = Envelope(header, b"", body)
-    return Envelope(header, signing.sign(unsigned.signed_bytes()), body)
+def seal_reply(
+    signing: Ed25519PrivateKey, station: str, task: OpenedTask, response: dict[str, Any], body: bytes = b""
+) -> Envelope:
+    """Seal ``response`` (JSON: status, headers) and its ``body`` to the coordinator that sent ``task``,
+    signed by the station."""
+    header = {
+        "v": VERSION,
+        "kind": "reply",
+        "id": task.header["id"],
+        "station": station,
+        "to": task.sender,
+        "task": task.digest,
+    }
+    sealed = ChaCha20Poly1305(task.reply_key).encrypt(_NONCE, _pack(response, body), canonical(header))
+    unsigned = Envelope(header, b"", sealed)
+    return Envelope(header, signing.sign(unsigned.signed_bytes()), sealed)
 
 
-def refusal(signing: Ed25519PrivateKey, station: str, header: dict[str, Any], reason: str) -> Envelope:
-    """A signed refusal of the envelope with ``header`` (nothing sealed: the station could not open it)."""
-    sender = header.get("from")
+def refusal(signing: Ed25519PrivateKey, station: str, task: Envelope, reason: str) -> Envelope:
+    """A signed refusal of the envelope ``task`` (nothing sealed), naming it by its digest: a refusal of an
+    envelope the hub altered names the altered one, which no coordinator sent."""
     answer = {
         "v": VERSION,
         "kind": "refusal",
-        "id": str(header.get("id")),
+        "id": task.id,
         "station": station,
-        "to": sender if isinstance(sender, str) else "",
+        "to": str(task.header.get("from", "")),
+        "task": task.digest,
         "reason": reason,
     }
     unsigned = Envelope(answer, b"")
     return Envelope(answer, signing.sign(unsigned.signed_bytes()))
 
 
-def open_reply(envelope: Envelope, task: Envelope, secret: ReplySecret, station_key: str) -> dict[str, Any]:
-    """The response in a station's reply to ``task``, checked against the station's pinned signing key.
+def open_reply(
+    envelope: Envelope, task: Envelope, secret: ReplySecret, station_key: str
+) -> tuple[dict[str, Any], bytes]:
+    """The response (head and body) in a station's reply to ``task``, checked against the station's pinned
+    signing key.
 
     Raises
     ------
     EnvelopeError
-        A reply that is not the named station's answer to this task; for a refusal, ``reason`` is the
-        station's reason (``refused:<why>``).
+        A reply that is not the named station's answer to this very envelope; for a refusal, ``reason`` is
+        ``refused:<the station's reason>``.
     """
     header = envelope.header
     station = task.header["to"]
-    if header["id"] != task.id or header["station"] != station or header["to"] != task.header["from"]:
+    if header["kind"] not in ("reply", "refusal"):
+        raise EnvelopeError("malformed", "not a reply envelope")
+    if (header["id"], header["station"], header["to"], header["task"]) != (
+        task.id,
+        station,
+        task.header["from"],
+        task.digest,
+    ):
         raise EnvelopeError("misaddressed", f"the reply is not station {station}'s answer to envelope {task.id}")
     verify_signature(station_key, envelope.signature, envelope.signed_bytes(), f"station {station}'s reply")
     if header["kind"] == "refusal":
         reason = header["reason"] if header["reason"] in REASONS else "malformed"
         raise EnvelopeError(f"refused:{reason}", f"station {station} refused the sealed request ({reason})")
-    if header["kind"] != "reply":
-        raise EnvelopeError("malformed", "not a reply envelope")
     try:
         plain = ChaCha20Poly1305(secret.key).decrypt(_NONCE, envelope.ciphertext, canonical(header))
     except InvalidTag:
         raise EnvelopeError(
             "undecryptable", f"station {station}'s reply does not open with this request's key"
         ) from None
-    response = json.loads(plain)
-    if not isinstance(response, dict):
-        raise EnvelopeError("malformed", "the sealed response is not a JSON object")
-    return response
+    return _unpack(plain, "the sealed response")

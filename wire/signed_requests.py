@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import ssl
 import time
 from collections.abc import Mapping
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from better.wire.envelope import CLOCK_SKEW, EnvelopeError, ed25519_text, verify_signature
+from better.wire.envelope import CLOCK_SKEW, EnvelopeError, ed25519_public, ed25519_text, verify_signature
 
 KEY, TIME, SIGNATURE = "X-Better-Key", "X-Better-Time", "X-Better-Signature"
 #: Host names of this machine: plain http to them crosses no network.
@@ -44,6 +46,29 @@ def sign_request(
     return {KEY: ed25519_text(key), TIME: stamp, SIGNATURE: signature}
 
 
+def check_fresh(headers: Mapping[str, str], now: float | None = None) -> str:
+    """The caller's key if the signing headers are there, well formed and within the clock skew (before
+    the body is read; :func:`verify_request` checks the signature after).
+
+    Raises
+    ------
+    EnvelopeError
+        ``malformed`` or ``expired``.
+    """
+    found = {h: headers.get(h) for h in (KEY, TIME, SIGNATURE)}
+    missing = [h for h, v in found.items() if not v]
+    if missing:
+        raise EnvelopeError("malformed", f"unsigned request: {', '.join(missing)} missing")
+    stamp = str(found[TIME])
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
+        raise EnvelopeError("malformed", f"{TIME} is not unix seconds")
+    t = time.time() if now is None else now
+    if abs(int(stamp) - t) > CLOCK_SKEW:
+        raise EnvelopeError("expired", f"{TIME} is {int(t) - int(stamp)} s from the hub's clock (at most {CLOCK_SKEW})")
+    ed25519_public(found[KEY], KEY)
+    return str(found[KEY])
+
+
 def verify_request(headers: Mapping[str, str], method: str, target: str, body: bytes, now: float | None = None) -> str:
     """The caller's key (``ed25519:...``) if the headers sign this request within the clock skew.
 
@@ -52,22 +77,13 @@ def verify_request(headers: Mapping[str, str], method: str, target: str, body: b
     EnvelopeError
         ``malformed`` (headers missing), ``expired`` (clock) or ``bad_signature``.
     """
-    found = {h: headers.get(h) for h in (KEY, TIME, SIGNATURE)}
-    missing = [h for h, v in found.items() if not v]
-    if missing:
-        raise EnvelopeError("malformed", f"unsigned request: {', '.join(missing)} missing")
-    stamp = str(found[TIME])
-    if not stamp.isdigit() or len(stamp) > 12:
-        raise EnvelopeError("malformed", f"{TIME} is not unix seconds")
-    t = time.time() if now is None else now
-    if abs(int(stamp) - t) > CLOCK_SKEW:
-        raise EnvelopeError("expired", f"{TIME} is {int(t) - int(stamp)} s from the hub's clock (at most {CLOCK_SKEW})")
+    key = check_fresh(headers, now)
     try:
-        signature = base64.b64decode(str(found[SIGNATURE]), validate=True)
+        signature = base64.b64decode(str(headers.get(SIGNATURE)), validate=True)
     except ValueError:
         raise EnvelopeError("malformed", f"{SIGNATURE} is not base64") from None
-    verify_signature(found[KEY], signature, _message(method, target, stamp, body), "the request")
-    return str(found[KEY])
+    verify_signature(key, signature, _message(method, target, str(headers.get(TIME)), body), "the request")
+    return key
 
 
 async def signed_call(
@@ -78,12 +94,29 @@ async def signed_call(
     body: bytes = b"",
     headers: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    max_bytes: int = 600 << 20,
 ) -> httpx.Response:
     """One signed call to a hub: ``target`` is the path and query below the client's base URL (what is
-    signed, so that a reverse proxy may put the hub under a prefix)."""
+    signed, so that a reverse proxy may put the hub under a prefix). The answer is read up to ``max_bytes``
+    (more is a :class:`httpx.DecodingError`: no hub answer is that large)."""
     signed = {**(headers or {}), **sign_request(key, method, target, body)}
-    kw: dict[str, object] = {} if timeout is None else {"timeout": httpx.Timeout(timeout, connect=10.0)}
-    return await client.request(method, target, content=body or None, headers=signed, **kw)  # type: ignore[arg-type]
+    limit = httpx.Timeout(timeout, connect=10.0) if timeout is not None else client.timeout
+    async with client.stream(method, target, content=body or None, headers=signed, timeout=limit) as r:
+        chunks, seen = [], 0
+        async for chunk in r.aiter_bytes():
+            seen += len(chunk)
+            if seen > max_bytes:
+                raise httpx.DecodingError(
+                    f"the answer to {method} {target} is over {max_bytes} bytes", request=r.request
+                )
+            chunks.append(chunk)
+    kept = [(k, v) for k, v in r.headers.multi_items() if k.lower() not in ("content-encoding", "content-length")]
+    return httpx.Response(r.status_code, headers=kept, content=b"".join(chunks), request=r.request)
+
+
+def tls_verify(ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext | bool:
+    """What ``httpx`` verifies servers with: the system's CAs (True), or only the CA bundle ``ca_file``."""
+    return True if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
 
 
 def plain_http_problem(url: str, allow_http: bool = False, what: str = "") -> str | None:
