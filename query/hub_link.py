@@ -134,6 +134,16 @@ def _checked_card(doc: Any, name: str, signing_key: str) -> str | None:
     return agreement if isinstance(agreement, str) and agreement.startswith("x25519:") else None
 
 
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a connection failed on the server's certificate (no use trying again)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _response(request: httpx.Request, status: int, detail: Any) -> httpx.Response:
     return httpx.Response(status, json={"detail": detail}, request=request)
 
@@ -235,7 +245,7 @@ class HubTransport(httpx.AsyncBaseTransport):
             except TimeoutError:
                 raise httpx.ReadTimeout("no answer through the hub in time", request=request) from None
             except httpx.TransportError as exc:
-                if time.monotonic() + pause > deadline:
+                if time.monotonic() + pause > deadline or _certificate_refused(exc):
                     raise httpx.ConnectError(f"hub {self.link.url} unreachable: {exc}", request=request) from None
                 log.warning("hub %s unreachable (%s); trying again", self.link.url, type(exc).__name__)
                 await asyncio.sleep(pause)
