@@ -70,6 +70,26 @@ class HubLink:
         """A client for the hub's own routes."""
         return httpx.AsyncClient(base_url=self.url.rstrip("/"), verify=self.verify, **kw)
 
+    async def check_reachable(self) -> None:
+        """One call to the hub before any to the stations: a certificate that does not verify, or a hub that
+        is not there, is one clear error (not one per station, each cancelling the others midway).
+
+        Raises
+        ------
+        InputError
+            The hub's certificate does not verify, or nothing answers at its URL.
+        """
+        async with self.client(timeout=30.0) as hub:
+            try:
+                await hub.get("/health")
+            except httpx.TransportError as exc:
+                if _certificate_refused(exc):
+                    raise InputError(
+                        f"hub {self.url}: its TLS certificate does not verify ({exc}); set ca_file in the federation "
+                        "file to the CA that signed it"
+                    ) from None
+                log.warning("hub %s does not answer yet (%s); the stations' timeouts apply", self.url, exc)
+
     async def learn_keys(self) -> list[str]:
         """Fill in agreement keys the federation file does not pin from the cards the stations gave the hub,
         each checked against the station's pinned signing key (a hub cannot put its own key in a card
@@ -81,6 +101,7 @@ class HubLink:
             A station whose signing key is not pinned (the hub would be trusted with everything), or whose
             card is missing or does not verify under the pinned key.
         """
+        await self.check_reachable()
         unpinned = [n for n, (pub, _) in self.keys.items() if pub is None]
         if unpinned:
             raise InputError(

@@ -390,3 +390,12 @@ def test_tampered_replayed_and_misaddressed_envelopes_are_refused(hubbed: Hubbed
         open_reply(decode(asyncio.run(_reply(hubbed, key, good.id))), good, secret, signing)  # type: ignore[arg-type]
     audited = {(r["id"], r["reason"]) for s in (milano, nijmegen) for r in _audit_rows(s.path, "hub.refused")}
     assert {(good.id, "replayed"), (other.id, "misaddressed"), (third.id, "bad_signature")} <= audited
+
+
+def test_hub_status_shows_the_stations_and_what_was_refused(hubbed: Hubbed) -> None:
+    wide = {**os.environ, "COLUMNS": "300"}  # rich folds long cells on a narrow terminal
+    done = better("hub", "status", "--hub", str(hubbed.hub_dir), "--events", "200", env=wide)
+    assert done.returncode == 0, done.stderr
+    for s in hubbed.stations:
+        assert s.name in done.stdout
+    assert "message.queued" in done.stdout and "message.replied" in done.stdout
