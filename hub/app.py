@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse
 from better.hub.config import HubConfig, read_config
 from better.hub.queue import HubQueue, Quotas
 from better.station_api import __version__
-from better.wire.envelope import Envelope, EnvelopeError, check_task, decode, verify_signature
+from better.wire.envelope import Envelope, EnvelopeError, check_task, decode, read_header, verify_signature
 from better.wire.masking import canonical
 from better.wire.signed_requests import check_fresh, verify_request
 
@@ -271,10 +271,10 @@ def create_app(hub_dir: Path) -> FastAPI:
         body = await _body(request, state.max_bytes)
         station, _ = await _station(state, request, station, None, body)
         try:
-            envelope = decode(body, state.max_bytes)
-            if envelope.header["kind"] not in ("reply", "refusal") or envelope.id != message_id:
+            header = read_header(body, state.max_bytes)
+            if header["kind"] not in ("reply", "refusal") or header["id"] != message_id:
                 raise EnvelopeError("misaddressed", "not a reply to this message")
-            if envelope.header["station"] != station:
+            if header["station"] != station:
                 raise EnvelopeError("misaddressed", "a reply in another station's name")
         except EnvelopeError as exc:
             await _event(state, station, "reply.refused", {"id": message_id, "reason": exc.reason})
@@ -331,6 +331,14 @@ def _target(request: Request) -> str:
     return request.url.path + (f"?{query}" if query else "")
 
 
+async def _verified(request: Request, body: bytes) -> str:
+    """:func:`verify_request` (hashing a large body in a thread: the event loop serves the others meanwhile)."""
+    target = _target(request)
+    if len(body) < 1 << 20:
+        return verify_request(request.headers, request.method, target, body)
+    return await anyio.to_thread.run_sync(lambda: verify_request(request.headers, request.method, target, body))
+
+
 def _unauthenticated(request: Request, reason: str) -> None:
     """Refusals before anyone is authenticated go to the log, not the database (a flood costs no writes)."""
     log.warning("refused %s %s: %s", request.method, request.url.path, reason)
@@ -352,7 +360,7 @@ async def _researcher_preflight(state: HubState, request: Request) -> str:
 async def _researcher(state: HubState, request: Request, body: bytes) -> str:
     key = await _researcher_preflight(state, request)
     try:
-        verify_request(request.headers, request.method, _target(request), body)
+        await _verified(request, body)
     except EnvelopeError as exc:
         _unauthenticated(request, exc.reason)
         raise HTTPException(401, f"request signature refused: {exc}") from None
@@ -378,7 +386,7 @@ async def _station_preflight(state: HubState, request: Request) -> str:
 async def _station(state: HubState, request: Request, station: str, name: str | None, body: bytes) -> tuple[str, str]:
     """The station calling and its signing key: its signature, its bound key, and (``name``) its route."""
     try:
-        key = verify_request(request.headers, request.method, _target(request), body)
+        key = await _verified(request, body)
     except EnvelopeError as exc:
         await _event(state, station, "request.refused", {"path": request.url.path, "reason": exc.reason})
         raise HTTPException(401, f"request signature refused: {exc}") from None

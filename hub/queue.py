@@ -120,15 +120,18 @@ class HubQueue:
     def _frame(self, message_id: str, kind: str) -> Path:
         return self.frames / f"{message_id}.{kind}"
 
-    def stage(self, frame: bytes) -> Path:
-        """Write ``frame`` to a temporary file, synced (outside the lock: frames can be large)."""
+    def stage(self, frame: bytes, sync: bool = True) -> Path:
+        """Write ``frame`` to a temporary file (outside the lock: frames can be large), synced to disk if
+        ``sync``. Tasks are; replies are not: a reply lost to a power cut (not to a restart of the hub)
+        costs a query that times out and is run again, where syncing every result costs each query time."""
         tmp = self.frames / f"{secrets.token_hex(16)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(frame)
                 f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    os.fsync(f.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -295,7 +298,7 @@ class HubQueue:
 
     def reply(self, message_id: str, station: str, frame: bytes) -> bool:
         """Store the station's reply (its task's frame is deleted); False if no such task of it waits."""
-        staged = self.stage(frame)
+        staged = self.stage(frame, sync=False)
         try:
             with self._tx() as db:
                 done = db.execute(

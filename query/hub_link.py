@@ -213,7 +213,7 @@ class HubTransport(httpx.AsyncBaseTransport):
         if isinstance(frame, httpx.Response):
             return frame
         try:
-            response, body = open_reply(decode(frame), envelope, secret, pub)
+            response, body = await asyncio.to_thread(lambda: open_reply(decode(frame), envelope, secret, pub))
             status = int(response["status"])
             kept = {str(k): str(v) for k, v in dict(response.get("headers") or {}).items()}
         except EnvelopeError as exc:

@@ -303,12 +303,14 @@ class HubStation:
                 if why is not None:
                     raise EnvelopeError(why, f"envelope {envelope.id} was opened before")
                 response, body = await self._dispatch(local, opened)
-                reply = await asyncio.to_thread(seal_reply, self.signing, self.name, opened, response, body)
+                frame_out = await asyncio.to_thread(
+                    lambda: encode(seal_reply(self.signing, self.name, opened, response, body))
+                )
             except EnvelopeError as exc:
                 detail = {"id": envelope.id, "from": header.get("from"), "to": header.get("to"), "reason": exc.reason}
                 await self._audit("hub.refused", detail)
-                reply = refusal(self.signing, self.name, envelope, exc.reason)
-            if await self._post_reply(hub, auth, envelope, encode(reply), expires):
+                frame_out = encode(refusal(self.signing, self.name, envelope, exc.reason))
+            if await self._post_reply(hub, auth, envelope, frame_out, expires):
                 self.seen.answered(digest, expires)
         finally:
             self._in_flight.discard(digest)

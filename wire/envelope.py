@@ -181,6 +181,17 @@ def encode(envelope: Envelope) -> bytes:
 
 def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Envelope:
     """Read a frame; anything malformed or oversized is an :class:`EnvelopeError` ``malformed``."""
+    header, at = _read_header(frame, max_bytes)
+    return Envelope(header, frame[at : at + 64], frame[at + 64 :])
+
+
+def read_header(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> dict[str, Any]:
+    """The checked header of a frame, without copying its ciphertext (what a hub routes by)."""
+    return _read_header(frame, max_bytes)[0]
+
+
+def _read_header(frame: bytes, max_bytes: int) -> tuple[dict[str, Any], int]:
+    """The checked header of a frame, and where its 64-byte signature starts."""
     if len(frame) > max_bytes:
         raise EnvelopeError("malformed", f"the envelope is {len(frame)} bytes, over the limit of {max_bytes}")
     if len(frame) < 10 or frame[:4] != MAGIC:
@@ -194,9 +205,8 @@ def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Envelope:
     (s,) = struct.unpack(">H", frame[8 + n : 10 + n])
     if s != 64 or 10 + n + s > len(frame):
         raise EnvelopeError("malformed", "the envelope's signature is not 64 bytes")
-    envelope = Envelope(header, frame[10 + n : 10 + n + s], frame[10 + n + s :])
-    _check_header(envelope.header)
-    return envelope
+    _check_header(header)
+    return header, 10 + n
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:

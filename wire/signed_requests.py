@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -99,7 +100,11 @@ async def signed_call(
     """One signed call to a hub: ``target`` is the path and query below the client's base URL (what is
     signed, so that a reverse proxy may put the hub under a prefix). The answer is read up to ``max_bytes``
     (more is a :class:`httpx.DecodingError`: no hub answer is that large)."""
-    signed = {**(headers or {}), **sign_request(key, method, target, body)}
+    if len(body) < 1 << 20:
+        signature = sign_request(key, method, target, body)
+    else:  # hashing a large body off the event loop
+        signature = await asyncio.to_thread(sign_request, key, method, target, body)
+    signed = {**(headers or {}), **signature}
     limit = httpx.Timeout(timeout, connect=10.0) if timeout is not None else client.timeout
     async with client.stream(method, target, content=body or None, headers=signed, timeout=limit) as r:
         chunks, seen = [], 0
