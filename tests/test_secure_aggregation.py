@@ -27,7 +27,7 @@ from better.station_api.secure_agg import ContextRegistry, StationSecrets, parse
 from better.wire.masking import LAYOUT_FIELD, context_digest, keystream, pair_key, unmask_sum
 from better.wire.messages import TaskRequest
 from tests.secure_local import run_secure_local, station_secrets
-from tests.test_federation import aligned, close, split_cohorts, stations_of
+from tests.test_federation import aligned, close, near_empty, split_cohorts, stations_of
 
 FINITE = st.floats(min_value=-1e15, max_value=1e15, allow_nan=False, allow_infinity=False)
 STEP = 2.0**-fixedpoint.FRACTION_BITS
@@ -253,10 +253,14 @@ def test_secure__logistic_equals_the_unmasked_run(c: dict, test: str) -> None:
             run_secure_local(LogisticProtocol(k=3, test=test), stations_of(c))
         return
     masked = aligned(run_secure_local(LogisticProtocol(k=3, test=test), stations_of(c)), m)
-    assert list(masked["ERRCODE"]) == list(plain["ERRCODE"])
-    assert list(masked["FIRTH?"]) == list(plain["FIRTH?"])
+    # A nearly separated variant follows PLINK 2's Newton path, whose give-up rules are thresholds on the
+    # steps: sums rounded to fixed point can tip one (UNFINISHED or FIRTH? then differ), as summation order
+    # can between federated and pooled runs (tests/test_federation.py).
+    steady = ~near_empty(c) if test == "wald" else np.ones(m, dtype=bool)
+    assert list(masked["ERRCODE"][steady]) == list(plain["ERRCODE"][steady])
+    assert list(masked["FIRTH?"][steady]) == list(plain["FIRTH?"][steady])
     for col in ("OBS_CT", "OR", "LOG(OR)_SE", "Z_STAT", "A1_FREQ"):
-        close(masked[col], plain[col], 1e-6)
+        close(masked[col][steady], plain[col][steady], 1e-6)
 
 
 # -- the station's rules ---------------------------------------------------------------------------------
