@@ -3,10 +3,10 @@
 One SQLite file (``hub.sqlite``, write-ahead log, every commit synchronous) holds the stations, the
 messages' routing metadata and an event log; the envelopes themselves are files in ``frames/``
 (``ID.task``, ``ID.reply``), each written to a temporary name (tasks also synced to disk) and renamed
-before the database row that names it commits. A hub killed at any moment restarts with every queued task and every reply not
-yet fetched. Envelopes are stored as they came: sealed, so that the hub's disk holds routing metadata (ids,
-station names, the researchers' public keys, times, sizes) and ciphertext, never a request, a token or a
-result.
+before the database row that names it commits. A hub killed at any moment restarts with every queued
+task and every reply not yet fetched. Envelopes are stored as they came: sealed, so that the hub's
+disk holds routing metadata (ids, station names, the researchers' public keys, times, sizes) and
+ciphertext, never a request, a token or a result.
 
 A message moves ``queued`` → ``leased`` (handed to its station, back to ``queued`` if the station does
 not answer within the lease) → ``replied`` (the station's sealed reply waits for its researcher) and is
