@@ -168,7 +168,7 @@ def create_app(hub_dir: Path) -> FastAPI:
         """Queue a sealed task envelope for station ``name``; with ``wait``, answer with its reply if it comes."""
         key = await _researcher_preflight(state, request)
         body = await _body(request, state.max_task_bytes)
-        await _researcher(state, request, body)
+        await _researcher_signature(request, body)
         try:
             envelope = await anyio.to_thread.run_sync(lambda: _checked_task(body, name, key, state.max_task_bytes))
         except EnvelopeError as exc:
@@ -359,12 +359,17 @@ async def _researcher_preflight(state: HubState, request: Request) -> str:
 
 async def _researcher(state: HubState, request: Request, body: bytes) -> str:
     key = await _researcher_preflight(state, request)
+    await _researcher_signature(request, body)
+    return key
+
+
+async def _researcher_signature(request: Request, body: bytes) -> None:
+    """The signature of a researcher's request, once its body is read (the key passed the preflight)."""
     try:
         await _verified(request, body)
     except EnvelopeError as exc:
         _unauthenticated(request, exc.reason)
         raise HTTPException(401, f"request signature refused: {exc}") from None
-    return key
 
 
 async def _station_preflight(state: HubState, request: Request) -> str:

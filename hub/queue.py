@@ -15,7 +15,6 @@ deleted when the researcher acknowledges the reply, withdraws the task, or it ex
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -28,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from better.station_api.auth import secret_digest
 
 DB_FILE = "hub.sqlite"
 
@@ -80,10 +81,6 @@ class Quotas:
     per_station: int = 2000
     per_station_bytes: int = 4 << 30
     per_sender: int = 1000
-
-
-def _digest(salt: str, secret: str) -> str:
-    return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
 
 
 class HubQueue:
@@ -171,7 +168,7 @@ class HubQueue:
                 "INSERT INTO stations (name, credential_id, salt, sha256, enrolled_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET credential_id = excluded.credential_id, salt = excluded.salt, "
                 "sha256 = excluded.sha256, signing_key = NULL, card = NULL, enrolled_at = excluded.enrolled_at",
-                (station, credential_id, salt, _digest(salt, secret), time.time()),
+                (station, credential_id, salt, secret_digest(salt, secret), time.time()),
             )
             self._event(db, "admin", "station.enrolled", {"station": station, "credential": credential_id})
         return f"bhc_{credential_id}_{secret}"
@@ -186,7 +183,7 @@ class HubQueue:
             row = self._db.execute(
                 "SELECT name, salt, sha256 FROM stations WHERE credential_id = ?", (credential_id,)
             ).fetchone()
-        if row is None or not hmac.compare_digest(row[2], _digest(row[1], secret)):
+        if row is None or not hmac.compare_digest(row[2], secret_digest(row[1], secret)):
             return None
         return str(row[0])
 

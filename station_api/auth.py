@@ -39,7 +39,7 @@ def new_token(user: str, role: str) -> tuple[str, TokenRecord]:
         user=user,
         role=role,
         salt=salt,
-        sha256=_digest(salt, secret),
+        sha256=secret_digest(salt, secret),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return f"btr_{token_id}_{secret}", record
@@ -55,11 +55,12 @@ def authenticate(token: str | None, records: list[TokenRecord]) -> Principal | N
     token_id, secret = m.groups()
     for record in records:
         if hmac.compare_digest(record.id, token_id):
-            if hmac.compare_digest(record.sha256, _digest(record.salt, secret)):
+            if hmac.compare_digest(record.sha256, secret_digest(record.salt, secret)):
                 return Principal(record.user, record.role, record.id)
             return None
     return None
 
 
-def _digest(salt: str, secret: str) -> str:
+def secret_digest(salt: str, secret: str) -> str:
+    """What is stored of a secret (a station token, a hub credential): SHA-256 of salt and secret, hex."""
     return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
