@@ -48,7 +48,9 @@ def station_init(
 def station_token(
     station: Annotated[Path, typer.Option(help="station directory")],
     user: Annotated[str | None, typer.Option(help="who the token is for (letters, digits, _ . @ -)")] = None,
-    role: Annotated[str, typer.Option(help="researcher (submits tasks) or admin (audit, approvals, policy)")] = (
+    role: Annotated[str, typer.Option(
+            help="researcher (submits tasks), admin (audit, approvals, policy) or beacon (the Beacon only, /beacon)"
+        )] = (
         "researcher"
     ),
     revoke: Annotated[
@@ -74,7 +76,7 @@ def station_token(
     if user is None:
         raise BetterError("--user: who the token is for (or --revoke ID_OR_USER)")
     if role not in ROLES:
-        raise BetterError(f"role {role!r}: use researcher or admin")
+        raise BetterError(f"role {role!r}: use researcher, admin or beacon")
     config = read_config(station)
     try:
         token, record = new_token(user, role)

@@ -28,7 +28,7 @@ QUERY_WORDS = frozenset(
         "explain", "count", "samples", "freq", "hwe", "gwas", "coverage", "reads", "pileup", "min_base_quality",
         "min_mapping_quality", "linear", "logistic", "on", "where", "and", "is", "not", "missing", "adjust",
         "station", "test", "wald", "score", "firth", "maf", "mac", "call_rate", "hwe_p", "r2", "filter", "pca", "prune",
-        "project", "as",
+        "project", "as", "beacon",
     }
 )  # fmt: skip
 _INT64 = 2**63

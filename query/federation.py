@@ -458,6 +458,9 @@ async def _execute(
             ),
         )()
         return output.read_table(await drive(q.verb, reads_protocol, model), withheld_by)
+    if q.verb == "beacon":
+        proto = CountsProtocol(groups=1)
+        return output.beacon_table(q, await drive(q.verb, proto, model), ids, withheld_by)
     if q.verb in ("freq", "hwe"):
         proto = CountsProtocol(groups=1)
         res = await drive(q.verb, proto, model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -17,14 +17,19 @@ from rich.console import Console
 from rich.table import Table
 
 from better.engine.design import KEY_COLUMNS
+from better.genomics.allele_query import AlleleQuery
 from better.genomics.tsv import cell, tsv_text
 from better.query.withholding import WithheldBy
+
+if TYPE_CHECKING:
+    from better.query.parser import Query
 
 LINEAR = ["#CHROM", "POS", "ID", "REF", "ALT", "A1", "TEST", "OBS_CT", "BETA", "SE", "T_STAT", "P"]
 LINEAR_EXTRA = ["A1_FREQ", "LOG10_P", "ERRCODE"]
 LOGISTIC = ["#CHROM", "POS", "ID", "REF", "ALT", "A1", "TEST", "OBS_CT", "OR", "LOG(OR)_SE", "Z_STAT", "P"]
 LOGISTIC_EXTRA = ["A1_FREQ", "FIRTH?", "LOG10_P", "ERRCODE"]
 FREQ = ["#CHROM", "POS", "ID", "REF", "ALT", "ALT_FREQS", "MACH_R2", "OBS_CT", "MISSING_CT", "CALL_RATE"]
+BEACON = ["#CHROM", "POS", "ID", "REF", "ALT", "EXISTS", "ALT_FREQS", "OBS_CT"]
 HARDY = ["#CHROM", "POS", "ID", "A1", "AX", "HOM_A1_CT", "HET_A1_CT", "TWO_AX_CT", "O(HET_A1)", "E(HET_A1)", "P"]
 #: Columns that are identity or labels, shown even on withheld rows.
 _LABELS = {
@@ -41,6 +46,7 @@ _LABELS = {
     "ERRCODE",
     "FIRTH?",
     "LEFT_OUT",
+    "EXISTS",
 }
 
 
@@ -91,6 +97,47 @@ def table(
             order = LOGISTIC + LOGISTIC_EXTRA
     frame = pl.DataFrame({c: _series(c, cols[c]) for c in order})
     return _hide_withheld(frame, withheld, keys, withheld_by, _LABELS)
+
+
+def beacon_table(
+    query: Query, res: dict[str, np.ndarray], ids: dict[tuple, str], withheld_by: WithheldBy | None = None
+) -> pl.DataFrame:
+    """BEACON: the variants asked about, pooled over the stations, with ``EXISTS`` where some selected
+    person carries the ALT allele. A row the minor allele count rule withheld is carried (1 to a few
+    copies: present, its numbers withheld). For ``REF>ALT`` without wildcards at a position no station
+    holds, one row says ``EXISTS`` false."""
+    keep = np.ones(len(res["pos"]), dtype=bool)
+    region = query.regions[0]
+    if query.alleles is not None:
+        ref, alt = query.alleles
+        asked = AlleleQuery(region.chrom, (region.start,), reference_bases=ref, alternate_bases=alt)
+        keep = asked.matches(res["pos"], res["ref"], res["alt"]) & (
+            np.asarray(res["chrom"]).astype(str) == region.chrom
+        )
+    rows = {name: np.asarray(col)[keep] for name, col in res.items()}
+    withheld = np.asarray(rows["WITHHELD"], dtype=bool)
+    carriers = np.nan_to_num(rows["HET_A1_CT"].astype(float)) + np.nan_to_num(rows["TWO_AX_CT"].astype(float))
+    keys: list[tuple[object, ...]] = list(zip(*(rows[c].tolist() for c in KEY_COLUMNS), strict=True))
+    cols = {
+        "#CHROM": [str(c) for c in rows["chrom"]],
+        "POS": np.asarray(rows["pos"], dtype=np.int64),
+        "ID": [ids.get(k, ".") for k in keys],
+        "REF": [str(r) for r in rows["ref"]],
+        "ALT": [str(a) for a in rows["alt"]],
+        "EXISTS": withheld | (carriers > 0),
+        "ALT_FREQS": rows["ALT_FREQS"],
+        "OBS_CT": rows["OBS_CT"],
+    }
+    types = {"#CHROM": pl.String, "ID": pl.String, "REF": pl.String, "ALT": pl.String, "EXISTS": pl.Boolean}
+    frame = pl.DataFrame([pl.Series(c, cols[c], dtype=types[c]) if c in types else _series(c, cols[c]) for c in BEACON])
+    frame = _hide_withheld(frame, withheld, keys, withheld_by, _LABELS)
+    if query.alleles is not None and not frame.height and set("".join(query.alleles)) <= set("ACGT"):
+        ref, alt = query.alleles
+        absent = {"#CHROM": [region.chrom], "POS": [region.end], "ID": ["."], "REF": [ref], "ALT": [alt]}
+        absent |= {"EXISTS": [False], "WITHHELD": [False], "WITHHELD_BY": [""]}
+        frame = frame.with_columns(pl.col("WITHHELD_BY").cast(pl.String))
+        frame = pl.concat([frame, pl.DataFrame(absent, schema={c: frame.schema[c] for c in absent})], how="diagonal")
+    return frame
 
 
 def read_table(res: dict[str, np.ndarray], withheld_by: WithheldBy | None = None) -> pl.DataFrame:

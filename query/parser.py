@@ -44,6 +44,7 @@ _FRIENDLY = {
     "PRUNE_WINDOW": "a window (variants, or kb: 200kb)",
     "PRUNE": "PRUNE",
     "AS": "AS name",
+    "ALLELES": "alleles (REF>ALT, e.g. A>G)",
     "$END": "the end of the query",
 }
 
@@ -99,7 +100,7 @@ class Query:
     """A parsed query: what to compute, over which samples and variants."""
 
     text: str
-    verb: Literal["count", "freq", "hwe", "gwas", "coverage", "reads", "pileup", "pca", "prune", "project"]
+    verb: Literal["count", "freq", "hwe", "beacon", "gwas", "coverage", "reads", "pileup", "pca", "prune", "project"]
     explain: bool = False
     model: Literal["linear", "logistic"] | None = None
     phenotype: Name | None = None
@@ -118,6 +119,8 @@ class Query:
     store_as: Name | None = None
     #: PROJECT: the weights file a PCA wrote (``--out``), to score a station's people on those PCs.
     weights_file: str | None = None
+    #: BEACON: the REF and ALT bases asked about at one position (IUPAC codes as wildcards), or None.
+    alleles: tuple[str, str] | None = None
     names_used: tuple[Name, ...] = field(default=(), compare=False)
 
     def error(self, at: Name | tuple[int, int], message: str) -> QueryError:
@@ -148,7 +151,8 @@ def parse(text: str) -> Query:
             text,
             0,
             1,
-            "empty query: start with COUNT, FREQ, HWE, GWAS, PCA, PRUNE, PROJECT, COVERAGE, READS, PILEUP or EXPLAIN",
+            "empty query: start with COUNT, FREQ, HWE, BEACON, GWAS, PCA, PRUNE, PROJECT, COVERAGE, READS, PILEUP "
+            "or EXPLAIN",
         )
     try:
         tree = _parser().parse(text)
@@ -297,6 +301,21 @@ class _Build(Transformer):
 
     def hwe(self, items: list) -> Query:
         return self._query("hwe", items)
+
+    def beacon(self, items: list) -> Query:
+        region = next(i for i in items if isinstance(i, Region))
+        tok = next((i for i in items if isinstance(i, Token) and i.type == "ALLELES"), None)
+        alleles = None
+        if tok is not None:
+            if region.end - region.start != 1:
+                start = int(tok.start_pos or 0)
+                raise QueryError(
+                    self.text, start, start + len(str(tok)), "REF>ALT names the alleles at one position (chrom:pos)"
+                )
+            ref, alt = str(tok).upper().split(">")
+            alleles = (ref, alt)
+        rest = [i for i in items if isinstance(i, tuple)]
+        return self._query("beacon", [(region,), *rest], alleles=alleles)
 
     def coverage(self, items: list) -> Query:
         return self._query("coverage", items)

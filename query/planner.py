@@ -123,7 +123,7 @@ class Plan:
             )
         elif q.verb in ("pca", "prune", "project"):
             lines.extend(self._structure_rounds(round_no, scope, m))
-        elif q.verb in ("freq", "hwe"):
+        elif q.verb in ("freq", "hwe", "beacon"):
             lines.append(
                 f"round {round_no}: `counts` task at every station: genotype counts (hom-ref, het, hom-alt, "
                 f"missing) per variant over {scope}; ~{_mb(m * 4 * 8)} per station"
@@ -223,6 +223,9 @@ class Plan:
         ]
         rules = {
             "freq": [f"minor_allele_count (1..{mac - 1} copies)"],
+            "beacon": [
+                f"minor_allele_count (1..{mac - 1} copies; such a variant is shown as present, its counts withheld)"
+            ],
             "hwe": [f"minor_allele_count (1..{mac - 1} copies)"],
             "pca": [f"minor_allele_count (1..{mac - 1} copies; such variants are left out of the PCA)"],
             "prune": [f"minor_allele_count (1..{mac - 1} copies; such variants are left out)"],
@@ -258,6 +261,7 @@ class Plan:
             "reads": "add the counters; percentages and MAPQ summary",
             "pileup": "add the read counts",
             "freq": "add the counts; ALT_FREQS, OBS_CT",
+            "beacon": "add the counts; keep the variants asked about; EXISTS where someone carries the ALT allele",
             "hwe": "add the counts; HWE exact test",
             "prune": "add the pair sums; r² per pair; PLINK 2's greedy pruning per window",
             "project": "add the numbers of people scored",
@@ -324,6 +328,8 @@ def check(query: Query, catalogs: list[StationCatalog], datasets: dict[str, str]
     for cond in query.variant_conditions:
         if query.verb == "count":
             raise query.error(cond.column, f"{cond.column.text} filters variants; COUNT counts samples")
+        if query.verb == "beacon":
+            raise query.error(cond.column, f"{cond.column.text} filters variants; BEACON asks about the variants named")
         if query.verb == "project":
             raise query.error(cond.column, f"{cond.column.text} filters variants; PROJECT uses the weights file's")
         if query.verb in READ_VERBS:
@@ -345,7 +351,9 @@ def plan(
     label: str | None = None,
 ) -> Plan:
     """Check ``query`` against the stations and choose its rounds."""
-    analysis = {"gwas": f"gwas_{query.model}", "prune": "ld_prune", "project": "pca"}.get(query.verb, query.verb)
+    analysis = {"gwas": f"gwas_{query.model}", "prune": "ld_prune", "project": "pca", "beacon": "freq"}.get(
+        query.verb, query.verb
+    )
     data = declared_analysis(analysis).data  # the kind of dataset it reads: variants, or aligned reads
     try:
         datasets = {c.name: c.dataset(dataset, data) for c in catalogs}
@@ -391,7 +399,7 @@ def plan(
         label=label,
         pass_only=pass_only,
     )
-    if query.verb in ("freq", "hwe"):
+    if query.verb in ("freq", "hwe", "beacon"):
         source, separate = ("counts" if vf.conditions else "none"), False
     elif query.verb == "count" or not vf.conditions:
         source, separate = "none", False

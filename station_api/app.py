@@ -19,6 +19,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from better.station_api import __version__
+from better.station_api.beacon import routes as beacon
 from better.station_api.middleware import AuditRequests, BodyLimit, add_error_handlers
 from better.station_api.routes import admin, catalog, info, tasks
 from better.station_api.server_state import ServerState
@@ -50,7 +51,7 @@ def create_app(station_dir: Path) -> FastAPI:
     app.add_middleware(BodyLimit, limit=state.config().server.max_request_mib << 20)
     app.add_middleware(AuditRequests, audit=state.audit)
     add_error_handlers(app)
-    for router in (info.router, catalog.router, tasks.router, admin.router):
+    for router in (info.router, catalog.router, tasks.router, admin.router, beacon.router):
         app.include_router(router)
     return app
 

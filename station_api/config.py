@@ -18,7 +18,7 @@ from better.station_api.tomlfile import load_toml
 from better.wire.messages import AnalysisName
 
 CONFIG_FILE = "station.toml"
-ROLES = ("researcher", "admin")
+ROLES = ("researcher", "admin", "beacon")
 
 
 StationName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
@@ -89,6 +89,31 @@ class Server(BaseModel):
     max_tasks_kept: int = Field(10_000, ge=10, description="task records held in memory at most")
 
 
+class Beacon(BaseModel):
+    """The station's GA4GH Beacon v2 (``/beacon``): who may ask, and what it says about itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="serve the Beacon under /beacon (its answers pass the policy)")
+    public: bool = Field(
+        False,
+        description="answer variant queries without a token: yes or no only, over everyone, and an allele seen "
+        "fewer than min_minor_allele_count times answers no (a rare allele would tell who is in the cohort)",
+    )
+    id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$", description="beaconId; default org.better.station.NAME"
+    )
+    organization: str = Field("", max_length=200, description="the organization running the station, by name")
+    description: str = Field("", max_length=2000)
+    assembly: str | None = Field(
+        None,
+        max_length=64,
+        description="the reference assembly of the datasets (GRCh38, GRCh37, ...); a query naming another one "
+        "matches nothing. Unset: assemblyId is not checked",
+    )
+    production_status: Literal["DEV", "TEST", "PROD"] = "DEV"
+
+
 class TokenRecord(BaseModel):
     """A token as stored: its public id, who holds it, and a salted SHA-256 of its secret part."""
 
@@ -96,7 +121,7 @@ class TokenRecord(BaseModel):
 
     id: str = Field(pattern=r"^[a-z0-9]{12}$")
     user: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
-    role: Literal["researcher", "admin"]
+    role: Literal["researcher", "admin", "beacon"]
     salt: str
     sha256: str
     created: str
@@ -110,6 +135,7 @@ class StationConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
     policy: Policy = Field(default_factory=lambda: Policy())
     server: Server = Field(default_factory=lambda: Server())
+    beacon: Beacon = Field(default_factory=lambda: Beacon())
     tokens: list[TokenRecord] = Field(default_factory=list)
 
 
@@ -117,7 +143,7 @@ def write_config(station: Path, config: StationConfig) -> Path:
     """Write ``station.toml`` (atomically, via a temporary file)."""
     path = station / CONFIG_FILE
     tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(config.model_dump()))
+    tmp.write_text(tomli_w.dumps(config.model_dump(exclude_none=True)))
     tmp.chmod(0o600)  # token hashes are not secrets, but nobody else needs to read them
     tmp.replace(path)
     return path

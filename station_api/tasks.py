@@ -120,6 +120,8 @@ class TaskRecord:
     finished_at: str | None = None
     finished_mono: float | None = None
     error: str | None = None
+    #: The policy rule that refused the task, if one did.
+    refused_by: str | None = None
     outcome: Outcome | None = None
     manifest: dict[str, Any] | None = None
     signature: str | None = None
@@ -406,6 +408,7 @@ class TaskManager:
             return
         except PolicyRefusalError as exc:
             error = f"refused by policy ({exc.rule}): {exc}"
+            record.refused_by = exc.rule
         except BetterError as exc:
             error = str(exc)
         except Exception:  # a bug: the researcher gets a reference, the log gets the traceback

@@ -62,7 +62,7 @@ def caret(text: str, token: str, rfind: bool = False) -> str:
         ("COUNT WHERE age > 3 OR sex = 1", "unexpected 'OR'", "OR"),
         (
             "SELECT * FROM t",
-            "expected COUNT, COVERAGE, EXPLAIN, FREQ, GWAS, HWE, PCA, PILEUP, PROJECT, PRUNE or READS",
+            "expected BEACON, COUNT, COVERAGE, EXPLAIN, FREQ, GWAS, HWE, PCA, PILEUP, PROJECT, PRUNE or READS",
             "SELECT",
         ),
     ],

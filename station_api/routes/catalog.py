@@ -58,11 +58,13 @@ def _dataset(store: Store, d: dict[str, Any], step: int) -> dict[str, Any]:
         "chromosomes": d["chromosomes"],
         "spans": {c: [int(lo), int(hi)] for c, lo, hi in spans.iter_rows()},
         "source_sha256": d["source_sha256"],
-        "variables": {f.name: _kind(str(f.type)) for f in schema if f.name not in ("sample_id", "sample_index")},
+        "variables": {
+            f.name: variable_kind(str(f.type)) for f in schema if f.name not in ("sample_id", "sample_index")
+        },
     }
 
 
-def _kind(arrow_type: str) -> str:
+def variable_kind(arrow_type: str) -> str:
     """A phenotype column's Arrow type as the catalog names it (integer, number, text)."""
     if arrow_type.startswith(("int", "uint")):
         return "integer"
