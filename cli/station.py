@@ -48,11 +48,12 @@ def station_init(
 def station_token(
     station: Annotated[Path, typer.Option(help="station directory")],
     user: Annotated[str | None, typer.Option(help="who the token is for (letters, digits, _ . @ -)")] = None,
-    role: Annotated[str, typer.Option(
+    role: Annotated[
+        str,
+        typer.Option(
             help="researcher (submits tasks), admin (audit, approvals, policy) or beacon (the Beacon only, /beacon)"
-        )] = (
-        "researcher"
-    ),
+        ),
+    ] = ("researcher"),
     revoke: Annotated[
         str | None, typer.Option(help="revoke instead: the token with this id, or every token of this user")
     ] = None,
