@@ -224,6 +224,7 @@ def _direct(hubbed: Hubbed, queries: list[str]) -> list[pl.DataFrame]:
         return [fed.query(q) for q in queries]
 
 
+@pytest.mark.slow  # (the default run has GWAS through a hub over TLS: tests/test_hub_tls.py)
 def test_gwas_through_the_hub_equals_direct_mode(hubbed: Hubbed) -> None:
     fed = hubbed.federation()
     through_hub = [fed.query(q) for q in (LINEAR, LOGISTIC)]

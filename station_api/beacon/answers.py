@@ -27,11 +27,14 @@ A task the policy refuses becomes a Beacon error naming the rule.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from fastapi import HTTPException
 
 from better.engine.errors import BetterError, NotFoundError
@@ -136,17 +139,17 @@ def _variant_tasks(
 
 
 def present(
-    query: AlleleQuery, chrom: str, released: dict[str, np.ndarray], common_alt: np.ndarray | None = None
+    query: AlleleQuery, chrom: str, released: dict[str, np.ndarray], alt_common: np.ndarray | None = None
 ) -> np.ndarray:
     """Per released row of a counts round: it matches ``query`` and the selected people carry its ALT
-    allele (a withheld row counts as carried). ``common_alt`` (the public level): per row, whether the ALT
+    allele (a withheld row counts as carried). ``alt_common`` (the public level): per row, whether the ALT
     allele is seen at least ``min_minor_allele_count`` times; a withheld row is carried only where it is."""
     keep = query.matches(released["key_pos"], released["key_ref"], released["key_alt"])
     keep &= np.asarray(released["key_chrom"]) == chrom
     counts = np.asarray(released["counts"]).sum(axis=1)  # (rows, 4): hom-ref, het, hom-alt, missing
     withheld = np.asarray(released["withheld"], dtype=bool)
     carried = (counts[:, 1] + counts[:, 2] > 0) & ~withheld
-    carried |= withheld if common_alt is None else withheld & common_alt
+    carried |= withheld if alt_common is None else withheld & alt_common
     return np.asarray(keep & carried, dtype=bool)
 
 
@@ -297,20 +300,17 @@ def _assembly(name: str) -> str:
     return synonyms.get(base, base)
 
 
-_LONGEST: dict[str, int] = {}
-
-
 def _longest_ref(ds: Dataset) -> int:
-    """The longest REF of a dataset (how far back a variant overlapping a range can start), kept per
-    dataset folder (a re-ingest is a new folder)."""
-    key = str(ds.path)
-    if key not in _LONGEST:
-        import pyarrow.compute as pc
+    """The longest REF of a dataset: how far before a range a variant overlapping it can start."""
+    return _longest_ref_in(str(ds.variants_path))
 
-        refs = ds.variants(columns=["ref"]).column("ref")
-        longest = pc.max(pc.utf8_length(refs)).as_py() if len(refs) else 1
-        _LONGEST[key] = int(longest or 1)
-    return _LONGEST[key]
+
+@functools.lru_cache(maxsize=64)
+def _longest_ref_in(variants: str) -> int:
+    """Kept per file (a re-ingest writes a new folder), for the 64 files asked about last."""
+    refs = pq.read_table(variants, columns=["ref"]).column("ref")
+    longest = pc.max(pc.utf8_length(refs)).as_py() if len(refs) else 1
+    return int(longest or 1)
 
 
 def answer_summary(answers: list[DatasetAnswer]) -> dict[str, Any]:

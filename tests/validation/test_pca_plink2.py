@@ -269,7 +269,11 @@ def _gwas_against(live: Live, frame: pl.DataFrame, eigenvec: Path, name: str) ->
     return np.array(beta), np.array(dp)
 
 
-@pytest.mark.parametrize(("prune", "name"), [("PRUNE 50 5 0.2", "gpcv"), ("", "gpcw")])
+@pytest.mark.parametrize(
+    ("prune", "name"),
+    # (pruning itself is checked against plink2 --indep-pairwise above)
+    [pytest.param("PRUNE 50 5 0.2", "gpcv", marks=pytest.mark.slow), ("", "gpcw")],
+)
 def test_gwas__with_stored_pcs_equals_plink2_with_its_pcs(live: Live, prune: str, name: str) -> None:
     live.fed.query(f"PCA 4 WHERE maf >= 0.01 {prune} AS {name}")
     structure = live.fed.structure
