@@ -66,14 +66,7 @@ def table(
             schema={"COUNT": pl.Int64, "WITHHELD": pl.Boolean},
         )
     n = len(res["pos"])
-    keys: list[tuple[object, ...]] = list(zip(*(res[c].tolist() for c in KEY_COLUMNS), strict=True))
-    base = {
-        "#CHROM": [str(c) for c in res["chrom"]],
-        "POS": np.asarray(res["pos"], dtype=np.int64),
-        "ID": [ids.get(k, ".") for k in keys],
-        "REF": [str(r) for r in res["ref"]],
-        "ALT": [str(a) for a in res["alt"]],
-    }
+    keys, base = _variant_columns(res, ids)
     if verb == "freq":
         cols = {**base, **{c: res[c] for c in ("ALT_FREQS", "MACH_R2", "OBS_CT", "MISSING_CT", "CALL_RATE")}}
         withheld = np.asarray(res["WITHHELD"], dtype=bool)
@@ -99,6 +92,20 @@ def table(
     return _hide_withheld(frame, withheld, keys, withheld_by, _LABELS)
 
 
+def _variant_columns(
+    res: dict[str, np.ndarray], ids: dict[tuple, str]
+) -> tuple[list[tuple[object, ...]], dict[str, Any]]:
+    """The rows' keys, and their ``#CHROM POS ID REF ALT`` columns (IDs from ``ids``, else ``.``)."""
+    keys: list[tuple[object, ...]] = list(zip(*(res[c].tolist() for c in KEY_COLUMNS), strict=True))
+    return keys, {
+        "#CHROM": [str(c) for c in res["chrom"]],
+        "POS": np.asarray(res["pos"], dtype=np.int64),
+        "ID": [ids.get(k, ".") for k in keys],
+        "REF": [str(r) for r in res["ref"]],
+        "ALT": [str(a) for a in res["alt"]],
+    }
+
+
 def beacon_table(
     query: Query, res: dict[str, np.ndarray], ids: dict[tuple, str], withheld_by: WithheldBy | None = None
 ) -> pl.DataFrame:
@@ -117,13 +124,8 @@ def beacon_table(
     rows = {name: np.asarray(col)[keep] for name, col in res.items()}
     withheld = np.asarray(rows["WITHHELD"], dtype=bool)
     carriers = np.nan_to_num(rows["HET_A1_CT"].astype(float)) + np.nan_to_num(rows["TWO_AX_CT"].astype(float))
-    keys: list[tuple[object, ...]] = list(zip(*(rows[c].tolist() for c in KEY_COLUMNS), strict=True))
-    cols = {
-        "#CHROM": [str(c) for c in rows["chrom"]],
-        "POS": np.asarray(rows["pos"], dtype=np.int64),
-        "ID": [ids.get(k, ".") for k in keys],
-        "REF": [str(r) for r in rows["ref"]],
-        "ALT": [str(a) for a in rows["alt"]],
+    keys, cols = _variant_columns(rows, ids)
+    cols |= {
         "EXISTS": withheld | (carriers > 0),
         "ALT_FREQS": rows["ALT_FREQS"],
         "OBS_CT": rows["OBS_CT"],

@@ -28,6 +28,7 @@ from better.station_api.beacon.requests import (
     from_body,
     from_query_string,
 )
+from better.station_api.config import StationConfig
 from better.station_api.routes.catalog import variable_kind
 from better.station_api.routes.deps import server_state
 from better.station_api.server_state import ServerState, in_thread
@@ -113,56 +114,32 @@ def _granularity(requested: str, level: str) -> str:
 
 
 # -- framework ------------------------------------------------------------------------------------------
-@router.get("", openapi_extra=_OPEN)
-@router.get("/", openapi_extra=_OPEN, include_in_schema=False)
-@router.get("/info", openapi_extra=_OPEN)
-async def beacon_info(request: Request) -> JSONResponse:
-    """The Beacon's info: who runs it and what it is."""
-
-    async def work(state: ServerState, _: BeaconRequest) -> dict[str, Any]:
-        return documents.info(state.config(), _base_url(request))
-
-    return await _respond(request, work)
-
-
-@router.get("/service-info", openapi_extra=_OPEN)
-async def beacon_service_info(request: Request) -> JSONResponse:
-    """GA4GH service-info of the Beacon."""
-
-    async def work(state: ServerState, _: BeaconRequest) -> dict[str, Any]:
-        return documents.service_info(state.config(), _base_url(request))
-
-    return await _respond(request, work)
+#: The framework's documents: path, what it is, and how it is written (from the configuration and the
+#: Beacon's base URL). Open to anyone, as the station's own /info is.
+_FRAMEWORK: tuple[tuple[str, str, Callable[[StationConfig, str], dict[str, Any]]], ...] = (
+    ("", "The Beacon's info: who runs it and what it is.", documents.info),
+    ("/info", "The Beacon's info: who runs it and what it is.", documents.info),
+    ("/service-info", "GA4GH service-info of the Beacon.", documents.service_info),
+    ("/configuration", "Maturity, security levels and entry types.", lambda config, _: documents.configuration(config)),
+    ("/map", "Where each entry type is served.", documents.beacon_map),
+    ("/entry_types", "The entry types: genomic variants, individuals, datasets.",
+     lambda config, _: documents.entry_types_document(config)),
+)  # fmt: skip
 
 
-@router.get("/configuration", openapi_extra=_OPEN)
-async def beacon_configuration(request: Request) -> JSONResponse:
-    """Maturity, security levels and entry types."""
+def _framework_route(build: Callable[[StationConfig, str], dict[str, Any]]) -> Callable[..., Awaitable[JSONResponse]]:
+    async def route(request: Request) -> JSONResponse:
+        async def work(state: ServerState, _: BeaconRequest) -> dict[str, Any]:
+            return build(state.config(), _base_url(request))
 
-    async def work(state: ServerState, _: BeaconRequest) -> dict[str, Any]:
-        return documents.configuration(state.config())
+        return await _respond(request, work)
 
-    return await _respond(request, work)
-
-
-@router.get("/map", openapi_extra=_OPEN)
-async def beacon_map(request: Request) -> JSONResponse:
-    """Where each entry type is served."""
-
-    async def work(state: ServerState, _: BeaconRequest) -> dict[str, Any]:
-        return documents.beacon_map(state.config(), _base_url(request))
-
-    return await _respond(request, work)
+    return route
 
 
-@router.get("/entry_types", openapi_extra=_OPEN)
-async def beacon_entry_types(request: Request) -> JSONResponse:
-    """The entry types: genomic variants, individuals, datasets."""
-
-    async def work(state: ServerState, _: BeaconRequest) -> dict[str, Any]:
-        return documents.entry_types_document(state.config())
-
-    return await _respond(request, work)
+for _path, _summary, _build in _FRAMEWORK:
+    router.add_api_route(_path, _framework_route(_build), methods=["GET"], openapi_extra=_OPEN, summary=_summary)
+router.add_api_route("/", _framework_route(documents.info), methods=["GET"], include_in_schema=False)
 
 
 @router.get("/filtering_terms", openapi_extra=_LEVELS)
