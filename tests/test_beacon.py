@@ -117,6 +117,13 @@ def test_framework_documents__validate_and_the_station_info_stays(
     datasets = client.get("/beacon/datasets", headers=auth(_beacon_token(st)))
     validate(datasets.json(), R + "beaconCollectionsResponse.json")
     assert [d["id"] for d in datasets.json()["response"]["collections"]] == ["cohort"]
+    # the OpenAPI document lists every Beacon route, each operation once (a duplicate id is a warning: an error)
+    paths = create_app(st.path).openapi()["paths"]
+    assert {p for p in paths if p.startswith("/beacon")} == {
+        "/beacon",
+        *(f"/beacon/{p}" for p in ("info", "service-info", "configuration", "map", "entry_types")),
+        *(f"/beacon/{p}" for p in ("filtering_terms", "g_variants", "individuals", "datasets")),
+    }
     # the station's own /info is as it was: no Beacon fields
     info = client.get("/info").json()
     assert set(info) == {"name", "software", "wire_version", "public_key", "agreement_key", "analyses"}

@@ -138,7 +138,14 @@ def _framework_route(build: Callable[[StationConfig, str], dict[str, Any]]) -> C
 
 
 for _path, _summary, _build in _FRAMEWORK:
-    router.add_api_route(_path, _framework_route(_build), methods=["GET"], openapi_extra=_OPEN, summary=_summary)
+    router.add_api_route(
+        _path,
+        _framework_route(_build),
+        methods=["GET"],
+        openapi_extra=_OPEN,
+        summary=_summary,
+        operation_id=f"beacon{_path.replace('/', '_').replace('-', '_') or '_root'}",
+    )
 router.add_api_route("/", _framework_route(documents.info), methods=["GET"], include_in_schema=False)
 
 
@@ -207,10 +214,19 @@ def _answer(
     return documents.answer(state.config(), parsed, entity, granularity, summary["exists"], summary["total"], info)
 
 
-router.add_api_route("/g_variants", _variants, methods=["GET", "POST"], openapi_extra=_LEVELS,
-                     summary="Genomic variants: whether (and how many) the selected individuals carry")  # fmt: skip
-router.add_api_route("/individuals", _individuals, methods=["GET", "POST"], openapi_extra=_TOKEN,
-                     summary="Individuals: whether (and how many) match the filters")  # fmt: skip
+def _add_query_route(
+    path: str, route: Callable[[Request], Awaitable[JSONResponse]], extra: dict[str, Any], summary: str
+) -> None:
+    """``path`` answered by ``route`` for GET (a query string) and POST (a Beacon request body)."""
+    for method in ("GET", "POST"):
+        name = f"beacon_{path.strip('/')}_{method.lower()}"
+        router.add_api_route(path, route, methods=[method], openapi_extra=extra, summary=summary, operation_id=name)
+
+
+_add_query_route(
+    "/g_variants", _variants, _LEVELS, "Genomic variants: whether (and how many) the selected individuals carry"
+)
+_add_query_route("/individuals", _individuals, _TOKEN, "Individuals: whether (and how many) match the filters")
 
 
 async def _datasets(request: Request) -> JSONResponse:
@@ -235,5 +251,4 @@ async def _datasets(request: Request) -> JSONResponse:
     return await _respond(request, work, variants=False)
 
 
-router.add_api_route("/datasets", _datasets, methods=["GET", "POST"], openapi_extra=_TOKEN,
-                     summary="The station's datasets of variants (descriptions, not data)")  # fmt: skip
+_add_query_route("/datasets", _datasets, _TOKEN, "The station's datasets of variants (descriptions, not data)")
