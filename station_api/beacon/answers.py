@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fastapi import HTTPException
 
-from better.engine.errors import BetterError, NotFoundError
+from better.engine.errors import BetterError, NotFoundError, StoreError
 from better.genomics.allele_query import AlleleQuery, same_chromosome
 from better.genomics.regions import Region
 from better.genomics.store import Dataset
@@ -258,6 +258,8 @@ async def run_task(
         raise BeaconRefusalError(f"refused by the station's policy ({exc.rule}): {exc}{hint}", 403) from None
     except NotFoundError as exc:
         raise BeaconRequestError(str(exc), 404) from None
+    except StoreError:
+        raise
     except BetterError as exc:
         raise BeaconRequestError(str(exc)) from None
     except HTTPException as exc:  # the rate limiter's 429, with its Retry-After

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from better.engine.errors import BetterError, NotFoundError
+from better.engine.errors import BetterError, NotFoundError, StoreError
 from better.station_api.auth import authenticate
 from better.station_api.beacon import answers, documents
 from better.station_api.beacon.requests import (
@@ -97,6 +97,9 @@ async def _respond(
         status, message, headers = exc.status, str(exc), exc.headers
     except NotFoundError as exc:
         status, message, headers = 404, str(exc), {}
+    except StoreError:  # (the store's own trouble, e.g. its catalog held by an ingest: not the caller's)
+        log.exception("beacon request: the store")
+        status, message, headers = 503, "the station's store is busy or unavailable; ask again later", {}
     except BetterError as exc:
         status, message, headers = 400, str(exc), {}
     except Exception:
