@@ -1,13 +1,13 @@
 """A Beacon question answered under the same policy as any release of the station.
 
-A ``/g_variants`` query with filters becomes a ``freq`` counts round over the region its variants can lie
-in, and a ``/individuals`` query a ``count`` round, each over the samples its filters select, one task per
-dataset, submitted to the :class:`~better.station_api.tasks.TaskManager` as the caller. So the station's
-allowed analyses, variant cap, rate limit, query audit (the sample set of every answer is recorded,
-station-wide, with every other release), per-row rules, audit log and signed manifest all apply, and a
-Beacon answer is never more than the task released, but for one bit at the public level (below).
-A query over everyone is a release over everyone, recorded as such: an answer about everyone and one
-about everyone but one person cannot be differenced.
+A ``/g_variants`` query becomes a ``freq`` counts round over the region its variants can lie in, and a
+``/individuals`` query a ``count`` round, each over the samples its filters select (everyone, without
+filters), one task per dataset, submitted to the :class:`~better.station_api.tasks.TaskManager` as the
+caller. So the station's allowed analyses, variant cap, rate limit, query audit (the sample set of every
+answer is recorded, station-wide, with every other release), per-row rules, audit log and signed
+manifest all apply, and a Beacon answer is never more than the task released, but for one bit at the
+public level (below). A query over everyone is a release over everyone, recorded as such: an answer
+about everyone and one about everyone but one person cannot be differenced.
 
 - a variant is **present** when some selected person carries its ALT allele: its released genotype
   counts show a carrier, or the row was withheld by the ``minor_allele_count`` rule (1 to
