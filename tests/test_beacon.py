@@ -303,6 +303,13 @@ def test_policy_refusals__are_beacon_errors(small_cohort: Path, tmp_path: Path) 
             validate(r.json(), ERROR)
             assert words in r.json()["error"]["errorMessage"]
             assert not any(ch.isdigit() for ch in r.json()["error"]["errorMessage"])  # no count of anything
+    # over the rate limit: 429, with Retry-After, as a Beacon error
+    limited = _station(tmp_path, small_cohort, "d", rate_limit_per_minute=1)
+    with TestClient(create_app(limited.path)) as client:
+        assert client.get("/beacon/individuals", headers=auth(limited.researcher)).status_code == 200
+        r = client.get("/beacon/individuals", headers=auth(limited.researcher))
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+        validate(r.json(), ERROR)
 
 
 # -- who may ask what ---------------------------------------------------------------------------------------
