@@ -9,6 +9,7 @@ live in memory only: a restarted station forgets its tasks, and coordinators res
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -347,6 +348,18 @@ class TaskManager:
         if record is None or record.user != user:
             raise NotFoundError(f"no task {task_id} for you at this station (results expire; resubmit)")
         return record
+
+    async def until_ended(self, user: str, task_id: str, seconds: float) -> TaskRecord:
+        """A task of ``user`` as soon as it ends, or as it is once ``seconds`` have passed (looked at every
+        2 ms at first, then less often, up to every 50 ms)."""
+        deadline = time.monotonic() + seconds
+        pause = 0.002
+        while True:
+            record = self.get(user, task_id)
+            if record.status in FINAL or time.monotonic() + pause > deadline:
+                return record
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.05)
 
     def of_user(self, user: str) -> list[TaskRecord]:
         with self._lock:

@@ -26,9 +26,7 @@ A task the policy refuses becomes a Beacon error naming the rule.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +41,7 @@ from better.genomics.regions import Region
 from better.genomics.store import Dataset
 from better.station_api.beacon.requests import BeaconRequest, BeaconRequestError, Filter
 from better.station_api.policy import PolicyRefusalError
-from better.station_api.routes.catalog import variable_kind
+from better.station_api.routes.catalog import variables
 from better.station_api.server_state import ServerState, in_thread
 from better.station_api.tasks import FINAL
 from better.wire.arrays import decode_arrays
@@ -59,12 +57,11 @@ class BeaconRefusalError(BeaconRequestError):
 
 @dataclass(frozen=True)
 class DatasetAnswer:
-    """One dataset's answer: whether anything matched, how many (None: withheld), and why withheld."""
+    """One dataset's answer: whether anything matched, and how many (None: withheld)."""
 
     dataset: str
     exists: bool
     count: int | None
-    withheld_by: str | None = None
 
 
 def variant_datasets(state: ServerState, asked: tuple[str, ...]) -> list[Dataset]:
@@ -118,8 +115,7 @@ def _variant_tasks(
     )
     chromosomes = {d["name"]: [str(c) for c in d["chromosomes"]] for d in state.store.summary()}
     out = []
-    for ds in variant_datasets(state, request.datasets):
-        conditions = conditions_for(ds, request.filters)
+    for ds, conditions in dataset_conditions(state, request):
         chroms = [c for c in chromosomes.get(ds.name, []) if same_chromosome(query.reference_name, c)]
         tasks = []
         if conditions is not None and not other_assembly:
@@ -174,33 +170,39 @@ async def individual_answers(
 ) -> list[DatasetAnswer]:
     """Per dataset: how many of its individuals the filters select (None where the policy withholds it)."""
     out = []
-    for name, conditions in await in_thread(_individual_conditions, state, request):
+    for ds, conditions in await in_thread(dataset_conditions, state, request):
         if conditions is None:
-            out.append(DatasetAnswer(name, False, 0))
+            out.append(DatasetAnswer(ds.name, False, 0))
             continue
         task = TaskRequest(
-            dataset=name, analysis="count", kind="sample_count", where=conditions, label="beacon individuals"
+            dataset=ds.name, analysis="count", kind="sample_count", where=conditions, label="beacon individuals"
         )
         released = await run_task(state, user, task, limit_key)
         if bool(np.asarray(released.get("withheld", False))):
-            out.append(DatasetAnswer(name, True, None, "min_cell_count"))
+            out.append(DatasetAnswer(ds.name, True, None))
         else:
             n = int(np.asarray(released["n"]))
-            out.append(DatasetAnswer(name, n > 0, n))
+            out.append(DatasetAnswer(ds.name, n > 0, n))
     return out
 
 
-def _individual_conditions(state: ServerState, request: BeaconRequest) -> list[tuple[str, list[Condition] | None]]:
-    return [(ds.name, conditions_for(ds, request.filters)) for ds in variant_datasets(state, request.datasets)]
+def dataset_conditions(state: ServerState, request: BeaconRequest) -> list[tuple[Dataset, list[Condition] | None]]:
+    """The request's datasets, each with its filters as sample conditions on its phenotype columns (None
+    where it lacks a filter's column: it then matches nothing). A column no dataset has is an error (a
+    misspelt column would otherwise match nothing), as is a value of the wrong type."""
+    datasets = [(ds, variables(ds.phenotypes().schema)) for ds in variant_datasets(state, request.datasets)]
+    for f in request.filters:
+        if not any(f.column in kinds for _, kinds in datasets):
+            raise BeaconRequestError(
+                f"filter {f.column!r}: no such phenotype column here; /beacon/filtering_terms lists them"
+            )
+    return [(ds, _conditions(kinds, request.filters)) for ds, kinds in datasets]
 
 
-def conditions_for(ds: Dataset, filters: tuple[Filter, ...]) -> list[Condition] | None:
-    """The filters as sample conditions on ``ds``'s phenotype columns; None when ``ds`` lacks a column
-    (it then matches nothing). A value of the wrong type is an error naming the filter."""
-    kinds = {f.name: variable_kind(str(f.type)) for f in ds.phenotypes().schema}
+def _conditions(kinds: dict[str, str], filters: tuple[Filter, ...]) -> list[Condition] | None:
     out = []
     for f in filters:
-        if f.column not in kinds or f.column in ("sample_id", "sample_index"):
+        if f.column not in kinds:
             return None
         if kinds[f.column] == "text":
             if f.op not in ("=", "!="):
@@ -215,18 +217,6 @@ def conditions_for(ds: Dataset, filters: tuple[Filter, ...]) -> list[Condition] 
             raise BeaconRequestError(f"filter {f.column!r}: give a finite number")
         out.append(Condition(column=f.column, op=f.op, value=value))
     return out
-
-
-def check_filters(state: ServerState, request: BeaconRequest) -> None:
-    """Refuse a filter on a column no dataset has (a misspelt column would otherwise match nothing)."""
-    known: set[str] = set()
-    for ds in variant_datasets(state, request.datasets):
-        known.update(ds.phenotypes().schema.names)
-    for f in request.filters:
-        if f.column not in known or f.column in ("sample_id", "sample_index"):
-            raise BeaconRequestError(
-                f"filter {f.column!r}: no such phenotype column here; /beacon/filtering_terms lists them"
-            )
 
 
 async def run_task(
@@ -264,14 +254,10 @@ async def run_task(
         raise BeaconRequestError(str(exc)) from None
     except HTTPException as exc:  # the rate limiter's 429, with its Retry-After
         raise BeaconRequestError(str(exc.detail), exc.status_code, dict(exc.headers or {})) from None
-    deadline = time.monotonic() + WAIT_SECONDS
-    pause = 0.002
-    while record.status not in FINAL:
-        if time.monotonic() > deadline:
-            state.manager.cancel(user, record.id)
-            raise BeaconRefusalError("the station is busy and could not answer in time; ask again later", 504)
-        await asyncio.sleep(pause)
-        pause = min(pause * 1.5, 0.05)
+    record = await state.manager.until_ended(user, record.id, WAIT_SECONDS)
+    if record.status not in FINAL:
+        state.manager.cancel(user, record.id)
+        raise BeaconRefusalError("the station is busy and could not answer in time; ask again later", 504)
     if record.status == "done" and record.outcome is not None:
         return decode_arrays(record.outcome.payload, "the station's release")
     if record.refused_by is not None:

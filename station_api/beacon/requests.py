@@ -46,6 +46,8 @@ REQUEST_PARAMETERS = (
     "datasetIds",
     "requestedSchemas",
 )
+#: GET parameters that take several values (repeated, or separated by commas).
+LISTS = ("start", "end", "filters", "datasetIds")
 _OPERATORS = {"=": "=", "!": "!=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _FILTER_TEXT = re.compile(r"^(?P<id>[A-Za-z_][A-Za-z0-9_.-]{0,63})(?P<op>!=|<=|>=|=|!|<|>)(?P<value>.{1,256})$")
 _DATASET = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -127,10 +129,9 @@ def from_query_string(params: Mapping[str, list[str]], variants: bool) -> Beacon
     """
     values: dict[str, Any] = {}
     for name, given in params.items():
-        if len(given) != 1 and name not in ("start", "end", "filters", "datasetIds"):
+        if len(given) != 1 and name not in LISTS:
             raise BeaconRequestError(f"query parameter {name!r} is given {len(given)} times; give it once")
-        parts = [p for g in given for p in g.split(",") if p != ""]
-        values[name] = parts if name in ("start", "end", "filters", "datasetIds") else given[0]
+        values[name] = [p for g in given for p in g.split(",") if p != ""] if name in LISTS else given[0]
     request = {k: v for k, v in values.items() if k in REQUEST_PARAMETERS}
     query = {k: v for k, v in values.items() if k not in REQUEST_PARAMETERS}
     return _build(request, query, variants)
@@ -236,17 +237,18 @@ def _build(request: dict[str, Any], query: dict[str, Any], variants: bool) -> Be
             "datasetIds: up to 64 dataset ids (letters, digits, _ or -), as /beacon/datasets lists"
         )
     variant = _variant(query) if variants and query else None
+    assembly = _text(query, "assemblyId", 64)
     return BeaconRequest(
         granularity=granularity,
         filters=filters,
         variant=variant,
-        assembly=_text(query, "assemblyId", 64),
+        assembly=assembly,
         datasets=tuple(dict.fromkeys(datasets)),
         skip=_integer(request, "skip", 0, 0, 10**9),
         limit=_integer(request, "limit", 10, 0, 10**6),
         include=include,
         test_mode=_boolean(request, "testMode"),
-        parameters=_echo(variant, _text(query, "assemblyId", 64)),
+        parameters=_echo(variant, assembly),
         raw_filters=tuple(f"{f.column}{f.op}{f.value}" for f in filters),
     )
 

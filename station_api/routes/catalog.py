@@ -4,6 +4,7 @@ and the policy it applies."""
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 from fastapi import APIRouter
 
 from better.genomics.store import Store
@@ -58,10 +59,14 @@ def _dataset(store: Store, d: dict[str, Any], step: int) -> dict[str, Any]:
         "chromosomes": d["chromosomes"],
         "spans": {c: [int(lo), int(hi)] for c, lo, hi in spans.iter_rows()},
         "source_sha256": d["source_sha256"],
-        "variables": {
-            f.name: variable_kind(str(f.type)) for f in schema if f.name not in ("sample_id", "sample_index")
-        },
+        "variables": variables(schema),
     }
+
+
+def variables(schema: pa.Schema) -> dict[str, str]:
+    """A dataset's phenotype columns (its ``phenotypes()`` schema) and their kinds, as the catalog names
+    them; the sample id and index are not variables."""
+    return {f.name: variable_kind(str(f.type)) for f in schema if f.name not in ("sample_id", "sample_index")}
 
 
 def variable_kind(arrow_type: str) -> str:

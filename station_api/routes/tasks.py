@@ -1,7 +1,5 @@
 """A researcher's rounds: submit a task, follow it, fetch its released statistics, cancel it."""
 
-import asyncio
-import time
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
@@ -9,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from better.station_api.routes.deps import Researcher, State, TaskId
 from better.station_api.server_state import in_thread
-from better.station_api.tasks import FINAL, TaskRecord
+from better.station_api.tasks import TaskRecord
 from better.wire.arrays import ARROW_STREAM
 from better.wire.messages import TaskRequest
 
@@ -56,14 +54,7 @@ async def task(
     wait: float = Query(0.0, ge=0.0, le=30.0, description="seconds to wait for the task to end before answering"),
 ) -> TaskStatus:
     """Status and progress of one of your tasks; with ``wait``, answered as soon as it ends (or after it)."""
-    deadline = time.monotonic() + wait
-    pause = 0.002
-    while True:
-        record = state.manager.get(who.user, task_id)
-        if record.status in FINAL or time.monotonic() + pause > deadline:
-            return TaskStatus(**record.describe())
-        await asyncio.sleep(pause)
-        pause = min(pause * 1.5, 0.05)
+    return TaskStatus(**(await state.manager.until_ended(who.user, task_id, wait)).describe())
 
 
 @router.get(
