@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 # The order here is the order `better --help` lists the verbs in.
 app.command()(data.synth)
+app.command("synth-store")(data.synth_store)
 app.command()(data.ingest)
 app.command("ingest-bam")(data.ingest_bam)
 app.command()(research.query)

@@ -1,5 +1,6 @@
 """The data verbs, for whoever prepares a station's data: ``better synth`` (a synthetic cohort),
-``better ingest`` and ``better ingest-bam`` (index files into a station's store) and ``better store info``."""
+``better synth-store`` (a large synthetic dataset written straight into a store), ``better ingest`` and
+``better ingest-bam`` (index files into a station's store) and ``better store info``."""
 
 from __future__ import annotations
 
@@ -73,6 +74,67 @@ def synth(
         where = synthesize_bams(r.out, list(r.stations), BamConfig(samples_per_station=bam_samples))
         err.print(f"BAMs: {where}/STATION/SAMPLE.bam (+ .bai), reference.fa, targets.bed")
     print(r.out)
+
+
+def synth_store(
+    station: Annotated[Path, typer.Option(help="station directory (made a station if it is not one yet)")],
+    dataset: Annotated[str, typer.Option(help="dataset name (replaced if it exists, only on success)")] = "cohort",
+    samples: Annotated[int, typer.Option(help="samples in the dataset")] = 10_000,
+    variants: Annotated[int, typer.Option(help="variants in the dataset")] = 10_000,
+    seed: Annotated[int, typer.Option(help="seed of the samples; the same seeds give the same bytes")] = 1,
+    sites_seed: Annotated[
+        int | None,
+        typer.Option(help="seed of the variants and their causes (default: --seed); stations sharing it federate"),
+    ] = None,
+    chromosomes: Annotated[int, typer.Option(help="the variants lie on autosomes 1 to this")] = 22,
+    id_prefix: Annotated[str, typer.Option(help="sample IDs: this prefix and a number")] = "S",
+    name: Annotated[
+        str | None, typer.Option(help="the station's name, if the directory is not a station yet (default: its name)")
+    ] = None,
+    truth: Annotated[Path | None, typer.Option(help="also write the causal variants here, as truth.tsv")] = None,
+    threads: Annotated[int | None, typer.Option(help="generator threads (default: all cores)")] = None,
+) -> None:
+    """Generate a large synthetic dataset straight into a station's store, without VCF text (population
+    structure, Hardy-Weinberg genotypes, the phenotypes of `better synth`; see docs/store.md)."""
+    from better.engine.accelerate import set_threads
+    from better.engine.errors import InputError
+    from better.genomics.store import Store
+    from better.genomics.synth_store import SynthStoreConfig, synth_store, write_truth
+    from better.station_api.config import CONFIG_FILE, StationConfig, check_station_name, read_config, write_config
+
+    cfg = SynthStoreConfig(
+        dataset=dataset,
+        samples=samples,
+        variants=variants,
+        seed=seed,
+        sites_seed=sites_seed,
+        chromosomes=chromosomes,
+        id_prefix=id_prefix,
+    )
+    cfg.validate()
+    if (station / CONFIG_FILE).exists():
+        existing = read_config(station).name
+        if name is not None and name != existing:
+            raise InputError(f"{station}: already a station named {existing!r}; leave out --name or choose another")
+        store = Store.open(station)
+    else:  # as `better station init` makes one
+        station_name = check_station_name(name or station.resolve().name)
+        store = Store.create(station)
+        write_config(station, StationConfig(name=station_name))
+        err.print(f"station {station_name!r} created in {station}")
+    set_threads(threads)
+    with progress_bars("variants") as progress:
+        task = progress.add_task(f"synth-store {dataset}", total=variants)
+        report = synth_store(
+            store, cfg, on_progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )
+    if truth is not None:
+        write_truth(truth, report.truth)
+    err.print(
+        f"dataset [bold]{dataset}[/bold]: {report.n_samples} samples, {report.n_variants} variants on "
+        f"{', '.join(report.chromosomes)}, {len(report.truth)} causal variants"
+        f"{f' (in {truth})' if truth is not None else ''}, in {report.seconds:.1f} s"
+    )
 
 
 def ingest(

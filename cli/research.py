@@ -71,6 +71,9 @@ def query(
         str | None,
         typer.Option(help="auto (on with 3+ stations), on or off; default: the federation file's setting"),
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="per station: calls answered, seconds, turns waited, bytes")
+    ] = False,
 ) -> None:
     """Run a query over the federation's stations (EXPLAIN QUERY shows the plan instead)."""
     from better.query.federation import Federation
@@ -102,6 +105,9 @@ def query(
     for note in fed.notes:
         err.print(f"[yellow]{note}[/yellow]")
     write(frame, fmt, out_file, fed.notes, out, fed.manifests)
+    if verbose:
+        for line in fed.who_answered():
+            err.print(f"[dim]{line}[/dim]")
     if fed.structure.pca is not None:
         err.print(f"[dim]{structure_summary(fed)}[/dim]")
         if out_file is not None:

@@ -111,6 +111,27 @@ class Finishing:
 
 
 @dataclass(frozen=True)
+class Split:
+    """A kind's station half in pieces over disjoint parts of the store's variants, for an executor that
+    spreads the pieces over workers (:mod:`better.engine.pieces` combines them).
+
+    ``piece(task, data, before)`` is the part of the result computed from ``data``'s blocks alone;
+    ``before`` is what the previous pass gave, combined (``{}`` on the first). ``rows``: arrays with one
+    row per variant read, concatenated in the store's order (the ``key_*`` columns always are);
+    ``sums``: arrays added over the pieces; any other array is the same in every piece and kept once.
+    ``then``: a further pass over the same parts that needs this one's combined result. ``finish``:
+    run once at the station on the last pass' combined result (work on the design, not on variants).
+    Run over one part holding everything, a split gives what the kind's ``execute`` gives.
+    """
+
+    piece: Callable[[Task, StationData, Result], Result]
+    rows: tuple[str, ...] = ()
+    sums: tuple[str, ...] = ()
+    then: Split | None = None
+    finish: Callable[[Task, StationData, Result], Result] | None = None
+
+
+@dataclass(frozen=True)
 class RoundKind:
     """One kind of round: its state, its station half and how its release is judged.
 
@@ -175,6 +196,9 @@ class RoundKind:
         It reads the hard calls even on a dataset with dosages (LD, PCA), so its people are counted on
         them; other kinds read dosages where a dataset has them, and their people are the genotypes
         nearest the dosages.
+    split
+        Its station half in pieces over parts of the store (:class:`Split`), so that an executor may
+        spread a pass over every variant across workers; ``None``: it runs whole, at the station.
     """
 
     name: str
@@ -200,6 +224,7 @@ class RoundKind:
     max_cols: int = 0
     whole_count: bool = False
     hard_calls: bool = False
+    split: Split | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.rules) - set(RULES)

@@ -81,16 +81,18 @@ def genotype_blocks(
     targets: Targets | None = None,
     max_variants: int = 4096,
     pass_only: bool = False,
+    row_groups: Sequence[int] | None = None,
 ) -> Iterator[Block]:
     """The dataset's variants as engine blocks (keys and packed genotypes), streamed.
 
     With ``targets`` (key columns), only blocks at those variants' positions are read; with
-    ``pass_only``, only records whose FILTER is PASS or missing.
+    ``pass_only``, only records whose FILTER is PASS or missing; with ``row_groups``, only those row
+    groups of the variants file.
     """
     sites = None
     if targets is not None:
         sites = list(zip(np.asarray(targets["chrom"]).tolist(), np.asarray(targets["pos"]).tolist(), strict=True))
-    for b in dataset.blocks(region, max_variants=max_variants, sites=sites, pass_only=pass_only):
+    for b in dataset.blocks(region, max_variants=max_variants, sites=sites, pass_only=pass_only, row_groups=row_groups):
         keys = {c: b.variants.column(c).to_numpy(zero_copy_only=False) for c in KEY_COLUMNS}
         for c in LABEL_COLUMNS:  # a VCF ID of "." is stored as null
             keys[c] = pc.fill_null(b.variants.column(c), ".").to_numpy(zero_copy_only=False)

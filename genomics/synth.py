@@ -243,7 +243,9 @@ def synthesize(cfg: SynthConfig, on_step: Callable[[str], None] | None = None) -
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ids = np.array([f"{names[k][:3].upper()}{i:05d}" for k, s in enumerate(sizes) for i in range(1, s + 1)])
+    # the centres' samples are MIL00001, NIJ00001, ...; station8 on, ST8_00001, ... (unique with any count)
+    prefixes = [n[:3].upper() if k < len(STATION_NAMES) else f"ST{k + 1}_" for k, n in enumerate(names)]
+    ids = np.array([f"{prefixes[k]}{i:05d}" for k, s in enumerate(sizes) for i in range(1, s + 1)])
     records = _Records(cfg, positions, alleles, rng)
     files: dict[str, str] = {}
     imputed = None

@@ -13,11 +13,13 @@ The federation file lists stations (``[[station]]`` with ``name``, ``url`` and `
 ``"off"``. With a top-level ``hub = "URL"`` the stations have no ``url``: every call to them is sealed
 and relayed by the hub (:mod:`better.query.hub_link`, docs/deployment.md); ``ca_file`` names a CA bundle
 for TLS, and plain ``http://`` to another machine is refused unless ``allow_http = true``. Each round
-goes to every station at once; a station that refuses or fails stops the query with its name and
-reason, unless ``allow_partial``: then the query restarts without it and the result
-says which stations were left out and why. With secure aggregation on, a station that drops out
-(unreachable, too slow, its task failed) makes the query restart without it in any case, with fresh
-masks, as long as three stations remain.
+goes to every station, at most ``max_concurrent_stations`` (default 16) at once, a station's ``timeout``
+counting from its turn; a station that refuses or fails stops the query with its name and reason, and
+the error names every station's state in that round (answered, timed out, refused, unreachable, ...),
+unless ``allow_partial``: then the query restarts without it and the result says which stations were
+left out and why. With secure aggregation on, a station that drops out (unreachable, too slow, its task
+failed) makes the query restart without it in any case, with fresh masks, as long as three stations
+remain.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -53,11 +56,17 @@ from better.query.hub_link import SCHEME, HubLink, researcher_key
 from better.query.parser import Query, parse
 from better.query.planner import Plan, StationCatalog, plan
 from better.query.remote import (
+    MAX_CONCURRENT_STATIONS,
+    Answers,
     Model,
     Recording,
+    RoundError,
+    Slots,
     StationClient,
     StationError,
+    answers_summary,
     gather_or_cancel,
+    gather_stations,
     open_client,
     run_remote_async,
 )
@@ -110,6 +119,12 @@ class FederationFile(BaseModel):
     )
     allow_http: bool = Field(False, description="allow plain http:// to addresses other than this machine")
     researcher_key: str | None = Field(None, description="the researcher's Ed25519 key file (hub mode)")
+    max_concurrent_stations: int = Field(
+        MAX_CONCURRENT_STATIONS,
+        ge=1,
+        le=4096,
+        description="station tasks in flight at once; more stations than this are asked in turns",
+    )
     station: list[StationEntry] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -231,6 +246,11 @@ class Federation:
     #: can check value by value (see :mod:`better.query.replay`).
     record_releases: bool = False
     recording: Recording | None = None
+    #: Station tasks in flight at once (the federation file's ``max_concurrent_stations``).
+    max_concurrent_stations: int = MAX_CONCURRENT_STATIONS
+    #: Who answered each round of the last query (:meth:`who_answered` sums it up per station).
+    answers: list[Answers] = field(default_factory=list)
+    _slots: tuple[asyncio.AbstractEventLoop, Slots] | None = field(default=None, repr=False)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Federation:
@@ -262,7 +282,7 @@ class Federation:
                     hub=link,
                 )
             )
-        return cls(clients, spec.dataset, spec.secure_aggregation)
+        return cls(clients, spec.dataset, spec.secure_aggregation, max_concurrent_stations=spec.max_concurrent_stations)
 
     # -- public API ---------------------------------------------------------------------------------------
     def explain(self, text: str, naive: bool = False) -> str:
@@ -278,6 +298,7 @@ class Federation:
         self.notes = []
         self.recording = Recording() if self.record_releases else None
         for s in self.stations:
+            s.sent_bytes = s.received_bytes = 0
             s.manifests.clear()
             s.recording = self.recording
         if q.explain:
@@ -301,6 +322,18 @@ class Federation:
         self.query(text + (f" AS {name}" if name else ""))
         assert self.structure.pca is not None
         return self.structure.pca
+
+    def who_answered(self) -> list[str]:
+        """A line per station over the last query's rounds: calls answered, median and longest seconds, time
+        waited for its turns, bytes sent and received, and any failures."""
+        return answers_summary(self.answers, self.stations)
+
+    def slots(self) -> Slots:
+        """The bound on station calls in flight for the running event loop, shared by every query it runs."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop or self._slots[1].limit != self.max_concurrent_stations:
+            self._slots = (loop, Slots(self.max_concurrent_stations))
+        return self._slots[1]
 
     @property
     def manifests(self) -> list[dict[str, object]]:
@@ -328,7 +361,8 @@ class Federation:
                     agreement_key=info.get("agreement_key"),
                 )
 
-            return await gather_or_cancel(*(one(s) for s in stations))
+            calls = [(s.name, partial(one, s)) for s in stations]
+            return await gather_stations(calls, self.slots(), "GET /station (what each holds)", self.answers)
 
     async def _plan(self, q: Query, stations: list[StationClient], naive: bool) -> tuple[Plan, SecureSession | None]:
         catalogs = await self.catalogs(stations)
@@ -377,6 +411,7 @@ class Federation:
     async def run(self, q: Query, allow_partial: bool, naive: bool, on_round: OnRound | None) -> pl.DataFrame:
         """Plan and run a parsed query (the async form of :meth:`query`, for callers with a loop)."""
         stations = list(self.stations)
+        self.answers = []  # this query's (a batch job's queries run side by side: the last one's)
         left_out: list[str] = []
         was_secure = False
         while True:
@@ -393,15 +428,26 @@ class Federation:
                 was_secure = secure is not None
                 self.last_plan = p
                 self.structure = Structure()
-                frame = await _execute(p, stations, on_round, secure, self.structure)
+                if len(stations) > self.max_concurrent_stations:
+                    self._note(
+                        f"{len(stations)} stations, at most {self.max_concurrent_stations} asked at once "
+                        "(max_concurrent_stations in the federation file): each round reaches them in turns"
+                    )
+                frame = await _execute(p, stations, on_round, secure, self.structure, self.slots(), self.answers)
                 break
             except StationError as exc:
-                restart = allow_partial or (secure is not None and exc.dropout and len(stations) > MIN_STATIONS)
-                if not restart or len(stations) <= 1:
+                gone = [e.station for e in exc.failed]
+                restart = allow_partial or (
+                    secure is not None and exc.dropout and len(stations) - len(gone) >= MIN_STATIONS
+                )
+                if not restart or len(stations) <= len(gone):
                     raise
-                stations = [s for s in stations if s.name != exc.station]
-                left_out.append(f"{exc.station} ({exc})")
-                self.notes.append(f"partial result: {exc}; the query ran again without station {exc.station}")
+                stations = [s for s in stations if s.name not in gone]
+                left_out += [f"{e.station} ({e})" for e in exc.failed]
+                without = " and ".join(f"station {name}" for name in gone)
+                roster = f"\n{exc.answers.roster(exc.reason)}" if isinstance(exc, RoundError) else ""
+                why = "; ".join(str(e) for e in exc.failed)
+                self.notes.append(f"partial result: {why}; the query ran again without {without}{roster}")
         if left_out:
             frame = frame.with_columns(pl.lit("; ".join(left_out)).alias("LEFT_OUT"))
         self.answered = [s.name for s in stations]
@@ -414,8 +460,14 @@ async def _execute(
     on_round: OnRound | None,
     secure: SecureSession | None = None,
     structure: Structure | None = None,
+    slots: Slots | None = None,
+    log: list[Answers] | None = None,
 ) -> pl.DataFrame:
-    """Run a plan: its protocols over the stations, the central filter, the PLINK-style table."""
+    """Run a plan: its protocols over the stations, the central filter, the PLINK-style table.
+
+    ``slots`` bounds the station calls in flight over all its protocols (default: a new bound of
+    :data:`~better.query.remote.MAX_CONCURRENT_STATIONS`); ``log`` receives who answered each round."""
+    slots = slots if slots is not None else Slots()
     q, model = p.query, p.model
     ids: dict[tuple, str] = {}
     withheld_by = WithheldBy()
@@ -435,6 +487,8 @@ async def _execute(
             secure=secure,
             withheld_by=None if stage == "counts" else withheld_by,  # the main analysis' rows only
             finished=finished,
+            slots=slots,
+            log=log,
         )
 
     if q.verb in ("pca", "prune", "project"):

@@ -1,9 +1,14 @@
-"""Talk to stations over HTTP: one task round trip per station, all stations in parallel.
+"""Talk to stations over HTTP: one task round trip per station, the stations in parallel.
 
 :class:`Model` is what a query asks of every station (dataset, analysis, model, filters);
 :func:`to_request` turns an engine task plus the model into the wire request for one station;
 :class:`StationClient` submits it, polls and fetches the Arrow result; :func:`run_remote` drives an
 engine protocol over a list of stations, round by round.
+
+A round's calls run at most :attr:`Slots.limit` at a time (the federation file's
+``max_concurrent_stations``), a station's timeout counting from its turn; :func:`gather_stations` keeps
+what became of each station (:class:`Outcome`), and a round that some station did not answer fails with a
+:class:`RoundError` naming every station's state.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import asyncio
 import contextlib
 import random
 import ssl
+import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import httpx
 import numpy as np
@@ -38,6 +44,14 @@ from better.wire.messages import Adjust, Condition, Exchange, Secure, TaskReques
 T = TypeVar("T")
 #: Seconds a station holds a task status request open while the task runs (progress shows this often).
 STATUS_WAIT = 2.0
+#: Station tasks a coordinator has in flight at once, unless the federation file says otherwise.
+MAX_CONCURRENT_STATIONS = 16
+#: Seconds the stations still working on a round get to end once another has failed it (so that the error
+#: can say what became of them) before they are stopped.
+SETTLE_SECONDS = 1.0
+
+#: Why a station did not answer: the kinds of :class:`StationError`.
+Failure = Literal["timed out", "refused", "unreachable", "failed"]
 
 
 def open_client(stations: list[StationClient], **kw: Any) -> httpx.AsyncClient:
@@ -51,18 +65,188 @@ class StationError(BetterError):
     """A station refused or failed a task; the message names the station and its reason.
 
     ``dropout``: the station did not answer (unreachable, too slow, its task failed or was cancelled),
-    as opposed to refusing the task.
+    as opposed to refusing the task. ``state`` says which (:data:`Failure`); by default ``"failed"`` for a
+    dropout, else ``"refused"``.
     """
 
     def __init__(
-        self, station: str, message: str, status: int | None = None, dropout: bool = False, rule: str | None = None
+        self,
+        station: str,
+        message: str,
+        status: int | None = None,
+        dropout: bool = False,
+        rule: str | None = None,
+        state: Failure | None = None,
     ) -> None:
         super().__init__(f"station {station}: {message}")
         self.station = station
+        #: The reason alone, without the station's name.
+        self.reason = message
         self.status = status
         self.dropout = dropout
         #: The policy rule of a refusal (``"query_audit"``, ``"audit_busy"``, ...), else None.
         self.rule = rule
+        self.state: Failure = state or ("failed" if dropout else "refused")
+        #: Every station that did not answer (one here; several in a :class:`RoundError`).
+        self.failed: list[StationError] = [self]
+
+
+@dataclass
+class Outcome:
+    """What became of one station in one round of calls (:func:`gather_stations`).
+
+    ``state``: ``"waiting"`` (for its turn), ``"working"``, ``"answered"``, one of :data:`Failure`,
+    ``"stopped"`` (still working when another station failed the round) or ``"not asked"`` (the round
+    failed before its turn).
+    """
+
+    station: str
+    state: str = "waiting"
+    #: Seconds it waited for its turn (a free slot).
+    waited: float = 0.0
+    #: Seconds from its turn to its answer, failure or stop.
+    seconds: float = 0.0
+    #: When it answered or failed (``time.monotonic``), or None.
+    ended: float | None = None
+    error: StationError | None = None
+
+    def describe(self, above: str | None = None) -> str:
+        """The state in words, e.g. ``answered in 0.4 s`` or ``timed out after 600.0 s: ...``; a reason equal
+        to ``above`` (one already shown) is written ``as above``."""
+        reason = self.error.reason if self.error is not None else ""
+        if reason and reason == above:
+            reason = "as above"
+        if self.state == "answered":
+            text = f"answered in {self.seconds:.1f} s"
+        elif self.state == "timed out":
+            text = f"timed out after {self.seconds:.1f} s: {reason}"
+        elif self.error is not None:
+            text = reason if reason.startswith(self.state) else f"{self.state}: {reason}"
+        elif self.state == "stopped":
+            text = f"stopped after {self.seconds:.1f} s: still working when the round failed"
+        elif self.state in ("waiting", "not asked"):
+            text = "not asked: the round failed before its turn"
+        else:
+            text = self.state
+        if self.waited >= 0.05:
+            text += f" (after {self.waited:.1f} s waiting for its turn)"
+        return text
+
+
+@dataclass
+class Answers:
+    """Who answered one round of calls: ``what`` (e.g. ``the linear round``) and each station's outcome."""
+
+    what: str
+    outcomes: list[Outcome]
+    #: Station calls allowed at once (``max_concurrent_stations``).
+    limit: int
+
+    def roster(self, above: str | None = None) -> str:
+        """Every station and its state, a line each, under a heading naming the round (a reason equal to
+        ``above``, already shown, as ``as above``). Its only numbers are seconds and the bound: the reasons
+        are the stations' own words."""
+        width = max(len(o.station) for o in self.outcomes)
+        at_once = f" (at most {self.limit} stations at once)" if len(self.outcomes) > self.limit else ""
+        lines = [f"who answered {self.what}{at_once}:"]
+        lines += [f"  {o.station:<{width}}  {o.describe(above)}" for o in self.outcomes]
+        return "\n".join(lines)
+
+
+#: How to fix each kind of failure, for the end of a :class:`RoundError`.
+_FIXES: dict[str, str] = {
+    "timed out": "raise its timeout (seconds per task) in the federation file, or ask the station why it is slow",
+    "unreachable": "check that the station runs and that its url in the federation file is right",
+    "refused": "the reason above says what the station's policy or the request lacks",
+    "failed": "the station's log says why (ask its administrator)",
+}
+
+
+class RoundError(StationError):
+    """A round that one or more stations did not answer: the first failure, then every station's state.
+
+    ``station``, ``status``, ``state`` and ``rule`` are the first failure's (what a lone
+    :class:`StationError` would carry); ``dropout`` is true when every station that failed dropped out (none
+    refused); ``failed`` lists every failure, ``answers`` every station's outcome.
+    """
+
+    def __init__(self, answers: Answers, failed: list[StationError]) -> None:
+        first = failed[0]
+        super().__init__(
+            first.station,
+            first.reason,
+            first.status,
+            dropout=all(e.dropout for e in failed),
+            rule=first.rule,
+            state=first.state,
+        )
+        self.failed = failed
+        self.answers = answers
+        #: The first failure's message, as a lone :class:`StationError` would say it.
+        self.headline = str(first)
+        fixes = []
+        for state, fix in _FIXES.items():
+            names = [e.station for e in failed if e.state == state]
+            if names:
+                fixes.append(f"\nfix ({', '.join(names)}: {state}): {fix}")
+        self.roster = answers.roster(first.reason) + "".join(fixes)
+        self.args = (f"{self.headline}\n{self.roster}",)
+
+
+def answers_summary(log: list[Answers], stations: list[StationClient] | None = None) -> list[str]:
+    """A line per station over the rounds in ``log``: what it answered, how fast, how long it waited for its
+    turns; with ``stations``, also the bytes sent to it and received from it, e.g.
+    ``milano: answered 9 of 9 call(s), median 0.25 s, longest 1.10 s, 0.03 MB sent to it, 2.10 MB received``.
+    """
+    names = list(dict.fromkeys(o.station for a in log for o in a.outcomes))
+    sizes = {s.name: (s.sent_bytes, s.received_bytes) for s in stations or []}
+    lines = []
+    for name in names:
+        outcomes = [o for a in log for o in a.outcomes if o.station == name]
+        took = [o.seconds for o in outcomes if o.state == "answered"]
+        line = f"{name}: answered {len(took)} of {len(outcomes)} call(s)"
+        if took:
+            line += f", median {statistics.median(took):.2f} s, longest {max(took):.2f} s"
+        waited = sum(o.waited for o in outcomes)
+        if waited >= 0.05:
+            line += f", {waited:.1f} s waiting for its turns"
+        if name in sizes:
+            line += f", {sizes[name][0] / 1e6:.2f} MB sent to it, {sizes[name][1] / 1e6:.2f} MB received"
+        other = {o.state for o in outcomes} - {"answered"}
+        if other:
+            counts = [f"{sum(o.state == state for o in outcomes)} {state}" for state in sorted(other)]
+            line += "; " + ", ".join(counts)
+        lines.append(line)
+    return lines
+
+
+class Slots:
+    """At most ``limit`` station calls in flight at once, over every round and stage of a query.
+
+    A call holds its slot from submitting a task to downloading its result, and waits for nothing else
+    while it holds it (a sealed round's seals and openings are separate calls), so rounds cannot wait for
+    each other in a circle. Make one per event loop (a semaphore belongs to the loop it first waits in).
+    """
+
+    def __init__(self, limit: int = MAX_CONCURRENT_STATIONS) -> None:
+        if limit < 1:
+            raise InputError(f"max_concurrent_stations = {limit}: allow at least one station call at a time")
+        self.limit = limit
+        self._free = asyncio.Semaphore(limit)
+        #: Calls in flight now, and the most there were at once.
+        self.busy = 0
+        self.most = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot (waiting for a free one first)."""
+        async with self._free:
+            self.busy += 1
+            self.most = max(self.most, self.busy)
+            try:
+                yield
+            finally:
+                self.busy -= 1
 
 
 @dataclass(frozen=True)
@@ -162,6 +346,9 @@ class StationClient:
     verify: bool | ssl.SSLContext = True
     #: The hub this station is reached through (its URL is then ``hub://NAME``), or None (direct).
     hub: HubLink | None = None
+    #: Bytes of the requests sent to the station and of its answers (bodies, over every call).
+    sent_bytes: int = 0
+    received_bytes: int = 0
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -172,19 +359,27 @@ class StationClient:
         kw.setdefault("timeout", httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)))
         for attempt in range(self.retries + 1):
             try:
-                return await client.request(method, self.url.rstrip("/") + path, headers=self._headers(), **kw)
+                r = await client.request(method, self.url.rstrip("/") + path, headers=self._headers(), **kw)
             except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
                 raise StationError(
                     self.name,
                     f"no answer to {method} {path} within {self.timeout:g} s (the federation file's timeout)",
                     dropout=True,
+                    state="timed out",
                 ) from None
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     raise StationError(
-                        self.name, f"unreachable at {self.url} ({type(exc).__name__}: {exc})", dropout=True
+                        self.name,
+                        f"unreachable at {self.url} ({type(exc).__name__}: {exc})",
+                        dropout=True,
+                        state="unreachable",
                     ) from None
                 await asyncio.sleep(0.2 * 2**attempt)
+                continue
+            self.sent_bytes += int(r.request.headers.get("content-length", 0))
+            self.received_bytes += len(r.content)
+            return r
         raise AssertionError("unreachable")
 
     def _check(self, r: httpx.Response, what: str) -> None:
@@ -206,6 +401,7 @@ class StationClient:
             r.status_code,
             dropout=r.status_code >= 500,
             rule=rule,
+            state="failed" if r.status_code >= 500 else "refused",
         )
 
     async def run(
@@ -260,7 +456,9 @@ class StationClient:
                 )
             if time.monotonic() > deadline:
                 await self._call(client, "DELETE", f"/tasks/{task_id}")
-                raise StationError(self.name, f"no answer within {self.timeout:.0f} s (task cancelled)", dropout=True)
+                raise StationError(
+                    self.name, f"no answer within {self.timeout:g} s (task cancelled)", dropout=True, state="timed out"
+                )
         r = await self._call(client, "GET", f"/tasks/{task_id}/result")
         self._check(r, "result download")
         self.timings.append(time.perf_counter() - t0)
@@ -304,6 +502,82 @@ async def gather_or_cancel(*aws: Awaitable[T]) -> list[T]:
         raise
 
 
+async def gather_stations(
+    calls: Sequence[tuple[str, Callable[[], Awaitable[T]]]],
+    slots: Slots,
+    what: str,
+    log: list[Answers] | None = None,
+    order: Sequence[int] | None = None,
+) -> list[T]:
+    """Run one call per station, at most ``slots.limit`` at a time, and return their results in order.
+
+    ``calls`` are ``(station name, call)``; a call starts when it gets a slot, so its station's timeout
+    counts from its turn, not from the round's start. ``order`` (indices into ``calls``) is the order in
+    which they take their turns (default: as given). When a station fails, no further station is asked,
+    those still working get :data:`SETTLE_SECONDS` to end and are then stopped, and a :class:`RoundError`
+    names every station's state (a lone :class:`StationError` with a single station; other errors as they
+    are). ``log`` receives the round's :class:`Answers`, whether it failed or not.
+    """
+    if not calls:
+        return []
+    outcomes = [Outcome(name) for name, _ in calls]
+    failures: list[StationError] = []
+    stop = asyncio.Event()
+
+    async def one(i: int) -> T | None:
+        outcome = outcomes[i]
+        asked = time.monotonic()
+        async with slots.slot():
+            turn = time.monotonic()
+            outcome.waited = turn - asked
+            if stop.is_set():
+                outcome.state = "not asked"
+                return None
+            outcome.state = "working"
+            try:
+                result = await calls[i][1]()
+            except StationError as exc:
+                outcome.state, outcome.error = exc.state, exc
+                failures.append(exc)
+                stop.set()
+                raise
+            except asyncio.CancelledError:
+                outcome.state = "stopped"
+                raise
+            except BaseException:
+                outcome.state = "failed"
+                stop.set()
+                raise
+            finally:
+                outcome.ended = time.monotonic()
+                outcome.seconds = outcome.ended - turn
+            outcome.state = "answered"
+            return result
+
+    tasks = {i: asyncio.ensure_future(one(i)) for i in (range(len(calls)) if order is None else order)}
+    try:
+        await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
+        working = [t for t in tasks.values() if not t.done()]
+        if working:  # a station failed: those at work get a moment to end, so that the error can say how
+            await asyncio.wait(working, timeout=SETTLE_SECONDS)
+    finally:
+        for t in tasks.values():
+            t.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+    answers = Answers(what, outcomes, slots.limit)
+    if log is not None:
+        log.append(answers)
+    for t in tasks.values():
+        error = None if t.cancelled() else t.exception()
+        if error is not None and not isinstance(error, StationError):
+            raise error  # not a station's answer: a malformed result, a bug
+    if failures:
+        if len(calls) == 1:
+            raise failures[0]
+        raise RoundError(answers, failures) from None
+    return [cast("T", tasks[i].result()) for i in range(len(calls))]
+
+
 async def run_remote_async(
     protocol: Protocol,
     stations: list[StationClient],
@@ -313,42 +587,69 @@ async def run_remote_async(
     secure: SecureSession | None = None,
     withheld_by: WithheldBy | None = None,
     finished: FinishedRows | None = None,
+    slots: Slots | None = None,
+    log: list[Answers] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Drive ``protocol`` over ``stations``: each round goes to every station at once.
+    """Drive ``protocol`` over ``stations``: each round goes to every station, ``slots.limit`` at a time.
 
     ``on_results(results)`` sees what came back in the clear (with ``secure``, only the variant lists),
     ``on_round(round, kind, seconds)`` is called as each round ends. With ``secure``, every station
     masks its release and the protocol receives only their sum. ``withheld_by`` collects the rules that
     withheld rows; ``finished``, the results of rows the stations finished themselves (the protocol sees
-    those rows as withheld).
+    those rows as withheld). ``slots`` bounds the station calls in flight (shared with whatever else runs
+    beside this protocol; default: its own, :data:`MAX_CONCURRENT_STATIONS`); ``log`` receives who answered
+    each round (:class:`Answers`).
     """
-    limits = httpx.Limits(max_connections=4 * max(1, len(stations)))
+    slots = slots if slots is not None else Slots()
+    limits = httpx.Limits(max_connections=4 * max(1, min(len(stations), slots.limit)))
     timeout = httpx.Timeout(max(s.timeout for s in stations), connect=10.0)
     n = len(stations)
     audited = False  # a sealed round of this protocol audited its selection: later null rounds need none
     async with open_client(stations, limits=limits, timeout=timeout) as client:
 
-        async def everywhere(task: Task, spec: Secure | None = None, exchange: Exchange | None = None) -> list[Result]:
-            requests = [to_request(task, model, i, n, spec, exchange) for i in range(n)]
-            return await gather_or_cancel(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
+        def run_at(
+            requests: list[TaskRequest], ids: list[list[str]] | None = None
+        ) -> list[tuple[str, Callable[[], Awaitable[Result]]]]:
+            """Each station's call of its request (its accepted task ids into ``ids[i]``)."""
+            return [
+                (s.name, partial(s.run, client, r, submitted=None if ids is None else ids[i]))
+                for i, (s, r) in enumerate(zip(stations, requests, strict=True))
+            ]
 
-        async def seal_everywhere(task: Task, lock: bool) -> tuple[Secure, list[Result], list[list[str]]]:
+        async def give_back(held: list[list[str]]) -> None:
+            """Hand back the tasks in ``held`` (each station's), a slot each."""
+
+            async def one(s: StationClient, ids: list[str]) -> None:
+                async with slots.slot():
+                    await s.give_back(client, ids)
+
+            await asyncio.gather(*(one(s, ids) for s, ids in zip(stations, held, strict=True) if ids))
+
+        async def everywhere(
+            task: Task, spec: Secure | None = None, exchange: Exchange | None = None, what: str | None = None
+        ) -> list[Result]:
+            requests = [to_request(task, model, i, n, spec, exchange) for i in range(n)]
+            return await gather_stations(run_at(requests), slots, what or f"the {task['kind']} round", log)
+
+        async def seal_everywhere(task: Task, lock: bool) -> tuple[Secure, list[Result], list[list[str]], list[float]]:
             """Seals at every station, under a fresh round. A station whose audit is busy with another
             query's seal makes this one give back its seals and try again after a random pause (with a new
-            round: a round's masks are never used twice), so two queries never hold each other up."""
+            round: a round's masks are never used twice), so two queries never hold each other up. Also
+            returns each station's seal ids and when it sealed."""
             assert secure is not None
             deadline = time.monotonic() + max(s.timeout for s in stations)
+            sealed_log = log if log is not None else []
             while True:
                 spec = secure.next_round()
                 requests = [to_request(task, model, i, n, spec, Exchange(phase="seal", lock=lock)) for i in range(n)]
                 seals: list[list[str]] = [[] for _ in stations]
+                what = f"the seal of the {task['kind']} round"
                 try:
-                    runs = (
-                        s.run(client, r, submitted=ids) for s, r, ids in zip(stations, requests, seals, strict=True)
-                    )
-                    return spec, await gather_or_cancel(*runs), seals
+                    found = await gather_stations(run_at(requests, seals), slots, what, sealed_log)
+                    ended = [o.ended if o.ended is not None else 0.0 for o in sealed_log[-1].outcomes]
+                    return spec, found, seals, ended
                 except StationError as exc:
-                    await asyncio.gather(*(s.give_back(client, ids) for s, ids in zip(stations, seals, strict=True)))
+                    await give_back(seals)
                     if exc.rule != "audit_busy" or time.monotonic() > deadline:
                         raise
                 await asyncio.sleep(random.uniform(0.1, 1.5))
@@ -369,7 +670,9 @@ async def run_remote_async(
             assert secure is not None
             names = [s.name for s in stations]
             async with secure.sealing:  # one sealed round of a session at a time
-                spec, seals, seal_ids = await seal_everywhere(task, lock)
+                spec, seals, seal_ids, ended = await seal_everywhere(task, lock)
+                # those that sealed first hold their audit longest: they are opened first
+                order = sorted(range(n), key=lambda i: ended[i])
                 opened: list[list[str]] = [[] for _ in stations]
                 try:
                     blobs: dict[str, dict[str, str]] = {name: {} for name in names}
@@ -385,16 +688,11 @@ async def run_remote_async(
                         )
                         for i, name in enumerate(names)
                     ]
-                    runs = (
-                        s.run(client, r, submitted=ids) for s, r, ids in zip(stations, openings, opened, strict=True)
-                    )
-                    return spec, await gather_or_cancel(*runs)
+                    what = f"the opening of the {task['kind']} round"
+                    return spec, await gather_stations(run_at(openings, opened), slots, what, log, order)
                 except BaseException:
                     # a station that never got its opening still holds the seal: give it back
-                    missing = [not ids for ids in opened]
-                    await asyncio.gather(
-                        *(s.give_back(client, seal_ids[i]) for i, s in enumerate(stations) if missing[i])
-                    )
+                    await give_back([[] if ids else seal_ids[i] for i, ids in enumerate(opened)])
                     raise
 
         async def finish_rows(task: Task, spec: Secure, rows: np.ndarray, shared: dict[str, np.ndarray]) -> None:
@@ -410,7 +708,7 @@ async def run_remote_async(
                     ).model_copy(update={"state": None})
                     for i, name in enumerate(names)
                 ]
-                out = await gather_or_cancel(*(s.run(client, r) for s, r in zip(stations, requests, strict=True)))
+                out = await gather_stations(run_at(requests), slots, f"a finishing step of the {kind} round", log)
                 if "blob" not in out[0]:
                     sums = round_kind(kind).finishing
                     assert sums is not None
@@ -425,7 +723,7 @@ async def run_remote_async(
             raise StationError(names[0], "the stations did not finish their rows within the steps allowed")
 
         async def key_lists(kind: str) -> list[Result]:
-            found = await everywhere({"kind": kind})
+            found = await everywhere({"kind": kind}, what=f"the {kind} round (each station's rows)")
             if on_results is not None:
                 on_results(found)
             return found

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from better.engine.analyses import analyses
 from better.engine.errors import StoreError
@@ -114,6 +114,33 @@ class Beacon(BaseModel):
     production_status: Literal["DEV", "TEST", "PROD"] = "DEV"
 
 
+class Executor(BaseModel):
+    """Where the station's kernels run (``[executor]``): the server's own threads, or a Dask cluster.
+
+    With ``kind = "dask"``, exactly one of ``scheduler`` (an existing cluster's address, started with
+    ``dask scheduler`` and ``dask worker``) or ``workers`` (worker processes of a ``LocalCluster`` the
+    station starts on its own machine). Every worker must read the store at the station's path.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["threads", "dask"] = Field("threads", description="threads: in the server (default); dask")
+    scheduler: str | None = Field(
+        None,
+        pattern=r"^(tcp|tls|ucx|ws|wss)://[^\s/]{1,253}$",
+        description="a Dask scheduler's address, e.g. tcp://10.0.0.5:8786",
+    )
+    workers: int | None = Field(None, ge=1, le=1024, description="worker processes of a LocalCluster")
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> Executor:
+        if self.kind == "threads" and (self.scheduler is not None or self.workers is not None):
+            raise ValueError('scheduler and workers are for kind = "dask"; kind = "threads" takes neither')
+        if self.kind == "dask" and (self.scheduler is None) == (self.workers is None):
+            raise ValueError('kind = "dask" needs exactly one of scheduler = "tcp://host:port" or workers = N')
+        return self
+
+
 class TokenRecord(BaseModel):
     """A token as stored: its public id, who holds it, and a salted SHA-256 of its secret part."""
 
@@ -136,6 +163,7 @@ class StationConfig(BaseModel):
     policy: Policy = Field(default_factory=lambda: Policy())
     server: Server = Field(default_factory=lambda: Server())
     beacon: Beacon = Field(default_factory=lambda: Beacon())
+    executor: Executor = Field(default_factory=lambda: Executor())
     tokens: list[TokenRecord] = Field(default_factory=list)
 
 

@@ -25,12 +25,14 @@ from better.engine.protocol import execute
 from better.engine.rounds import RoundKind, StateArray
 from better.engine.shared_rows import GENOTYPE_COUNTS, conform
 from better.genomics import read_tables
+from better.genomics.parts import Seen, counting
 from better.genomics.regions import Region, merge_regions
 from better.genomics.selection import Condition
 from better.genomics.station_data import StoreData
 from better.genomics.station_inputs import StationBlocks, build_design
 from better.genomics.store import DATASETS, Dataset, Store
 from better.station_api.config import Policy
+from better.station_api.executor import DaskExecutor
 from better.station_api.policy import release, withheld_rows
 from better.station_api.secure_agg import StationSecrets
 from better.wire.arrays import decode_state, encode_arrays
@@ -324,6 +326,8 @@ class Computed:
     people: np.ndarray | None
     #: Samples per group behind genotype-count people (a variant absent here counts them as missing).
     group_sizes: np.ndarray | None = None
+    #: The parts it was computed in on a cluster (0: here, whole).
+    pieces: int = 0
 
 
 def judged_groups(design: Design, kind: RoundKind) -> tuple[np.ndarray, int]:
@@ -338,42 +342,46 @@ def compute(
     compute_lock: Any = None,
     cache: BlockCache | None = None,
     judge: bool = True,
+    executor: DaskExecutor | None = None,
 ) -> Computed:
     """Run a prepared task's station work: its result, and the per-row people counts the policy judges.
 
     For the regression rounds the genotype counts come from the same blocks as the kernel's (one read).
     ``judge=False``: the rows' judgements are known already (a later round of a judged session), so
-    nothing is counted for them.
+    nothing is counted for them. ``executor``: a cluster that runs the kinds that split into pieces
+    (:mod:`better.station_api.executor`); ``None``, or another kind, runs here.
     """
     request, task = prepared.request, prepared.task
     kind = round_kind(request.kind)
-    blocks = block_source(prepared, on_block, cache)
-    seen: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+    seen: Seen = []
+    pieces = 0
     # a round's own sums give its people only for hard calls; on dosages they are counted from the blocks
     dosages = kind.data == "variants" and not kind.hard_calls and prepared.dataset.has_dosages
     from_sums = kind.people is not None and not (dosages and kind.judged_groups is not None)
+    judged = None
     if judge and kind.judged_groups is not None and not from_sums:
-        group, n_groups = judged_groups(prepared.design, kind)
-        inner = blocks
-
-        def blocks(targets: Any = None) -> Any:  # the kernel's blocks, counted on the way
-            for b in inner(targets):
-                nearest = b.dosages if dosages else None
-                seen.append((b.keys, genotype_counts(np.ascontiguousarray(b.packed), group, n_groups, nearest)))
-                yield b
-
-    data = StoreData(prepared.dataset, prepared.design, blocks, regions_of(request), request.pass_only, on_block)
+        judged = (*judged_groups(prepared.design, kind), dosages)
+    regions = regions_of(request)
+    spread = executor is not None and executor.takes(kind, prepared.dataset)
+    blocks = block_source(prepared, None if spread else on_block, None if spread else cache)
+    if judged is not None and not spread:
+        blocks = counting(blocks, *judged, seen)
+    data = StoreData(prepared.dataset, prepared.design, blocks, regions, request.pass_only, on_block)
     locked = compute_lock is not None and kind.data == "variants" and not kind.lists_keys
     with compute_lock if locked else nullcontext():
-        result = execute(task, data)
+        if spread:
+            assert executor is not None
+            result, seen, pieces = executor.run(kind, task, data, regions, on_block, judged)
+        else:
+            result = execute(task, data)
     if kind.judged_groups is None or not judge:
-        return Computed(result, kind.people(result) if kind.people is not None and judge else None)
+        return Computed(result, kind.people(result) if kind.people is not None and judge else None, pieces=pieces)
     group, n_groups = judged_groups(prepared.design, kind)
     sizes = np.bincount(group[group >= 0], minlength=n_groups).astype(np.int64)
     if from_sums:  # e.g. a linear round's own sums give its genotype counts: no second pass
         assert kind.people is not None
-        return Computed(result, kind.people(result), sizes)
-    return Computed(result, _counts_on_rows(result, task, seen, sizes), sizes)
+        return Computed(result, kind.people(result), sizes, pieces)
+    return Computed(result, _counts_on_rows(result, task, seen, sizes), sizes, pieces)
 
 
 def _counts_on_rows(
@@ -453,9 +461,10 @@ def run_task(
     secrets: StationSecrets | None = None,
     withhold: bool = False,
     rules: dict[str, np.ndarray] | None = None,
+    executor: DaskExecutor | None = None,
 ) -> Outcome:
     """Run a prepared task (in the clear, or a masked round of an audited session) and return what the
-    policy lets leave.
+    policy lets leave (its kernels on ``executor``'s cluster, if any; see :func:`compute`).
 
     ``on_block`` is called with the size of every block read (progress; it may raise to cancel).
     ``compute_lock`` is held around the kernels (the server makes tasks take turns). ``cache`` shares
@@ -473,7 +482,7 @@ def run_task(
             hit |= np.asarray(rule, dtype=bool)
         task = {**task, kind.excludes: np.where(hit, 0.0, task[kind.excludes])}
         prepared = replace(prepared, task=task)
-    computed = compute(prepared, on_block, compute_lock, cache, judge=rules is None)
+    computed = compute(prepared, on_block, compute_lock, cache, judge=rules is None, executor=executor)
     if request.secure is not None:  # masked arrays are added row by row: lay them on the round's rows first
         computed = on_shared_rows(request, task, computed)
     result = dict(computed.result)
@@ -490,4 +499,6 @@ def run_task(
         payload = encode_arrays(masked, n_rows, compress=False)
         summary["secure_round"] = request.secure.round
     summary["bytes"] = len(payload)
+    if computed.pieces:
+        summary["pieces"] = computed.pieces
     return Outcome(payload, summary)

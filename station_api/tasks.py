@@ -33,6 +33,7 @@ from better.station_api import __version__
 from better.station_api.audit import AuditLog
 from better.station_api.config import StationConfig
 from better.station_api.exchange import SealedRound, SealedRounds, judge_context, open_round, seal_round
+from better.station_api.executor import executor_for
 from better.station_api.finishing import Finishing, finish_step
 from better.station_api.policy import (
     PolicyRefusalError,
@@ -198,6 +199,7 @@ class TaskManager:
         self.tasks: dict[str, TaskRecord] = {}
         self.datasets = DatasetCache(store)
         self.blocks = BlockCache()
+        self.executor = executor_for(config.executor)
         self.query_audit = QueryAudit(Path(store.path))
         self.sealed = SealedRounds()
         self._lock = threading.Lock()
@@ -396,6 +398,8 @@ class TaskManager:
         for record in list(self.tasks.values()):
             record.cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.executor is not None:
+            self.executor.close()
 
     # -- internals --------------------------------------------------------------------------------
     def _enqueue(self, record: TaskRecord) -> None:
@@ -468,7 +472,15 @@ class TaskManager:
         assert prepared is not None
         if plan.context is None:
             return run_task(
-                prepared, policy, on_block, self._compute, self.blocks, self.masking, plan.withhold, plan.rules
+                prepared,
+                policy,
+                on_block,
+                self._compute,
+                self.blocks,
+                self.masking,
+                plan.withhold,
+                plan.rules,
+                self.executor,
             )
         try:
             if plan.audited:  # the audit is held from here to the opening: another query's seal waits
@@ -488,7 +500,9 @@ class TaskManager:
                 plan.header = {"status": "off"}
             plan.header = {**plan.header, "rows": row_policy(policy)}
             computed = on_shared_rows(
-                prepared.request, prepared.task, compute(prepared, on_block, self._compute, self.blocks)
+                prepared.request,
+                prepared.task,
+                compute(prepared, on_block, self._compute, self.blocks, executor=self.executor),
             )
             sealed = SealedRound(
                 user=record.user,
@@ -513,7 +527,8 @@ class TaskManager:
             self.query_audit.abort(plan.context)
             raise
         self.sealed.keep(plan.context, sealed)
-        return Outcome(payload, {**summary, "bytes": len(payload)})
+        spread = {"pieces": computed.pieces} if computed.pieces else {}
+        return Outcome(payload, {**summary, "bytes": len(payload), **spread})
 
     def _manifest(self, record: TaskRecord, outcome: Outcome) -> dict[str, Any]:
         """What this release was, for the signed provenance (no data, only hashes and counts)."""

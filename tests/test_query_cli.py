@@ -72,9 +72,11 @@ def test_query__tsv_json_and_parquet_agree(federation: Path, tmp_path: Path) -> 
 def test_query__explain_and_count(federation: Path) -> None:
     plan = better("query", "--federation", str(federation), "EXPLAIN GWAS LINEAR ldl ~ age + sex WHERE maf >= 0.05")
     assert plan.returncode == 0 and "round 1: `linear`" in plan.stdout
-    count = better("query", "--federation", str(federation), "--format", "tsv", "COUNT WHERE sex = 1")
+    count = better("query", "--federation", str(federation), "--format", "tsv", "--verbose", "COUNT WHERE sex = 1")
     assert count.returncode == 0 and count.stdout.splitlines()[0] == "COUNT"
     assert int(count.stdout.splitlines()[1]) > 50
+    said = " ".join(count.stderr.split())  # --verbose: who answered, per station, on stderr
+    assert all(f"{name}: answered 2 of 2 call(s)" in said for name in ("milano", "nijmegen")), said
 
 
 def test_query__failures_are_one_message_and_exit_1(federation: Path) -> None:

@@ -74,3 +74,12 @@ def test_synth__batch_effect_shifts_station_means(tmp_path: Path) -> None:
 def test_synth__bad_config() -> None:
     with pytest.raises(InputError, match="--samples"):
         synthesize(SynthConfig(out="/tmp/x", samples=3, stations=3))
+
+
+def test_synth__many_stations_have_distinct_sample_ids(tmp_path: Path) -> None:
+    import cyvcf2
+
+    r = synthesize(SynthConfig(out=str(tmp_path / "many"), samples=180, variants=40, stations=12, seed=5))
+    ids = list(cyvcf2.VCF(str(r.out / "pooled.vcf.gz")).samples)
+    assert len(ids) == 180 and len(set(ids)) == 180
+    assert ids[0] == "MIL00001" and any(i.startswith("ST8_") for i in ids) and any(i.startswith("ST12_") for i in ids)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,8 @@ from better.engine.kernels.words import add_into, subtract_into
 #: The field of a masked payload that says each array's original type ("name:f", ":i" or ":b").
 LAYOUT_FIELD = "sa_layout"
 _INFO = b"better secure aggregation v1 pair mask"
+#: Words of a release masked at a time (512 KiB of stream per chunk, whatever the number of peers).
+CHUNK_WORDS = 1 << 15
 
 
 def canonical(obj: Any) -> bytes:
@@ -55,8 +58,35 @@ def context_digest(session: str, round_no: int, participants: list[tuple[str, st
 
 def keystream(key: bytes, words: int) -> np.ndarray:
     """``words`` uniform 128-bit words ``(words, 2)`` from AES-256-CTR under ``key`` (used once)."""
-    enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-    return fixedpoint.from_bytes(enc.update(bytes(16 * words)) + enc.finalize(), (words,))
+    out = np.empty((words, 2), dtype=np.uint64)
+    _Streams([key]).apply(out, lambda _k, chunk, stream: np.copyto(chunk, stream))
+    return out
+
+
+class _Streams:
+    """Pair keys' AES-256-CTR streams, made a chunk at a time into one reused buffer.
+
+    Applying every key's stream to a chunk of words before moving on keeps that chunk in cache while all
+    the streams go into it, and holds one chunk of stream (:data:`CHUNK_WORDS`) whatever the number of
+    keys. The words are exactly those of one AES-256-CTR encryption of zeros per key.
+    """
+
+    def __init__(self, keys: list[bytes]) -> None:
+        self._encryptors = [Cipher(algorithms.AES(k), modes.CTR(bytes(16))).encryptor() for k in keys]
+        self._zeros = bytes(16 * CHUNK_WORDS)
+        self._buffer = bytearray(16 * CHUNK_WORDS + 15)  # update_into wants room for a block more
+
+    def apply(self, words: np.ndarray, step: Callable[[int, np.ndarray, np.ndarray], object]) -> None:
+        """``step(k, chunk, stream)`` for each chunk of ``words`` ``(n, 2)`` and each key ``k`` in turn, with
+        the next words of key ``k``'s stream."""
+        for start in range(0, words.shape[0], CHUNK_WORDS):
+            chunk = words[start : start + CHUNK_WORDS]
+            size = 16 * chunk.shape[0]
+            for k, encryptor in enumerate(self._encryptors):
+                written = encryptor.update_into(memoryview(self._zeros)[:size], self._buffer)
+                assert written == size  # counter mode: every byte in comes out at once
+                stream = np.frombuffer(self._buffer, dtype=np.dtype("<u8"), count=2 * chunk.shape[0])
+                step(k, chunk, stream.reshape(-1, 2))
 
 
 def pair_key(shared: bytes, context: bytes) -> bytes:
@@ -72,11 +102,16 @@ def mask_words(arrays: dict[str, np.ndarray], own: str, pair_keys: dict[str, byt
     """
     names = sorted(arrays)
     values = [np.asarray(arrays[n]) for n in names]
-    # every field's words in one buffer, masked in place: one pass per peer
+    # every field's words in one buffer, masked in place, chunk by chunk: each chunk gets every peer's stream
     words = fixedpoint.encode(np.concatenate([v.reshape(-1).astype(np.float64) for v in values]))
-    for peer, key in pair_keys.items():
-        stream = keystream(key, words.shape[0])
-        (add_into if own < peer else subtract_into)(words, stream)
+    peers = list(pair_keys)
+    adds = [own < peer for peer in peers]
+
+    def apply(k: int, chunk: np.ndarray, stream: np.ndarray) -> None:
+        (add_into if adds[k] else subtract_into)(chunk, stream)
+
+    if peers:
+        _Streams([pair_keys[p] for p in peers]).apply(words, apply)
     out: dict[str, np.ndarray] = {}
     start = 0
     for name, v in zip(names, values, strict=True):

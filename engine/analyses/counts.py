@@ -21,8 +21,9 @@ from better.engine.design import KEY_COLUMNS, Block, Design, concat_keys
 from better.engine.filters import VariantFilter
 from better.engine.kernels.counts import dosage_sums, genotype_counts
 from better.engine.key_union import KeyUnion, union_keys
+from better.engine.pieces import whole
 from better.engine.protocol import OneRoundProtocol
-from better.engine.rounds import Analysis, Result, RoundKind, SharedRows, StationData, Task
+from better.engine.rounds import Analysis, Result, RoundKind, SharedRows, Split, StationData, Task
 from better.engine.stats import allelic_chi2, genotypic_chi2, hwe_exact, log10_p_chi2, mach_r2, trend_chi2
 
 
@@ -249,6 +250,7 @@ ROUNDS = (
         dropped=("dosage_people",),
         people=counts_people,
         calls=counts_calls,
+        split=Split(whole(counts_station), rows=("counts", "dosage_people", *DOSAGE_SUMS)),
     ),
 )
 ANALYSES = (Analysis("freq", ("variant_keys", "counts")), Analysis("hwe", ("variant_keys", "counts")))

@@ -24,8 +24,9 @@ from better.engine.design import KEY_COLUMNS, Block, Design, concat_keys
 from better.engine.kernels.packed import NO_DOSAGES
 from better.engine.kernels.regression import linear_sums, linear_sums_dense
 from better.engine.key_union import KeyUnion, union_keys
+from better.engine.pieces import whole
 from better.engine.protocol import OneRoundProtocol
-from better.engine.rounds import Analysis, Finishing, Result, RoundKind, SharedRows, StationData, Task
+from better.engine.rounds import Analysis, Finishing, Result, RoundKind, SharedRows, Split, StationData, Task
 from better.engine.stats import log10_p_t
 
 #: Error codes, as PLINK 2 writes them in ERRCODE.
@@ -382,6 +383,7 @@ ROUNDS = (
         people=linear_genotype_counts,
         calls=linear_calls,
         finishing=Finishing(("cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy"), ("cc", "cy", "yy", "n"), "linear"),
+        split=Split(whole(linear_round_station), rows=("cg", "gg", "gy", "n_miss", "m_cc", "m_cy", "m_yy")),
     ),
 )
 ANALYSES = (Analysis("gwas_linear", ("variant_keys", "counts", "linear"), needs_phenotype=True),)

@@ -13,7 +13,18 @@ import numpy as np
 from better.engine.analyses.logistic import station
 from better.engine.analyses.logistic.centre import LogisticProtocol
 from better.engine.design import KEY_COLUMNS
-from better.engine.rounds import Analysis, Finishing, Result, RoundKind, SharedRows, StateArray, StationData, Task
+from better.engine.pieces import whole
+from better.engine.rounds import (
+    Analysis,
+    Finishing,
+    Result,
+    RoundKind,
+    SharedRows,
+    Split,
+    StateArray,
+    StationData,
+    Task,
+)
 
 #: A Newton round naming at most this many variants reads only the blocks that hold them.
 TARGETED_MAX = 256
@@ -64,6 +75,7 @@ ROUNDS = (
         zeroed=_SCORE_ROWS,
         calls=score_calls,
         finishing=Finishing(_SCORE_ROWS, ("cwc", "cr", "cc", "n", "group_size"), "logistic"),
+        split=Split(whole(score_round), rows=_SCORE_ROWS),
     ),
     RoundKind(
         "logistic_newton",

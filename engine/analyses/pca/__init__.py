@@ -29,9 +29,17 @@ from better.engine.analyses.pca.centre import (
     plink_eigenvalues,
     standardization,
 )
-from better.engine.analyses.pca.station import product_station, scores_station, selected
+from better.engine.analyses.pca.station import (
+    partial_products,
+    partial_scores,
+    product_station,
+    scores_finish,
+    scores_station,
+    scores_sums,
+    selected,
+)
 from better.engine.design import KEY_COLUMNS
-from better.engine.rounds import Analysis, RoundKind, StateArray
+from better.engine.rounds import Analysis, RoundKind, Split, StateArray
 
 _ROWS = {f"key_{c}": StateArray(np.int64 if c == "pos" else str, ("rows",)) for c in KEY_COLUMNS}
 _STANDARDIZE = {name: StateArray(np.float64, ("rows",), finite=True) for name in ("mean", "scale")}
@@ -50,6 +58,7 @@ ROUNDS = (
         rules_from="counts",
         hard_calls=True,
         max_cols=MAX_BASIS,
+        split=Split(partial_scores, sums=("scores",), then=Split(partial_products, sums=("product",))),
     ),
     RoundKind(
         "pca_scores",
@@ -70,6 +79,7 @@ ROUNDS = (
         rules_from="counts",
         hard_calls=True,
         max_cols=MAX_PCS,
+        split=Split(scores_sums, sums=("scores", "squares", "missing", "found"), finish=scores_finish),
     ),
 )
 #: PCA may prune first (``PCA ... PRUNE``), so its rounds include LD pruning's.

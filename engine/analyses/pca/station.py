@@ -99,36 +99,75 @@ def product_station(task: Task, data: StationData) -> Result:
     the genotypes leave (a sum over this station's people per variant)."""
     basis = np.asarray(task["basis"], dtype=np.float64)
     scores, _, packed, rows = station_scores(data, task, basis)
+    return {"product": _products(packed, rows, task, data, scores, basis.shape)}
+
+
+def _products(
+    packed: np.ndarray, rows: np.ndarray, task: Task, data: StationData, scores: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
+    """``X'scores`` on the task's rows found in ``packed`` (0 on the others)."""
     include = np.ascontiguousarray(data.design.include, dtype=np.bool_)
-    product = np.zeros_like(basis)
+    product = np.zeros(shape)
     for r, x in _standardized(packed, rows, task, include):
         product[r] = x @ scores
-    return {"product": product}
+    return product
 
 
-def scores_station(task: Task, data: StationData) -> Result:
-    """Each included person's scores ``X_s y / sqrt(theta)`` on the task's loadings, stored here as
-    covariates ``name1..namek`` (if the task names them); the number of people scored and, per PC, the
-    :data:`MOMENTS` leave."""
+def partial_scores(task: Task, data: StationData, before: Result) -> Result:
+    """A part of the store's share of the scores ``X_s Q`` (the first pass of a product in pieces)."""
+    scores, _, _, _ = station_scores(data, task, np.asarray(task["basis"], dtype=np.float64))
+    return {"scores": scores}
+
+
+def partial_products(task: Task, data: StationData, before: Result) -> Result:
+    """A part of the store's share of the product, given every part's scores (the second pass)."""
+    packed, rows = selected(data, task)
+    basis_shape = np.asarray(task["basis"]).shape
+    return {"product": _products(packed, rows, task, data, np.asarray(before["scores"]), basis_shape)}
+
+
+def _scores_task(task: Task) -> tuple[str, np.ndarray, np.ndarray]:
+    """The scores round's name, loadings and divisors, checked."""
     name = str(np.asarray(task["name"]).reshape(-1)[0])
     if name and not NAME_PATTERN.fullmatch(name):
         raise InputError(f"scores are stored under a name of letters, digits and _ (up to 30), not {name[:40]!r}")
-    basis = np.asarray(task["basis"], dtype=np.float64)
     divisor = np.asarray(task["divisor"], dtype=np.float64)
     if np.any(divisor <= 0):
         raise InputError("task state: the divisors of the scores must be positive")
+    return name, np.asarray(task["basis"], dtype=np.float64), divisor
+
+
+def scores_sums(task: Task, data: StationData, before: Result) -> Result:
+    """Per person, over the part's variants of the task: scores, sums of squared standardised genotypes
+    and missing calls; and how many of the task's variants the part holds."""
+    _, basis, _ = _scores_task(task)
     scores, squares, packed, rows = station_scores(data, task, basis, squares=True)
-    scores /= divisor
+    missing = missing_per_sample(packed, data.design.include.shape[0])
+    return {"scores": scores, "squares": squares, "missing": missing, "found": np.array(rows.shape[0])}
+
+
+def scores_finish(task: Task, data: StationData, sums: Result) -> Result:
+    """The scores round's release from its sums over the station's variants (:func:`scores_sums`): the
+    scores are stored here, the number of people scored and the :data:`MOMENTS` leave."""
+    name, _, divisor = _scores_task(task)
+    scores = np.asarray(sums["scores"]) / divisor
     if not np.all(np.isfinite(scores)):
         raise InputError("task state: these loadings give scores that are not finite numbers")
     include = np.asarray(data.design.include, dtype=bool)
     n_rows = int(np.asarray(task["key_pos"]).shape[0])
-    missing = missing_per_sample(packed, include.shape[0]) + (n_rows - rows.shape[0])  # lacked here: missing
+    missing = np.asarray(sums["missing"]) + (n_rows - int(sums["found"]))  # lacked here: missing
     u2 = scores[include] ** 2
-    d, m = squares[include], missing[include].astype(np.float64)
+    d, m = np.asarray(sums["squares"])[include], missing[include].astype(np.float64)
     called = np.maximum(n_rows - m, 1.0)
     moments = np.stack([u2.T @ d, u2.T @ (d / called), u2.T @ m, u2.T @ (m * d), u2.T @ (m * m), u2.T @ (m * m * d)])
     if name:
         scores[~include] = np.nan
         data.save_covariates(name, scores)
     return {"n": np.array(int(include.sum())), "moments": moments}
+
+
+def scores_station(task: Task, data: StationData) -> Result:
+    """Each included person's scores ``X_s y / sqrt(theta)`` on the task's loadings, stored here as
+    covariates ``name1..namek`` (if the task names them); the number of people scored and, per PC, the
+    :data:`MOMENTS` leave."""
+    return scores_finish(task, data, scores_sums(task, data, {}))
