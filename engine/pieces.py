@@ -41,6 +41,7 @@ def passes(split: Split) -> list[Split]:
 
 def combine(split: Split, pieces: Sequence[Result]) -> Result:
     """One pass' pieces combined, in the parts' order: rows concatenated, sums added, the rest kept once.
+    A piece of rows that read no variant is left out (unless all are).
 
     Combining is associative, so pieces may be combined in a tree (pairs of neighbours first).
 
@@ -53,6 +54,10 @@ def combine(split: Split, pieces: Sequence[Result]) -> Result:
     """
     if not pieces:
         raise ValueError("no pieces to combine")
+    # a part with no variant of the task (row-group statistics may keep one) adds nothing; its empty key
+    # columns have no type or labels to follow
+    read = [p for p in pieces if "key_pos" not in p or np.asarray(p["key_pos"]).shape[0]]
+    pieces = read or pieces[:1]
     first = pieces[0]
     out: Result = {}
     for name, value in first.items():

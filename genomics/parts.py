@@ -18,6 +18,7 @@ import numpy as np
 
 from better.engine.accelerate import set_threads
 from better.engine.design import Block, Design
+from better.engine.errors import StoreError
 from better.engine.kernels.counts import genotype_counts
 from better.engine.pieces import combine, passes
 from better.engine.rounds import Result, Task
@@ -85,8 +86,8 @@ def counting(
 
 @dataclass(frozen=True)
 class PieceJob:
-    """What a worker needs besides the part: where the dataset is, which round and pass to run, and how
-    to count the people of the rows (``judged``: ``(group per sample, groups, from dosages)``)."""
+    """What a worker needs besides the part: where the dataset is (and its variants file's size, to check
+    that the worker reads the station's store) and which round and pass to run."""
 
     path: str
     name: str
@@ -94,11 +95,19 @@ class PieceJob:
     kind: str
     pass_no: int
     pass_only: bool
-    judged: tuple[np.ndarray, int, bool] | None = None
+    store_bytes: int = -1
 
 
-def run_piece(job: PieceJob, part: Part, task: Task, design: Design, before: Result) -> tuple[Result, Seen]:
-    """One pass of ``job.kind`` over ``part``: the piece, and the people counted on the way (first pass).
+def run_piece(
+    job: PieceJob,
+    part: Part,
+    task: Task,
+    design: Design,
+    before: Result,
+    judged: tuple[np.ndarray, int, bool] | None = None,
+) -> tuple[Result, Seen]:
+    """One pass of ``job.kind`` over ``part``: the piece, and (first pass, with ``judged``: group per sample,
+    groups, from dosages) the genotype counts of the blocks it read, for the policy.
 
     Runs on a worker, one kernel thread per piece (the workers' pieces run side by side).
     """
@@ -109,18 +118,30 @@ def run_piece(job: PieceJob, part: Part, task: Task, design: Design, before: Res
     if split is None:
         raise ValueError(f"round kind {job.kind!r} does not run in pieces")
     dataset = Dataset(Path(job.path), job.name, job.n_samples)
+    if job.store_bytes >= 0 and _size(dataset.variants_path) != job.store_bytes:
+        raise StoreError(
+            "a worker of the station's compute cluster does not see the station's store as the station does; "
+            "every worker must mount the store at the station's path (tell the station's administrator)"
+        )
 
     def blocks(targets: Any = None) -> Iterator[Block]:  # a part's blocks; targets may read more (allowed)
         return genotype_blocks(dataset, part.region, None, pass_only=job.pass_only, row_groups=part.row_groups)
 
     seen: Seen = []
     source: Callable[[Any], Iterator[Block]] = blocks
-    if job.judged is not None and job.pass_no == 0:
-        group, n_groups, nearest = job.judged
+    if judged is not None and job.pass_no == 0:
+        group, n_groups, nearest = judged
         source = counting(blocks, group, n_groups, nearest, seen)
     regions = None if part.region is None else [part.region]
     data = StoreData(dataset, design, source, regions, job.pass_only)
     return passes(split)[job.pass_no].piece(task, data, before), seen
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def combine_pieces(

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from better.genomics.parts import PieceJob, Seen, combine_pieces, dataset_parts,
 from better.genomics.regions import Region
 from better.genomics.station_data import StoreData
 from better.genomics.store import Dataset
+from better.station_api import __version__
 from better.station_api.config import Executor as ExecutorConfig
 
 log = logging.getLogger(__name__)
@@ -42,13 +44,20 @@ PARTS_PER_THREAD = 4
 WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": 128 << 20, "MALLOC_MMAP_THRESHOLD_": 32 << 20}
 #: How long the station waits for its cluster before a task fails (seconds).
 CONNECT_SECONDS = 120.0
+#: How long a task waits on a cluster that has no worker before it fails (seconds).
+NO_WORKERS_SECONDS = 60.0
+#: What a researcher is told when the cluster cannot be reached (the log says why).
+UNAVAILABLE = "the station's compute cluster is not available now; its administrator can see why in the station's log"
+NO_WORKERS = "the station's compute cluster has no workers now, so this task cannot run; tell its administrator"
 
 
 class DaskExecutor:
     """A station's Dask client: an existing cluster (``scheduler``) or a ``LocalCluster`` it starts.
 
     The connection is made in the background from the moment the station starts; the first task that
-    needs it waits for it.
+    needs it waits for it. A client that lost its scheduler for good is made again on the next task.
+    What went wrong is logged for the administrator; researchers are told only that the cluster is not
+    available (its addresses are the station's own business).
     """
 
     def __init__(self, config: ExecutorConfig) -> None:
@@ -56,6 +65,7 @@ class DaskExecutor:
         self._client: Any = None
         self._cluster: Any = None
         self._error: str | None = None
+        self._lock = threading.Lock()
         self._ready = threading.Event()
         threading.Thread(target=self._connect, name="better-dask-connect", daemon=True).start()
 
@@ -67,40 +77,48 @@ class DaskExecutor:
             if self.config.scheduler is not None:
                 self._client = Client(self.config.scheduler, timeout=30)
             else:
-                # Dask's nannies give workers MALLOC_TRIM_THRESHOLD_=65536, so every large buffer a piece
-                # frees goes back to the system and the next one faults its pages in again: the kernels ran
-                # 1.8 times slower than in the station. Workers, and their restarts, get WORKER_MALLOC.
-                dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC.items()})
-                self._cluster = LocalCluster(
-                    n_workers=self.config.workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address="127.0.0.1:0",  # its HTTP routes on a free loopback port
-                )
+                if self._cluster is None:
+                    # Dask's nannies give workers MALLOC_TRIM_THRESHOLD_=65536, so every large buffer a
+                    # piece frees goes back to the system and the next one faults its pages in again: the
+                    # kernels ran 1.8 times slower than in the station. Workers, and their restarts, get
+                    # WORKER_MALLOC.
+                    dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC.items()})
+                    self._cluster = LocalCluster(
+                        n_workers=self.config.workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        host="127.0.0.1",
+                        dashboard_address="127.0.0.1:0",  # its HTTP routes on a free loopback port
+                    )
                 self._client = Client(self._cluster)
-            self._client.run(_warm)
+            versions = set(self._client.run(_warm).values())
+            if versions - {__version__}:
+                raise StoreError(f"the workers run better {', '.join(sorted(versions))}, the station {__version__}")
+            self._error = None
         except Exception as exc:  # a wrong address, a cluster that would not start: every task says so
             where = self.config.scheduler or f"a LocalCluster of {self.config.workers} workers"
-            self._error = f"the station's Dask cluster ({where}) is not available: {exc}"
-            log.error("%s", self._error)
+            self._error = f"the Dask cluster ({where}) is not available: {exc}"
+            log.error("%s; check [executor] in station.toml and the cluster", self._error)
         finally:
             self._ready.set()
 
     def client(self) -> Any:
-        """The connected client; a :class:`StoreError` if the cluster cannot be reached."""
-        if not self._ready.wait(CONNECT_SECONDS):
-            raise StoreError(
-                f"the station's Dask cluster did not answer within {CONNECT_SECONDS:.0f} s; "
-                "check [executor] in station.toml and the scheduler"
-            )
-        if self._error is not None:
-            raise StoreError(f"{self._error}; check [executor] in station.toml and the scheduler")
-        return self._client
+        """The connected client (connecting again if the last one closed); a :class:`StoreError` if the
+        cluster cannot be reached."""
+        with self._lock:
+            if not self._ready.wait(CONNECT_SECONDS):
+                raise StoreError(UNAVAILABLE)
+            if self._client is not None and self._client.status in ("closed", "failed", "closing"):
+                log.warning("the Dask client lost its scheduler; connecting again")
+                self._ready.clear()
+                self._connect()
+            if self._error is not None:
+                raise StoreError(UNAVAILABLE)
+            return self._client
 
     def workers(self) -> int:
-        """Worker threads in the cluster now."""
-        return max(1, sum(self.client().nthreads().values()))
+        """Worker threads in the cluster now (0: none)."""
+        return sum(self.client().nthreads().values())
 
     def takes(self, kind: RoundKind, dataset: Dataset) -> bool:
         """Whether this executor spreads a round of ``kind`` over ``dataset`` (else it runs in the station)."""
@@ -119,37 +137,45 @@ class DaskExecutor:
         genotype counts of the blocks it read (what :func:`better.station_api.runner.compute` judges), and
         the number of parts.
 
-        ``on_block`` is told the rows of each part done (progress; it may raise to cancel the task).
+        ``on_block`` is told the rows of each part done (progress; it may raise to cancel the task). The
+        station holds only the pieces still running and each pass' result: a piece is dropped as soon as
+        it is done, and the tree's nodes as soon as their parent has combined them.
         """
         split = kind.split
         assert split is not None
         dataset = data.dataset
         client = self.client()
-        parts = dataset_parts(dataset, regions, data.pass_only, PARTS_PER_THREAD * self.workers())
+        threads = self.workers()
+        if threads == 0:
+            raise StoreError(NO_WORKERS)
+        parts = dataset_parts(dataset, regions, data.pass_only, PARTS_PER_THREAD * threads)
         if not parts:  # nothing in scope: the station computes the empty result itself
             return kind.execute(task, data), [], 0
-        futures: list[Any] = []
+        held: dict[str, Any] = {}  # what the station still holds: cancelled if the task ends early
         try:
-            design = client.scatter(data.design, hash=False)
-            state = client.scatter(task, hash=False)
+            # one opaque object each (a dict scattered as such would be stored under its own field names)
+            design, state, counting = client.scatter([data.design, task, judged], hash=False)
+            held.update({f.key: f for f in (design, state, counting)})
             before: Any = {}
             seen: Any = None
-            root: Any = None
             for number in range(len(passes(split))):
-                counts = judged if number == 0 else None
-                job = PieceJob(
-                    str(dataset.path), dataset.name, dataset.n_samples, kind.name, number, data.pass_only, counts
-                )
-                pieces = [client.submit(run_piece, job, part, state, design, before, pure=False) for part in parts]
-                futures += pieces
-                root = _tree(client, kind.name, number, pieces, futures)
-                _wait(pieces, [p.rows for p in parts] if number == 0 else None, on_block)
-                before = client.submit(_first, root, pure=False)
-                futures.append(before)
+                job = PieceJob(str(dataset.path), dataset.name, dataset.n_samples, kind.name, number, data.pass_only)
+                job = replace(job, store_bytes=dataset.variants_path.stat().st_size)
+                pieces = [
+                    client.submit(run_piece, job, part, state, design, before, counting, pure=False) for part in parts
+                ]
+                held.update({f.key: f for f in pieces})
+                root = _tree(client, kind.name, number, pieces)
+                held[root.key] = root
+                _wait(held, {f.key: part.rows for f, part in zip(pieces, parts, strict=True)}, on_block, self.workers)
+                del pieces
                 if number == 0:
                     seen = client.submit(_second, root, pure=False)
-                    futures.append(seen)
-            _wait([before, seen], None, on_block)
+                    held[seen.key] = seen
+                before = client.submit(_first, root, pure=False)
+                held[before.key] = before
+                del held[root.key], root
+            _wait({k: held[k] for k in (before.key, seen.key)}, {}, on_block, self.workers)
             result, counted = client.gather([before, seen])
         except BetterError:
             raise
@@ -162,7 +188,10 @@ class DaskExecutor:
                 ) from exc
             raise
         finally:
-            client.cancel(futures)
+            try:
+                client.cancel(list(held.values()))
+            except Exception:  # a client already closed: its futures are gone with it
+                log.debug("cancelling a task's futures", exc_info=True)
         if len(passes(split)) == 1:
             result = {**result, **_from_design(split, task, data)}
         if split.finish is not None:
@@ -207,9 +236,12 @@ def _from_design(split: Split, task: dict[str, Any], data: StoreData) -> Result:
     return {k: v for k, v in empty.items() if not k.startswith("key_") and k not in (*split.rows, *split.sums)}
 
 
-def _warm() -> None:
-    """Import the analyses on a worker (their kernels then load from Numba's cache on first use)."""
+def _warm() -> str:
+    """Import the analyses on a worker (their kernels then load from Numba's cache on first use); the
+    worker's BETTER version."""
     import better.engine.analyses  # noqa: F401
+
+    return __version__
 
 
 def _first(pair: tuple[Result, Seen]) -> Result:
@@ -220,8 +252,9 @@ def _second(pair: tuple[Result, Seen]) -> Seen:
     return pair[1]
 
 
-def _tree(client: Any, kind: str, number: int, nodes: list[Any], futures: list[Any]) -> Any:
-    """A pass' pieces combined pairwise, neighbours first, on the workers: its root."""
+def _tree(client: Any, kind: str, number: int, nodes: list[Any]) -> Any:
+    """A pass' pieces combined pairwise, neighbours first, on the workers: its root (the inner nodes are
+    held by their parents only, so each is released once combined)."""
     while len(nodes) > 1:
         paired = []
         for i in range(0, len(nodes), 2):
@@ -229,24 +262,42 @@ def _tree(client: Any, kind: str, number: int, nodes: list[Any], futures: list[A
                 paired.append(nodes[i])
                 continue
             paired.append(client.submit(combine_pieces, kind, number, nodes[i], nodes[i + 1], pure=False))
-            futures.append(paired[-1])
         nodes = paired
     return nodes[0]
 
 
-def _wait(futures: list[Any], rows: list[int] | None, on_block: Callable[[int], None] | None) -> None:
-    """Wait for ``futures``, telling ``on_block`` each one's ``rows`` as it ends (and checking for a
-    cancellation in between); a failed future raises its error here."""
-    pending = dict(enumerate(futures))
+def _wait(
+    held: dict[str, Any],
+    rows: dict[str, int],
+    on_block: Callable[[int], None] | None,
+    workers: Callable[[], int] | None = None,
+) -> None:
+    """Wait for the futures of ``rows`` (keys) among ``held``, telling ``on_block`` each one's rows as it
+    ends (and checking for a cancellation in between) and dropping it from ``held``; a failed future raises
+    its error here, and a cluster left without workers for :data:`NO_WORKERS_SECONDS` a :class:`StoreError`.
+    """
+    pending = {key: held[key] for key in rows} if rows else dict(held)
+    checked = time.monotonic()
+    without = None
     while pending:
         if on_block is not None:
             on_block(0)  # raises if the task was cancelled
-        for i, future in list(pending.items()):
+        for key, future in list(pending.items()):
             if future.done():
-                del pending[i]
+                del pending[key]
                 if future.status != "finished":
                     future.result()  # raises the piece's error
-                if rows is not None and on_block is not None:
-                    on_block(rows[i])
+                if key in rows:
+                    held.pop(key, None)
+                    if on_block is not None:
+                        on_block(rows[key])
+        if pending and workers is not None and time.monotonic() - checked > 2.0:
+            checked = time.monotonic()
+            if workers():
+                without = None
+            elif without is None:
+                without = checked
+            elif checked - without > NO_WORKERS_SECONDS:
+                raise StoreError(NO_WORKERS)
         if pending:
             time.sleep(0.02)

@@ -368,6 +368,9 @@ def compute(
         blocks = counting(blocks, *judged, seen)
     data = StoreData(prepared.dataset, prepared.design, blocks, regions, request.pass_only, on_block)
     locked = compute_lock is not None and kind.data == "variants" and not kind.lists_keys
+    if spread:
+        assert executor is not None
+        executor.client()  # connected (or its error) before the kernels' turn: a slow connection holds no lock
     with compute_lock if locked else nullcontext():
         if spread:
             assert executor is not None

@@ -65,6 +65,8 @@ def station_cases(draw: st.DrawFn) -> dict:
     y = np.where(include, rng.integers(0, 2, n), 0).astype(float)
     cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(blocks) - 1)), max_size=4)))) if len(blocks) > 1 else []
     groups = np.split(np.arange(len(blocks)), cuts)
+    for at in draw(st.lists(st.integers(0, len(groups)), max_size=2)):  # parts that read no variant
+        groups.insert(at, np.array([], dtype=int))
     freq = np.clip(np.where(codes < 3, codes, 0).sum(axis=1) / np.maximum(2 * (codes < 3).sum(axis=1), 1), 0.05, 0.95)
     pca = {
         **{f"key_{c}": keys[c] for c in KEY_COLUMNS},
@@ -266,12 +268,14 @@ class FakeFuture:
             raise self.error
 
 
-def test_wait__progress_per_part_a_cancel_and_a_piece_error_stop_it() -> None:
-    from better.station_api.executor import _wait
+def test_wait__progress_per_part_a_cancel_an_error_or_no_workers_stop_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from better.engine.errors import StoreError
+    from better.station_api import executor
 
     told: list[int] = []
-    _wait([FakeFuture(3), FakeFuture(1), FakeFuture(2)], [10, 20, 30], told.append)
-    assert sorted(r for r in told if r) == [10, 20, 30]
+    held = {"a": FakeFuture(3), "b": FakeFuture(1), "c": FakeFuture(2), "root": FakeFuture(10**6)}
+    executor._wait(held, {"a": 10, "b": 20, "c": 30}, told.append)
+    assert sorted(r for r in told if r) == [10, 20, 30] and list(held) == ["root"]  # done parts dropped
 
     class CancelledError(Exception):
         pass
@@ -283,6 +287,11 @@ def test_wait__progress_per_part_a_cancel_and_a_piece_error_stop_it() -> None:
 
     told.clear()
     with pytest.raises(CancelledError):
-        _wait([FakeFuture(10**6)], [5], cancel_after_two)
+        executor._wait({"a": FakeFuture(10**6)}, {"a": 5}, cancel_after_two)
     with pytest.raises(ValueError, match="bad piece"):
-        _wait([FakeFuture(1), FakeFuture(1, ValueError("bad piece"))], None, None)
+        executor._wait({"a": FakeFuture(1), "b": FakeFuture(1, ValueError("bad piece"))}, {"a": 1, "b": 1}, None)
+    clock = iter(range(0, 10**6, 30))  # 30 s a poll: the cluster has had no worker for a minute at the 4th
+    monkeypatch.setattr(executor.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(executor.time, "sleep", lambda seconds: None)
+    with pytest.raises(StoreError, match="no workers"):
+        executor._wait({"a": FakeFuture(10**6)}, {"a": 1}, None, lambda: 0)
