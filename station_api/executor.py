@@ -174,7 +174,8 @@ class DaskExecutor:
                     held[seen.key] = seen
                 before = client.submit(_first, root, pure=False)
                 held[before.key] = before
-                del held[root.key], root
+                held.pop(root.key, None)  # (a pass of one part: its root is its piece, dropped already)
+                del root
             _wait({k: held[k] for k in (before.key, seen.key)}, {}, on_block, self.workers)
             result, counted = client.gather([before, seen])
         except BetterError:

@@ -195,6 +195,18 @@ def test_dask_station__answers_what_the_threads_station_answers(federations: dic
     assert not any(pieces_released(federations["threads_station"]))
 
 
+def test_dask_station__a_region_in_one_row_group_runs_in_one_part(federations: dict[str, Path]) -> None:
+    from better.genomics.store import Store
+
+    pos = Store.open(federations["dask_station"]).dataset("cohort").variants(columns=["pos"]).column("pos")
+    q = f"FREQ ON 22:{pos[5]}-{pos[40]}"  # inside the first row group (100 rows): one part, its piece the root
+    before = len(pieces_released(federations["dask_station"]))
+    threads, dask = query(federations["threads"], q), query(federations["dask"], q)
+    assert len(threads["rows"]) >= 30
+    assert_same_table(threads, dask, rtol=0.0)
+    assert 1 in pieces_released(federations["dask_station"])[before:]
+
+
 # -- a worker killed mid-piece ---------------------------------------------------------------------------
 class KillFirstPiece(distributed.WorkerPlugin):
     """Kills its worker's process (SIGKILL) just after it starts the first piece of a round, once."""
