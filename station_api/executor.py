@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from better.engine.design import Block
-from better.engine.errors import BetterError, StoreError
+from better.engine.errors import StoreError
 from better.engine.pieces import passes
 from better.engine.rounds import Result, RoundKind, Split
 from better.genomics.parts import PieceJob, Seen, combine_pieces, dataset_parts, run_piece
@@ -178,9 +178,11 @@ class DaskExecutor:
                 del root
             _wait({k: held[k] for k in (before.key, seen.key)}, {}, on_block, self.workers)
             result, counted = client.gather([before, seen])
-        except BetterError:
-            raise
-        except Exception as exc:
+        except BaseException as exc:  # a cancelled or failed task: its pieces still queued need not run
+            try:
+                client.cancel(list(held.values()))
+            except Exception:  # a client already closed: its futures are gone with it
+                log.debug("cancelling a task's futures", exc_info=True)
             if type(exc).__name__ == "KilledWorker":
                 raise StoreError(
                     "the station's Dask workers kept dying while computing this task (a part was lost on "
@@ -188,11 +190,7 @@ class DaskExecutor:
                     "run the query again"
                 ) from exc
             raise
-        finally:
-            try:
-                client.cancel(list(held.values()))
-            except Exception:  # a client already closed: its futures are gone with it
-                log.debug("cancelling a task's futures", exc_info=True)
+        held.clear()  # done: released (not cancelled), the cluster forgets them
         if len(passes(split)) == 1:
             result = {**result, **_from_design(split, task, data)}
         if split.finish is not None:
