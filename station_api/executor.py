@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -158,9 +157,11 @@ class DaskExecutor:
             held.update({f.key: f for f in (design, state, counting)})
             before: Any = {}
             seen: Any = None
+            store_bytes = dataset.variants_path.stat().st_size  # what every worker must see at the path
             for number in range(len(passes(split))):
-                job = PieceJob(str(dataset.path), dataset.name, dataset.n_samples, kind.name, number, data.pass_only)
-                job = replace(job, store_bytes=dataset.variants_path.stat().st_size)
+                job = PieceJob(
+                    str(dataset.path), dataset.name, dataset.n_samples, kind.name, number, data.pass_only, store_bytes
+                )
                 pieces = [
                     client.submit(run_piece, job, part, state, design, before, counting, pure=False) for part in parts
                 ]
